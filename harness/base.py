@@ -1,0 +1,71 @@
+"""The three axes of a Gaussian gradient study, as plain frozen records.
+
+A *distribution* q(x; theta) has named parameters and gradient components; a *cost* f(x; k)
+supplies jitted ``value``/``derivative`` functions and its exact references; an *estimator*
+supplies one jitted per-sample function.  The registry (``harness.registry``) maps names to
+these records; the CPU backend wires them into one fused, compiled kernel per combination.
+
+Jitted function signatures (all float64 scalars unless stated):
+
+``cost.value(x, k) -> f``          the cost at x (every cost takes one shape parameter k,
+                                   ignored by costs that have none)
+``cost.derivative(x, k) -> df/dx`` None when the cost is not differentiable
+``estimator.per_sample(component, cost, k, mu, sigma, eps, f, df, key0, key1, index) -> g``
+    the per-sample gradient term for ``component`` (0 = mu, 1 = sigma; a compile-time
+    constant in the generated kernel) at x = mu + sigma * eps, where f = cost.value(x, k)
+    and df = cost.derivative(x, k) (0.0 when the cost has no derivative).  ``cost`` is the
+    cost's ``value`` dispatcher, for estimators that evaluate f elsewhere.  ``key0, key1``
+    (uint32 as uint64) are the seed's Philox key and ``index`` (uint64) the sample index,
+    for estimators that need extra random numbers: draw them from a stream id >= 1 (stream 0
+    is the shared normal eps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A reparameterisable scalar distribution x = loc + scale * eps, eps ~ base."""
+
+    name: str
+    params: tuple[str, ...]            # e.g. ("mu", "sigma"), in this order everywhere
+    components: tuple[str, ...]        # gradient components, e.g. ("mu", "sigma")
+    positive: tuple[str, ...]          # params that must be > 0
+    description: str
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A cost f(x; k) with exact references under q = N(mu, sigma^2).
+
+    ``exact_mean(mu, sigma, k)`` -> E_q[f];  ``exact_grad(mu, sigma, k)`` -> {"mu": .., "sigma": ..};
+    ``exact_variance[(estimator, component)](mu, sigma, k)`` -> the exact per-sample variance of
+    that estimator's term, where a closed form is derived (others fall back to quadrature,
+    see ``harness.exact``).
+    """
+
+    name: str
+    params: tuple[str, ...]            # () or ("k",)
+    value: Callable                    # @njit (x, k) -> float
+    derivative: Optional[Callable]     # @njit (x, k) -> float, or None if not differentiable
+    exact_mean: Callable
+    exact_grad: Callable
+    exact_variance: Mapping[tuple[str, str], Callable] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A per-sample gradient estimator; the N-sample estimate is the mean of its terms."""
+
+    name: str
+    per_sample: Callable               # @njit, signature in the module docstring above
+    needs_derivative: bool             # pathwise-type estimators need cost.derivative
+    evals_per_sample: int              # cost evaluations per sample (work normalisation)
+    description: str
+    # True if the term uses random numbers beyond eps (then the quadrature over eps in
+    # ``harness.exact`` cannot give its variance; the cost must supply a closed form).
+    extra_randomness: bool = False

@@ -1,0 +1,40 @@
+"""f(x) = x^2: the cost of the reparameterisation-trick seed; ``quadratic`` with k = 0.
+
+With q = N(theta, 1) and theta = 2: exact gradient 4, per-sample variance 87 (score function)
+and 4 (pathwise), as in the seed experiment.
+"""
+
+from numba import njit
+
+from ..base import Cost
+from . import quadratic
+
+
+@njit(cache=True)
+def value(x, k):
+    return x * x
+
+
+@njit(cache=True)
+def derivative(x, k):
+    return 2.0 * x
+
+
+def _at_zero(fn):
+    def at_k0(mu, sigma, k=0.0):
+        return fn(mu, sigma, 0.0)
+
+    at_k0.__name__ = fn.__name__
+    return at_k0
+
+
+COST = Cost(
+    name="square",
+    params=(),
+    value=value,
+    derivative=derivative,
+    exact_mean=_at_zero(quadratic.exact_mean),
+    exact_grad=_at_zero(quadratic.exact_grad),
+    exact_variance={key: _at_zero(fn) for key, fn in quadratic.EXACT_VARIANCE.items()},
+    description="x^2",
+)

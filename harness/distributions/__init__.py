@@ -1,0 +1,1 @@
+"""Distributions q(x; theta), one module each."""

@@ -1,0 +1,1 @@
+"""Gradient estimators, one module each; register new ones in ``harness.registry``."""
