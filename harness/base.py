@@ -15,7 +15,7 @@ Jitted function signatures (all float64 scalars unless stated):
     constant in the generated kernel) at x = mu + sigma * eps, where f = cost.value(x, k)
     and df = cost.derivative(x, k) (0.0 when the cost has no derivative).  ``cost`` is the
     cost's ``value`` dispatcher, for estimators that evaluate f elsewhere.  ``key0, key1``
-    (uint32 as uint64) are the seed's Philox key and ``index`` (uint64) the sample index,
+    (uint32 as uint64) are the seed's Philox key and ``index`` (int64) the sample index,
     for estimators that need extra random numbers: draw them from a stream id >= 1 (stream 0
     is the shared normal eps).
 """

@@ -15,13 +15,13 @@ from numba import njit
 from ..base import Cost
 
 
-@njit(cache=True)
+@njit
 def value(x, k):
     d = x - k
     return d * d
 
 
-@njit(cache=True)
+@njit
 def derivative(x, k):
     return 2.0 * (x - k)
 

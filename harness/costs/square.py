@@ -10,12 +10,12 @@ from ..base import Cost
 from . import quadratic
 
 
-@njit(cache=True)
+@njit
 def value(x, k):
     return x * x
 
 
-@njit(cache=True)
+@njit
 def derivative(x, k):
     return 2.0 * x
 

@@ -14,7 +14,7 @@ from numba import njit
 from ..base import Estimator
 
 
-@njit(cache=True)
+@njit
 def per_sample(component, cost, k, mu, sigma, eps, f, df, key0, key1, index):
     if component == 0:
         return df

@@ -1,0 +1,1 @@
+"""Backends that run a cell: ``cpu`` (numba, parallel over seeds x chunks)."""

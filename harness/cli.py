@@ -1,0 +1,229 @@
+"""The ``harness`` command line: Click only.  Parse, call the library, print one line.
+
+Every user error (a :class:`~harness.errors.HarnessError` from the library, or a Click usage
+error such as a missing argument) is shown as exactly one line ``Error: <message>`` on stderr
+with exit code ``err.exit_code`` (2 for bad configuration or usage), and never a traceback.
+Anything else is a bug and keeps its traceback.
+
+The runner, report and bench modules are imported inside their commands: they pull in
+numba/pyarrow/matplotlib, which ``validate`` and ``list`` do not need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import pathlib
+
+import click
+
+from . import __version__, registry
+from .config import Grid, load_grid
+from .errors import HarnessError
+
+
+class OneLineError(click.ClickException):
+    """A ClickException shown as a single ``Error: ...`` line, with a chosen exit code.
+
+    Plain ClickException exits 1 and UsageError prints the usage block and a hint first;
+    we want one line and exit 2 for anything the user can fix.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        # One line even if a message ever carries a newline.
+        super().__init__(" ".join(str(message).split()))
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    """A group that turns usage errors and HarnessErrors into :class:`OneLineError`.
+
+    ``make_context`` covers errors in the group's own options (``harness --bogus``);
+    ``invoke`` covers the subcommand: its name, its arguments and its body.
+    """
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_errors():
+    """Re-raise user errors (usage errors, HarnessError) as :class:`OneLineError`."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise               # bare `harness`: the help text is the right answer
+    except click.UsageError as err:
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        raise OneLineError(err.format_message() + hint, err.exit_code) from err
+    except HarnessError as err:
+        raise OneLineError(str(err), err.exit_code) from err
+
+
+class _Count(click.ParamType):
+    """A positive integer that may be written like ``1e7`` (as in grid files)."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            n = value
+        else:
+            try:
+                n = int(value)
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    self.fail(f"{value!r} is not a whole number", param, ctx)
+                if not math.isfinite(f) or not f.is_integer():
+                    self.fail(f"{value!r} is not a whole number", param, ctx)
+                n = int(f)
+        if n < self.minimum:
+            self.fail(f"must be >= {self.minimum}, got {n}", param, ctx)
+        return n
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="harness",
+                      message="%(prog)s %(version)s")
+def main():
+    """Variance studies of Monte Carlo gradient estimators.
+
+    \b
+    Example:
+      harness validate examples/reparam_trick.yaml
+      harness run examples/reparam_trick.yaml
+      harness report runs/reparam_trick
+    """
+
+
+@main.command()
+@click.argument("grid", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
+              default=None, help="Output directory [default: runs/<grid name>].")
+@click.option("--force", is_flag=True, help="Recompute cells that already have results.")
+def run(grid: pathlib.Path, out_dir, force: bool):
+    """Run every cell of GRID and write one Parquet file per cell.
+
+    Finished cells are skipped, so an interrupted run resumes where it stopped.
+
+    \b
+    Example:
+      harness run examples/reparam_trick.yaml --out runs/reparam_trick
+    """
+    from .runner import run_grid
+
+    g = load_grid(grid)
+    out_dir = out_dir if out_dir is not None else pathlib.Path("runs") / g.name
+    # progress=None: the runner decides (progress on a terminal, quiet in pipes and CI).
+    summary = run_grid(g, out_dir, force=force, progress=None)
+    click.echo(str(summary))
+
+
+@main.command(short_help="Build the report (PNGs + HTML) of a run directory.")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False,
+                                           path_type=pathlib.Path))
+def report(run_dir: pathlib.Path):
+    """Build figures and an HTML page from the results stored in RUN_DIR.
+
+    \b
+    Example:
+      harness report runs/reparam_trick
+    """
+    from .report import build_report
+
+    click.echo(str(build_report(run_dir)))
+
+
+@main.command()
+@click.argument("grid", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+def validate(grid: pathlib.Path):
+    """Check GRID without running it and print what it would run.
+
+    \b
+    Example:
+      harness validate examples/reparam_trick.yaml
+    """
+    click.echo(describe_grid(load_grid(grid)))
+
+
+def describe_grid(g: Grid) -> str:
+    """One line: name, cells (product of parameter value counts x N values), estimators, seeds."""
+    cells = math.prod(len(values) for _, values in g.params) * len(g.n_samples)
+    params = " ".join(f"{name}={_values(values)}" for name, values in g.params)
+    n = len(g.seeds)
+    which = f"0..{n - 1}" if g.seeds == tuple(range(n)) else _values(g.seeds)
+    seed_text = f"{n} seed{'s' if n != 1 else ''} ({which})"
+    return (f"{g.path}: OK: {g.name}: {cells} cells; {g.distribution}/{g.cost} {params}; "
+            f"wrt {','.join(g.wrt)}; N={_values(g.n_samples)}; "
+            f"estimators {', '.join(e.label for e in g.estimators)}; {seed_text}; "
+            f"backend {g.backend}")
+
+
+def _values(values) -> str:
+    text = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    if len(text) > 6:
+        text = text[:3] + ["..."] + text[-2:]
+    return text[0] if len(text) == 1 else "[" + ",".join(text) + "]"
+
+
+@main.command("list", short_help="List distributions, costs, estimators and backends.")
+def list_command():
+    """List the registered distributions, costs, estimators and backends.
+
+    \b
+    Example:
+      harness list
+    """
+    click.echo("distributions:")
+    for name, d in registry.DISTRIBUTIONS.items():
+        click.echo(f"  {name:16} params: {', '.join(d.params)}; "
+                   f"components: {', '.join(d.components)}  {d.description}")
+    click.echo("costs:")
+    for name, c in registry.COSTS.items():
+        params = ", ".join(c.params) if c.params else "-"
+        diff = "differentiable" if c.derivative is not None else "not differentiable"
+        click.echo(f"  {name:16} params: {params}; {diff}  {c.description}")
+    click.echo("estimators:")
+    for name, e in registry.ESTIMATORS.items():
+        options = getattr(e, "options", {}) or {}
+        opt = "".join(f"; option {k}: {'|'.join(map(str, v))}" for k, v in options.items())
+        click.echo(f"  {name:16} needs_derivative: {str(e.needs_derivative).lower()}; "
+                   f"evals_per_sample: {e.evals_per_sample}{opt}  {e.description}")
+    click.echo("backends:")
+    for name in registry.BACKENDS:
+        click.echo(f"  {name}")
+
+
+@main.command()
+@click.option("--samples", type=_Count(2), default=10_000_000, show_default=True,
+              help="Samples per seed (1e7 style accepted).")
+@click.option("--seeds", type=_Count(1), default=8, show_default=True, help="Number of seeds.")
+@click.option("--threads", type=_Count(1), default=None,
+              help="Numba threads [default: numba's default].")
+def bench(samples: int, seeds: int, threads):
+    """Measure samples/s of the CPU kernel against a NumPy reference.
+
+    \b
+    Example:
+      harness bench --samples 1e6 --seeds 4 --threads 2
+    """
+    from .bench import run_bench
+
+    click.echo(str(run_bench(n_samples=samples, n_seeds=seeds, threads=threads)))
+
+
+if __name__ == "__main__":     # python -m harness.cli
+    main(prog_name="harness")

@@ -1,0 +1,199 @@
+"""Grid files -> Grid: good inputs parse to exactly what the user meant.
+
+Bad inputs are covered end to end (exit code, one line, file:line and key) in test_cli.py;
+here we check the parsed values and the structured fields of ConfigError.
+"""
+
+import dataclasses
+import pathlib
+import types
+
+import pytest
+
+from harness import registry
+from harness.config import EstimatorSpec, Grid, load_grid, parse_grid
+from harness.errors import ConfigError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "reparam_trick.yaml"
+
+MINIMAL = """\
+problem:
+  distribution: normal
+  cost: square
+  mu: 2.0
+  sigma: 1.0
+estimators: [score_function]
+n_samples: 100
+seeds: 3
+"""
+
+
+def write(tmp_path, text, name="grid.yaml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def plain_types(value):
+    """Every leaf of a parsed Grid field, to check no ruamel subclass leaks out."""
+    if isinstance(value, tuple):
+        for v in value:
+            yield from plain_types(v)
+    elif isinstance(value, EstimatorSpec):
+        yield from plain_types((value.name, value.options))
+    else:
+        yield value
+
+
+def test_example_parses_to_the_issue_grid():
+    grid = load_grid(EXAMPLE)
+    assert grid == Grid(
+        name="reparam_trick",
+        path=EXAMPLE,
+        source_text=EXAMPLE.read_text(encoding="utf-8"),
+        distribution="normal",
+        cost="square",
+        params=(("mu", (2.0,)), ("sigma", (1.0,))),
+        wrt=("mu",),
+        estimators=(EstimatorSpec("score_function"), EstimatorSpec("pathwise")),
+        n_samples=(10, 100, 1000, 10000, 100000),
+        seeds=tuple(range(1000)),
+        backend="cpu",
+    )
+
+
+def test_parsed_values_are_plain_python_types():
+    grid = load_grid(EXAMPLE)
+    for field in ("name", "distribution", "cost", "params", "wrt", "estimators",
+                  "n_samples", "seeds", "backend"):
+        for leaf in plain_types(getattr(grid, field)):
+            assert type(leaf) in (str, int, float), (field, type(leaf))
+    hash(grid)   # frozen and hashable all the way down
+
+
+def test_grid_is_frozen():
+    grid = parse_grid(MINIMAL, "g.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        grid.name = "other"
+
+
+def test_defaults_name_from_stem_wrt_all_backend_cpu(tmp_path):
+    grid = load_grid(write(tmp_path, MINIMAL, "my_study.yaml"))
+    assert grid.name == "my_study"
+    assert grid.wrt == ("mu", "sigma")
+    assert grid.backend == "cpu"
+    assert grid.path == tmp_path / "my_study.yaml"
+    assert grid.source_text == MINIMAL
+
+
+def test_scalars_become_one_tuples():
+    grid = parse_grid(MINIMAL, "g.yaml")
+    assert grid.params == (("mu", (2.0,)), ("sigma", (1.0,)))
+    assert grid.n_samples == (100,)
+    assert grid.estimators == (EstimatorSpec("score_function"),)
+
+
+def test_numbers_as_users_write_them():
+    text = MINIMAL.replace("cost: square", "cost: quadratic").replace(
+        "  sigma: 1.0\n", "  sigma: 1.0\n  k: [-3, 0.5]\n").replace(
+        "n_samples: 100", "n_samples: [1e3, 1e6, 2000, 1.0e+2]")
+    grid = parse_grid(text, "g.yaml")
+    params = dict(grid.params)
+    # One float column, not a mix of ints and floats.
+    assert params["k"] == (-3.0, 0.5)
+    assert all(type(x) is float for x in params["k"])
+    assert grid.n_samples == (1000, 1000000, 2000, 100)
+    assert all(type(n) is int for n in grid.n_samples)
+
+
+def test_params_in_fixed_order_distribution_then_cost():
+    text = MINIMAL.replace("cost: square", "cost: quadratic").replace(
+        "  mu: 2.0\n", "  k: [-3, 0, 3]\n  mu: [0.5, 2]\n")
+    grid = parse_grid(text, "g.yaml")
+    assert grid.params == (("mu", (0.5, 2.0)), ("sigma", (1.0,)), ("k", (-3.0, 0.0, 3.0)))
+
+
+def test_seeds_count_and_explicit_list():
+    assert parse_grid(MINIMAL, "g.yaml").seeds == (0, 1, 2)
+    def seeds(text):
+        return parse_grid(MINIMAL.replace("seeds: 3", text), "g.yaml").seeds
+
+    assert seeds("seeds: 1e1") == tuple(range(10))
+    # An explicit list keeps the user's order.
+    assert seeds("seeds: [7, 0, 42]") == (7, 0, 42)
+
+
+def test_wrt_scalar_and_canonical_order():
+    assert parse_grid(MINIMAL + "wrt: sigma\n", "g.yaml").wrt == ("sigma",)
+    # Order does not change the cell: components come in the distribution's order.
+    assert parse_grid(MINIMAL + "wrt: [sigma, mu]\n", "g.yaml").wrt == ("mu", "sigma")
+
+
+def test_estimator_mappings_and_labels():
+    text = MINIMAL.replace("estimators: [score_function]",
+                           "estimators:\n  - {name: score_function}\n  - pathwise\n")
+    grid = parse_grid(text, "g.yaml")
+    assert grid.estimators == (EstimatorSpec("score_function"), EstimatorSpec("pathwise"))
+    assert [e.label for e in grid.estimators] == ["score_function", "pathwise"]
+    assert EstimatorSpec("score_function", (("baseline", "loo"),)).label == \
+        "score_function[baseline=loo]"
+    assert EstimatorSpec("x", (("a", 1), ("b", "c"))).label == "x[a=1,b=c]"
+
+
+@pytest.fixture
+def with_options(monkeypatch):
+    """Give score_function a ``baseline`` option, as a later issue will."""
+    est = registry.ESTIMATORS["score_function"]
+    fake = types.SimpleNamespace(**vars(est), options={"baseline": ("none", "loo")})
+    monkeypatch.setitem(registry.ESTIMATORS, "score_function", fake)
+
+
+def test_estimator_options_come_from_the_registry(with_options):
+    text = MINIMAL.replace(
+        "estimators: [score_function]",
+        "estimators: [{name: score_function, baseline: loo}, score_function,"
+        " {baseline: none, name: score_function}]")
+    grid = parse_grid(text, "g.yaml")
+    assert [e.label for e in grid.estimators] == [
+        "score_function[baseline=loo]", "score_function", "score_function[baseline=none]"]
+
+
+@pytest.mark.parametrize("estimators, key, fragment", [
+    ("[{name: score_function, baseline: mean}]", "estimators[0].baseline", "none, loo"),
+    ("[{name: score_function, baselin: loo}]", "estimators[0].baselin", "did you mean 'baseline'"),
+    ("[{name: score_function, baseline: loo}, {baseline: loo, name: score_function}]",
+     "estimators[1]", "duplicate estimator"),
+])
+def test_estimator_option_errors(with_options, estimators, key, fragment):
+    text = MINIMAL.replace("[score_function]", estimators)
+    with pytest.raises(ConfigError) as info:
+        parse_grid(text, "g.yaml")
+    assert info.value.key == key
+    assert info.value.line == 6
+    assert fragment in str(info.value)
+
+
+def test_config_error_fields(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("sigma: 1.0", "sigma: -1.0"))
+    with pytest.raises(ConfigError) as info:
+        load_grid(path)
+    err = info.value
+    assert (err.file, err.line, err.key) == (path, 5, "problem.sigma")
+    assert err.fix and "positive" in err.fix
+    assert err.exit_code == 2
+    assert str(err).startswith(f"{path}:5: problem.sigma: must be > 0, got -1.0")
+    assert "\n" not in str(err)
+
+
+def test_duplicate_key_names_the_full_path_and_both_lines():
+    text = MINIMAL.replace("  sigma: 1.0\n", "  sigma: 1.0\n  mu: 3.0\n")
+    with pytest.raises(ConfigError) as info:
+        parse_grid(text, "g.yaml")
+    assert (info.value.line, info.value.key) == (6, "problem.mu")
+    assert "line 4" in info.value.fix
+
+
+def test_registry_is_read_at_call_time(monkeypatch):
+    monkeypatch.setattr(registry, "BACKENDS", ("cpu", "cuda"))
+    assert parse_grid(MINIMAL + "backend: cuda\n", "g.yaml").backend == "cuda"

@@ -1,0 +1,121 @@
+"""The CPU kernel: plumbing against a direct NumPy recomputation from the same draws,
+bitwise reproducibility (threads, serial compile, reruns, cached vs cold), flat memory."""
+
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+from harness.backends import cpu
+from harness.rng import normals
+
+ESTIMATORS = ["score_function", "pathwise"]
+COMPONENTS = ["mu", "sigma"]
+
+
+def direct_terms(eps, mu, sigma, k):
+    """Per-sample terms of both estimators for f = (x - k)^2, straight from the formulas."""
+    x = mu + sigma * eps
+    f, df = (x - k) ** 2, 2.0 * (x - k)
+    return np.stack([f * eps / sigma, f * (eps**2 - 1) / sigma, df, df * eps])
+
+
+@pytest.mark.parametrize("n", [2, 3, 10_001, 3 * cpu.MIN_CHUNK_PAIRS * 2 + 7])
+def test_kernel_matches_direct_computation_on_the_same_draws(n):
+    mu, sigma, k = 0.7, 1.3, -0.4
+    seeds = np.array([0, 5, 2**40 + 3])
+    est, var = cpu.estimate("normal", "quadratic", ESTIMATORS, COMPONENTS, mu, sigma, k, n, seeds)
+    assert est.shape == var.shape == (3, 2, 2)
+    for s, seed in enumerate(seeds):
+        terms = direct_terms(normals(int(seed), n), mu, sigma, k)
+        np.testing.assert_allclose(est[s].ravel(), terms.mean(axis=1), rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(var[s].ravel(), terms.var(axis=1, ddof=1), rtol=1e-10)
+
+
+def test_chunking_depends_on_n_only_and_covers_every_pair():
+    for n in [2, 3, 8191, 8192, 10**6 + 1, 10**9]:
+        chunk_pairs, n_chunks = cpu.chunking(n)
+        assert 1 <= n_chunks <= cpu.MAX_CHUNKS
+        assert (n_chunks - 1) * chunk_pairs < (n + 1) // 2 <= n_chunks * chunk_pairs
+
+
+def _run(**kw):
+    return cpu.estimate("normal", "quadratic", ESTIMATORS, COMPONENTS, 2.0, 0.5, 1.0,
+                        200_001, np.arange(6), **kw)
+
+
+def test_bitwise_identical_for_one_and_two_threads_and_serial_compile():
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _run()
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = _run()
+    finally:
+        numba.set_num_threads(before)
+    serial = _run(parallel=False)
+    again = _run()
+    for other in (two, serial, again):
+        assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1])
+
+
+def test_thread_count_from_environment_gives_identical_bits(tmp_path):
+    script = (
+        "import numpy as np, sys\n"
+        "from harness.backends import cpu\n"
+        "e, v = cpu.estimate('normal', 'square', ['score_function'], ['mu'], 2.0, 1.0, 0.0,"
+        " 100_003, np.arange(4))\n"
+        "sys.stdout.write(e.tobytes().hex() + v.tobytes().hex())\n"
+    )
+    outs = []
+    for threads in ("1", "2"):
+        env = {**__import__("os").environ, "NUMBA_NUM_THREADS": threads}
+        outs.append(subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                                   capture_output=True, text=True).stdout)
+    assert outs[0] == outs[1] and len(outs[0]) > 0
+
+
+def test_cached_kernel_in_a_new_process_gives_the_cold_numbers(tmp_path):
+    """Cold compile and cache hit must agree for every cell type (DESIGN.md pitfall: factory
+    closures can share a wrong cache entry). Two cells that differ only in cost or estimator
+    set must not read each other's kernel."""
+    script = (
+        "import numpy as np, sys\n"
+        "from harness.backends import cpu\n"
+        "out = []\n"
+        "for cost, ests in (('square', ['score_function']), ('square', ['pathwise']),\n"
+        "                   ('quadratic', ['score_function'])):\n"
+        "    e, v = cpu.estimate('normal', cost, ests, ['mu'], 1.5, 0.8, 0.5, 5_001, np.arange(3))\n"
+        "    out.append(e.tobytes().hex() + v.tobytes().hex())\n"
+        "sys.stdout.write(' '.join(out))\n"
+    )
+    env = {**__import__("os").environ, "HARNESS_KERNEL_DIR": str(tmp_path)}
+    cold, warm = (subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                                 capture_output=True, text=True).stdout.split() for _ in range(2))
+    assert cold == warm and len(set(cold)) == len(cold) == 3
+    assert len(list(tmp_path.glob("__pycache__/*.nbi"))) == 3  # one cached kernel per cell type
+
+
+def test_memory_does_not_grow_with_n():
+    # partial sums are (seeds, chunks <= MAX_CHUNKS, terms): independent of N
+    for n in (10**3, 10**6, 10**12):
+        chunk_pairs, n_chunks = cpu.chunking(n)
+        assert n_chunks <= cpu.MAX_CHUNKS
+
+
+def test_rejects_bad_input_with_harness_errors():
+    from harness.errors import ConfigError
+
+    bad = [
+        dict(cost="nope"), dict(estimators=["nope"]), dict(components=["tau"]),
+        dict(sigma=0.0), dict(sigma=float("nan")), dict(n_samples=1), dict(seeds=[-1]),
+        dict(seeds=[]), dict(n_samples=2.5),
+    ]
+    for override in bad:
+        args = dict(distribution="normal", cost="square", estimators=["pathwise"],
+                    components=["mu"], mu=0.0, sigma=1.0, k=0.0, n_samples=10, seeds=[0])
+        args.update(override)
+        with pytest.raises(ConfigError):
+            cpu.estimate(**args)
