@@ -18,6 +18,35 @@ Jitted function signatures (all float64 scalars unless stated):
     (uint32 as uint64) are the seed's Philox key and ``index`` (int64) the sample index,
     for estimators that need extra random numbers: draw them from a stream id >= 1 (stream 0
     is the shared normal eps).
+
+Estimators with options (``score_function`` ``baseline``, ``measure_valued`` ``coupling``,
+...) are *families*: ``Estimator.options`` maps each option to its allowed values (the first
+is the default) and ``Estimator.configure(**options)`` returns the concrete variant, a plain
+``Estimator`` whose ``name`` is the label (``score_function[baseline=optimal]``).  The label is
+the key of kernels and results; ``harness.registry.resolve`` turns names, labels and
+``EstimatorSpec``-like objects into variants.
+
+A variant is one of two kinds:
+
+*per-sample* (``n_moments == 0``): ``per_sample`` returns the term g_i; the N-sample estimate
+    is mean(g_i) and the per-sample variance the within-seed sample variance of g_i.
+*accumulated* (``n_moments > 0``): for estimators whose term uses other samples of the seed
+    (a leave-one-out baseline) or an independent stream (an estimated optimal baseline or
+    control-variate coefficient).  ``per_sample`` returns a tuple of ``n_moments`` floats per
+    sample; the kernel accumulates their means in the same single fused pass (memory
+    independent of N, same lane/chunk order, so just as reproducible), and
+    ``finalize(means, variances, n, consts) -> (estimate, sample_var)`` (NumPy, vectorised
+    over seeds: ``means``/``variances`` have shape (n_seeds, n_moments)) turns them into the
+    estimate and the within-seed per-sample variance, as the module docstring defines it.
+
+Both kinds may take per-cell constants: if ``n_consts > 0``, ``prepare(cost, component, mu,
+sigma, k) -> tuple of n_consts floats`` is called once per cell and component (in Python;
+e.g. an exact optimal baseline, or f and its derivatives at mu) and ``per_sample`` receives
+them as a 12th argument, a tuple of floats.
+
+``exact_moments(cost, component, mu, sigma, k) -> (mean, per-sample variance, source)``, if
+given, supplies the exact references of estimators the generic quadrature over eps cannot
+handle (extra randomness, accumulated estimators).
 """
 
 from __future__ import annotations
@@ -55,6 +84,8 @@ class Cost:
     exact_grad: Callable
     exact_variance: Mapping[tuple[str, str], Callable] = field(default_factory=dict)
     description: str = ""
+    # f''(x, k) (plain Python or jitted), for estimators that expand f around mu (delta_cv)
+    second_derivative: Optional[Callable] = None
 
 
 @dataclass(frozen=True)
@@ -69,3 +100,17 @@ class Estimator:
     # True if the term uses random numbers beyond eps (then the quadrature over eps in
     # ``harness.exact`` cannot give its variance; the cost must supply a closed form).
     extra_randomness: bool = False
+    # option -> allowed values, first = default; e.g. {"baseline": ("none", "mean", ...)}
+    options: Mapping[str, tuple] = field(default_factory=dict)
+    # (**options) -> the concrete variant (an Estimator named by its label); None: no options
+    configure: Optional[Callable[..., "Estimator"]] = None
+    n_moments: int = 0                 # 0: per-sample kind; > 0: accumulated kind
+    finalize: Optional[Callable] = None
+    n_consts: int = 0
+    prepare: Optional[Callable] = None
+    exact_moments: Optional[Callable] = None
+
+    @property
+    def defaults(self) -> dict:
+        """The default value of every option."""
+        return {key: values[0] for key, values in self.options.items()}

@@ -64,9 +64,7 @@ class EstimatorSpec:
     @property
     def label(self) -> str:
         """``"score_function"`` or ``"score_function[baseline=loo]"`` (results column)."""
-        if not self.options:
-            return self.name
-        return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.options)}]"
+        return registry.label(self.name, self.options)
 
 
 @dataclass(frozen=True)
@@ -413,10 +411,15 @@ def _read_estimator(r: _Reader, v: _Value, cost: str) -> EstimatorSpec:
         for key in sorted(k for k in m if k != "name"):
             ov = r.entry(m, key, v.key)
             value = _plain(ov.value)
-            if _is_bool(ov.value) or value not in allowed[key]:
+            # a boolean only matches a boolean (True == 1 in Python); store the registered
+            # value, so `coefficient: 1.0` and `coefficient: 1` are the same estimator
+            matches = [a for a in allowed[key]
+                       if a == value and isinstance(a, bool) == isinstance(value, bool)]
+            if not matches:
+                valid = _or_none(map(registry.option_text, allowed[key]))
                 r.fail(f"invalid value {_show(ov.value)} for option {key} of {name}",
-                       ov.line, ov.key, fix=f"use one of: {_or_none(map(str, allowed[key]))}")
-            options.append((str(key), value))
+                       ov.line, ov.key, fix=f"use one of: {valid}")
+            options.append((str(key), matches[0]))
         spec = EstimatorSpec(name, tuple(options))
     elif isinstance(v.value, str):
         spec = EstimatorSpec(r.choice(v, registry.ESTIMATORS, "estimator"))

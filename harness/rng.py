@@ -108,3 +108,12 @@ def normals(seed: int, n: int, stream: int = 0, start: int = 0) -> np.ndarray:
     out = np.empty(n)
     _fill_normals(k0, k1, np.uint64(start), np.uint64(stream), out)
     return out
+
+
+@njit(inline="always")
+def normal_at(k0, k1, index, stream):
+    """One N(0, 1) draw for counter (index, stream): the cosine half of Box-Muller of
+    ``uniform_pair(k0, k1, index, stream)``.  For estimators' own streams (>= 1), where
+    sample i simply uses index i (stream 0 packs two samples per counter instead)."""
+    u0, u1 = uniform_pair(k0, k1, index, stream)
+    return math.sqrt(-2.0 * log_unit(u0)) * sincos_2pi(u1)[0]

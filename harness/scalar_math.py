@@ -115,3 +115,56 @@ def sincos_2pi(v):
     c = sin_x if swap else cos_x
     s = cos_x if swap else sin_x
     return cos_sign * c, sin_sign * s
+
+
+# fdlibm e_exp.c, without the special cases (see ``exp_clamped``)
+_INV_LN2 = 1.44269504088896338700e+00
+_EXP_P1 = 1.66666666666666019037e-01
+_EXP_P2 = -2.77777777770155933842e-03
+_EXP_P3 = 6.61375632143793436117e-05
+_EXP_P4 = -1.65339022054652515390e-06
+_EXP_P5 = 4.13813679705723846039e-08
+_EXP_LO = -700.0   # exp(-700) ~ 9.9e-305: the smallest result, so 2^n stays a normal double
+_EXP_HI = 700.0
+
+
+@njit(inline="always")
+def exp_clamped(x):
+    """exp(x) for x clamped to [-700, 700], branch-free so LLVM vectorises loops calling it
+    (a libm ``exp`` call blocks that).  About 1 ulp (fdlibm's reduction x = n ln2 + r and its
+    rational approximation on |r| <= ln2/2).  Inputs below -700 give exp(-700) ~ 1e-304
+    instead of a smaller number or 0 (absolute error < 1e-304); NaN is not propagated
+    reliably (the callers never pass it)."""
+    x = min(max(x, _EXP_LO), _EXP_HI)
+    n = np.floor(x * _INV_LN2 + 0.5)
+    hi = x - n * _LN2_HI          # exact: n has <= 11 bits and _LN2_HI has 32 trailing zeros
+    lo = n * _LN2_LO
+    r = hi - lo
+    t = r * r
+    c = r - t * (_EXP_P1 + t * (_EXP_P2 + t * (_EXP_P3 + t * (_EXP_P4 + t * _EXP_P5))))
+    y = 1.0 - ((lo - (r * c) / (2.0 - c)) - hi)
+    scale = _float_of((np.int64(n) + np.int64(1023)) << np.int64(52))  # 2^n, n in [-1010, 1010]
+    return y * scale
+
+
+_INV_2PI = 0.15915494309189535
+
+
+@njit(inline="always")
+def cos_any(x):
+    """cos(x) for finite x, branch-free: reduce to turns v = frac(x / 2 pi) and use
+    ``sincos_2pi``.  The reduction rounds x / 2 pi, so the absolute error grows like
+    |x| * 1e-16 (below 1e-14 for |x| < 100, the costs' range); not for huge arguments."""
+    t = x * _INV_2PI
+    v = t - np.floor(t)
+    v = v if v < 1.0 else 0.0       # t a tiny negative number: 1 - tiny rounds to 1
+    return sincos_2pi(v)[0]
+
+
+@njit(inline="always")
+def sin_any(x):
+    """sin(x) for finite x, branch-free; the same reduction and error bound as ``cos_any``."""
+    t = x * _INV_2PI
+    v = t - np.floor(t)
+    v = v if v < 1.0 else 0.0
+    return sincos_2pi(v)[1]

@@ -26,10 +26,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from numba.core.dispatcher import Dispatcher
 
 from .. import __version__
 from ..errors import ConfigError
-from ..registry import COSTS, DISTRIBUTIONS, ESTIMATORS
+from .. import registry
+from ..registry import COSTS, DISTRIBUTIONS
 
 MAX_CHUNKS = 64          # per seed; bounds the partial-sum memory
 MIN_CHUNK_PAIRS = 4096   # Box-Muller pairs per chunk, so chunk overhead stays negligible
@@ -52,17 +54,23 @@ from harness.rng import normal_pair
 # itself inlines the Philox code: "dynamic globals").
 {rejit}
 
-N_TERMS = {n_terms}
+N_TERMS = {n_terms}  # accumulated quantities: 1 per per-sample term, n_moments per accumulated one
 LANES = 8  # independent partial sums, so the sample loop vectorises without reassociation
 
 
 @njit(inline="always")
-def terms(mu, sigma, k, eps, key0, key1, index):
-    """Every estimator term at one sample x = mu + sigma * eps."""
+def terms(mu, sigma, k, eps, key0, key1, index, cs):
+    """Every accumulated quantity at one sample x = mu + sigma * eps; cs: per-cell constants."""
     x = mu + sigma * eps
     f = cost_value(x, k)
     df = {derivative_call}
-    return ({term_calls},)
+{term_lines}
+    return ({term_tuple},)
+
+
+# The same body as a separately compiled function, for the once-per-chunk shift: a second
+# inlined call site would double the compile time.
+terms_once = njit(terms.py_func)
 
 
 # The summation order is fixed by this source (lane by lane, then lanes in order), so the bits
@@ -70,11 +78,12 @@ def terms(mu, sigma, k, eps, key0, key1, index):
 # multiply-add, 2x faster here) is allowed: never "reassoc" (it would let LLVM reorder the
 # sums) nor "nnan"/"ninf" (they break NaN checks).
 @njit(parallel={parallel}, cache=True, fastmath={{"contract"}})
-def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, out):
+def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, consts, out):
     """out[seed, chunk, :] = (count, shift[N_TERMS], sum[N_TERMS], sum_sq[N_TERMS]) of the
-    chunk's terms, shifted by the terms of its first sample (guards against cancellation)."""
+    chunk's quantities, shifted by those of its first sample (guards against cancellation)."""
     n_seeds, n_chunks = out.shape[0], out.shape[1]
     n_pairs = (n_samples + 1) // 2  # an odd N uses the first draw of its last pair
+    cs = ({consts_tuple},)  # scalars, so the hot loop never reads the array
     for job in prange(n_seeds * n_chunks):
         s = job // n_chunks
         c = job - s * n_chunks
@@ -83,7 +92,7 @@ def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, out):
         first = c * chunk_pairs
         last = min(first + chunk_pairs, n_pairs)
         e0, e1 = normal_pair(key0, key1, first, 0)
-        shift = terms(mu, sigma, k, e0, key0, key1, 2 * first)
+        shift = terms_once(mu, sigma, k, e0, key0, key1, 2 * first, cs)
         acc = np.zeros((2, N_TERMS, LANES))  # [sum | sum of squares, term, lane]
         for b in range((last - first + LANES - 1) // LANES):
             for lane in range(LANES):
@@ -92,8 +101,11 @@ def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, out):
                 use0 = p < last
                 use1 = use0 and 2 * p + 1 < n_samples
                 e0, e1 = normal_pair(key0, key1, p, 0)
-                t = terms(mu, sigma, k, e0, key0, key1, 2 * p)
-                u = terms(mu, sigma, k, e1, key0, key1, 2 * p + 1)
+                # one call site of the (large, inlined) sample body: numba's IR inlining is
+                # the bulk of the compile time; LLVM unrolls this 2-trip loop
+                for h in range(2):
+                    use = use0 if h == 0 else use1
+                    t = terms(mu, sigma, k, e0 if h == 0 else e1, key0, key1, 2 * p + h, cs)
 {accumulate_pair}
         out[s, c, 0] = min(2 * last, n_samples) - 2 * first
         for j in range(N_TERMS):
@@ -124,7 +136,17 @@ def _source_digest(jitted_functions) -> str:
     from .. import rng, scalar_math
 
     files = {Path(m.__file__).resolve() for m in (rng, scalar_math, sys.modules[__name__])}
-    files.update(Path(inspect.getfile(f.py_func)).resolve() for f in jitted_functions)
+    # the functions' own files and, transitively, those of the jitted helpers they call
+    # (e.g. delta_cv calls score_function.score)
+    seen, stack = set(), list(jitted_functions)
+    while stack:
+        f = stack.pop()
+        if id(f) in seen:
+            continue
+        seen.add(id(f))
+        files.add(Path(inspect.getfile(f.py_func)).resolve())
+        stack.extend(g for g in f.py_func.__globals__.values()
+                     if isinstance(g, Dispatcher) and g.py_func.__name__ in f.py_func.__code__.co_names)
     h = hashlib.sha256(__version__.encode())
     for path in sorted(files):
         h.update(path.as_posix().encode())
@@ -141,43 +163,74 @@ def kernel_dir() -> Path:
 
 
 def _accumulate(n_terms, indent) -> str:
-    """Source lines adding both samples' shifted terms to lane ``lane`` of ``acc``."""
+    """Source lines adding the sample's shifted terms to lane ``lane`` of ``acc``."""
     lines = []
     for j in range(n_terms):
-        for t, use in (("t", "use0"), ("u", "use1")):
-            lines += [f"d = {t}[{j}] - shift[{j}] if {use} else 0.0", f"acc[0, {j}, lane] += d",
-                      f"acc[1, {j}, lane] += d * d"]
+        lines += [f"d = t[{j}] - shift[{j}] if use else 0.0", f"acc[0, {j}, lane] += d",
+                  f"acc[1, {j}, lane] += d * d"]
     return "\n".join(indent + line for line in lines)
+
+
+def _layout(estimators: tuple[str, ...], components: tuple[str, ...]):
+    """The resolved variants and, per (variant, component) in C order, (quantity offset,
+    quantity count, consts offset): the kernel's output columns and constant slots."""
+    variants = [registry.resolve(e) for e in estimators]
+    slots, q, c = [], 0, 0
+    for v in variants:
+        for _ in components:
+            n_q = v.n_moments or 1
+            slots.append((q, n_q, c))
+            q += n_q
+            c += v.n_consts
+    return variants, slots, q, c
 
 
 def kernel_source(cost: str, estimators: tuple[str, ...], components: tuple[str, ...],
                   parallel: bool = True) -> str:
-    """The Python source of the fused kernel for this combination."""
+    """The Python source of the fused kernel for this combination (``estimators`` are
+    registry names or labels)."""
     c = COSTS[cost]
-    pairs = [(e, comp) for e in estimators for comp in components]
-    n = len(pairs)
+    variants, slots, n_terms, n_consts = _layout(estimators, components)
     comp_index = {"mu": 0, "sigma": 1}
-    est_alias = {e: f"est_{i}" for i, e in enumerate(estimators)}
+    aliases = {}
+    for v in variants:  # one alias per distinct jitted function
+        aliases.setdefault(v.per_sample, f"est_{len(aliases)}")
+    lines, names = [], []
+    slot = iter(slots)
+    for i, v in enumerate(variants):
+        for comp in components:
+            q, n_q, c0 = next(slot)
+            args = (f"{comp_index[comp]}, cost_value, k, mu, sigma, eps, f, df, key0, key1, "
+                    "index")
+            if v.n_consts:
+                args += ", (" + "".join(f"cs[{c0 + j}], " for j in range(v.n_consts)) + ")"
+            call = f"{aliases[v.per_sample]}({args})"
+            if v.n_moments:
+                lines.append(f"    m{q} = {call}  # {v.name}, {comp}")
+                names += [f"m{q}[{j}]" for j in range(n_q)]
+            else:
+                lines.append(f"    g{q} = {call}  # {v.name}, {comp}")
+                names.append(f"g{q}")
     return _TEMPLATE.format(
         version=__version__,
         parallel=bool(parallel),
         cost=cost,
-        labels=", ".join(f"({e}, {comp})" for e, comp in pairs),
+        labels=", ".join(f"({v.name}, {comp})" for v in variants for comp in components),
         cost_import=f"from {_where(c.value)} as cost_value",
         derivative_import=(f"from {_where(c.derivative)} as _cost_derivative"
                            if c.derivative is not None else ""),
         derivative_call="cost_derivative(x, k)" if c.derivative is not None else "0.0",
         estimator_imports="\n".join(
-            f"from {_where(ESTIMATORS[e].per_sample)} as _{a}" for e, a in est_alias.items()),
+            f"from {_where(fn)} as _{a}" for fn, a in aliases.items()),
         rejit="\n".join(
-            [f'{a} = njit(inline="always")(_{a}.py_func)' for a in est_alias.values()]
+            [f'{a} = njit(inline="always")(_{a}.py_func)' for a in aliases.values()]
             + (['cost_derivative = njit(inline="always")(_cost_derivative.py_func)']
                if c.derivative is not None else [])),
-        n_terms=n,
-        term_calls=", ".join(
-            f"{est_alias[e]}({comp_index[comp]}, cost_value, k, mu, sigma, eps, f, df, key0, key1, index)"
-            for e, comp in pairs),
-        accumulate_pair=_accumulate(n, " " * 16),
+        n_terms=n_terms,
+        term_lines="\n".join(lines),
+        term_tuple=", ".join(names),
+        consts_tuple=", ".join(f"consts[{j}]" for j in range(max(n_consts, 1))),
+        accumulate_pair=_accumulate(n_terms, " " * 20),
     )
 
 
@@ -188,6 +241,7 @@ _lock = threading.Lock()
 def load_kernel(cost: str, estimators: tuple[str, ...], components: tuple[str, ...],
                 parallel: bool = True):
     """Import (writing it first if needed) the generated module and return its kernel."""
+    estimators = _labels(estimators)
     key = (cost, estimators, components, parallel)
     with _lock:
         if key in _loaded:
@@ -195,7 +249,7 @@ def load_kernel(cost: str, estimators: tuple[str, ...], components: tuple[str, .
         source = kernel_source(cost, estimators, components, parallel)
         c = COSTS[cost]
         called = [c.value] + ([c.derivative] if c.derivative is not None else [])
-        called += [ESTIMATORS[e].per_sample for e in estimators]
+        called += [registry.resolve(e).per_sample for e in estimators]
         name = "harness_kernel_" + hashlib.sha256(
             (_source_digest(called) + source).encode()).hexdigest()[:16]
         directory = kernel_dir()
@@ -247,28 +301,56 @@ def merge_chunks(partials: np.ndarray, n_terms: int) -> tuple[np.ndarray, np.nda
     return mean, m2 / (n - 1.0)
 
 
+def _labels(estimators) -> tuple[str, ...]:
+    """Estimator names, labels (``score_function[baseline=mean]``) or ``EstimatorSpec``-like
+    objects (``name`` and ``options``) -> labels, each checked against the registry."""
+    out = []
+    for e in estimators:
+        out.append(registry.resolve(e).name)
+    return tuple(out)
+
+
+def constants(cost: str, estimators, components, mu: float, sigma: float, k: float
+              ) -> np.ndarray:
+    """The per-cell constants of every (variant, component) in kernel slot order."""
+    variants, slots, _, n_consts = _layout(tuple(estimators), tuple(components))
+    consts = np.zeros(max(n_consts, 1))
+    slot = iter(slots)
+    for v in variants:
+        for comp in components:
+            _, _, c0 = next(slot)
+            if v.n_consts:
+                values = tuple(float(x) for x in v.prepare(COSTS[cost], comp, mu, sigma, k))
+                if len(values) != v.n_consts:
+                    raise ValueError(f"{v.name}.prepare returned {len(values)} constants, "
+                                     f"expected {v.n_consts}")
+                consts[c0:c0 + v.n_consts] = values
+    return consts
+
+
 def estimate(distribution: str, cost: str, estimators, components, mu: float, sigma: float,
              k: float, n_samples: int, seeds, *, parallel: bool = True
              ) -> tuple[np.ndarray, np.ndarray]:
     """Run every estimator term of one cell for every seed.
 
+    ``estimators``: registry names, labels (``"score_function[baseline=optimal]"``) or
+    ``EstimatorSpec``-like objects with ``name`` and ``options``.
     Returns ``(estimate, sample_var)``, float64 arrays of shape
-    ``(n_seeds, n_estimators, n_components)``: the N-sample mean of each estimator's term and
-    its within-seed sample variance (divisor N - 1). Validates its inputs (the config layer
-    normally has already) so library users get a clear error, not a numba crash.
+    ``(n_seeds, n_estimators, n_components)``: the N-sample estimate of each estimator and
+    its within-seed per-sample variance (divisor N - 1; for accumulated estimators as
+    defined in their module). Validates its inputs (the config layer normally has already)
+    so library users get a clear error, not a numba crash.
     ``parallel=False`` uses a serial compile of the same kernel (tests check they agree).
     """
-    estimators, components = tuple(estimators), tuple(components)
+    components = tuple(components)
     if distribution not in DISTRIBUTIONS:
         raise ConfigError(f"unknown distribution {distribution!r}", key="distribution",
                           fix=f"use one of {sorted(DISTRIBUTIONS)}")
     if cost not in COSTS:
         raise ConfigError(f"unknown cost {cost!r}", key="cost", fix=f"use one of {sorted(COSTS)}")
-    for e in estimators:
-        if e not in ESTIMATORS:
-            raise ConfigError(f"unknown estimator {e!r}", key="estimators",
-                              fix=f"use one of {sorted(ESTIMATORS)}")
-        if ESTIMATORS[e].needs_derivative and COSTS[cost].derivative is None:
+    labels = _labels(estimators)
+    for e in labels:
+        if registry.resolve(e).needs_derivative and COSTS[cost].derivative is None:
             raise ConfigError(f"estimator {e!r} needs a differentiable cost, {cost!r} is not",
                               key="estimators", fix="drop it or pick a differentiable cost")
     valid = DISTRIBUTIONS[distribution].components
@@ -284,18 +366,30 @@ def estimate(distribution: str, cost: str, estimators, components, mu: float, si
         raise ConfigError("seeds must be a non-empty 1-D array of non-negative integers",
                           key="seeds")
 
-    kernel = load_kernel(cost, estimators, components, parallel)
-    n_terms = len(estimators) * len(components)
+    kernel = load_kernel(cost, labels, components, parallel)
+    variants, slots, n_terms, _ = _layout(labels, components)
+    consts = constants(cost, labels, components, float(mu), float(sigma), float(k))
     chunk_pairs, n_chunks = chunking(int(n_samples))
     seeds_u = seeds.astype(np.uint64)
     keys0 = seeds_u & np.uint64(0xFFFFFFFF)
     keys1 = seeds_u >> np.uint64(32)
     partials = np.empty((seeds.size, n_chunks, 1 + 3 * n_terms))
     kernel(keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs), float(mu), float(sigma),
-           float(k), partials)
+           float(k), consts, partials)
     mean, var = merge_chunks(partials, n_terms)
-    shape = (seeds.size, len(estimators), len(components))
-    return mean.reshape(shape), var.reshape(shape)
+    shape = (seeds.size, len(labels), len(components))
+    est_out, var_out = np.empty(shape), np.empty(shape)
+    slot = iter(slots)
+    for i, v in enumerate(variants):
+        for j, _ in enumerate(components):
+            q, n_q, c0 = next(slot)
+            if v.n_moments:
+                est_out[:, i, j], var_out[:, i, j] = v.finalize(
+                    mean[:, q:q + n_q], var[:, q:q + n_q], int(n_samples),
+                    consts[c0:c0 + v.n_consts])
+            else:
+                est_out[:, i, j], var_out[:, i, j] = mean[:, q], var[:, q]
+    return est_out, var_out
 
 
 def vector_width(cost: str, estimators, components) -> int:
@@ -306,11 +400,13 @@ def vector_width(cost: str, estimators, components) -> int:
 
     from numba import njit
 
-    module = sys.modules[load_kernel(cost, tuple(estimators), tuple(components)).__module__]
-    fresh = njit(parallel=True)(module.kernel.py_func)
-    out = np.empty((1, 1, 1 + 3 * len(estimators) * len(components)))
+    labels = _labels(estimators)
+    module = sys.modules[load_kernel(cost, labels, tuple(components)).__module__]
+    fresh = njit(parallel=True, fastmath={"contract"})(module.kernel.py_func)
+    _, _, n_terms, n_consts = _layout(labels, tuple(components))
+    out = np.empty((1, 1, 1 + 3 * n_terms))
     key = np.zeros(1, dtype=np.uint64)
-    fresh(key, key, np.int64(4), np.int64(2), 0.0, 1.0, 0.0, out)
+    fresh(key, key, np.int64(4), np.int64(2), 0.0, 1.0, 0.0, np.zeros(max(n_consts, 1)), out)
     library = fresh.overloads[fresh.signatures[0]].library
     seen, stack, widths = set(), [library], [1]
     while stack:

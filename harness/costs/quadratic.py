@@ -26,6 +26,10 @@ def derivative(x, k):
     return 2.0 * (x - k)
 
 
+def second_derivative(x, k):
+    return 2.0
+
+
 def exact_mean(mu, sigma, k):
     a = mu - k
     return a * a + sigma * sigma
@@ -66,6 +70,7 @@ COST = Cost(
     params=("k",),
     value=value,
     derivative=derivative,
+    second_derivative=second_derivative,
     exact_mean=exact_mean,
     exact_grad=exact_grad,
     exact_variance=EXACT_VARIANCE,

@@ -33,6 +33,7 @@ COST = Cost(
     params=(),
     value=value,
     derivative=derivative,
+    second_derivative=quadratic.second_derivative,
     exact_mean=_at_zero(quadratic.exact_mean),
     exact_grad=_at_zero(quadratic.exact_grad),
     exact_variance={key: _at_zero(fn) for key, fn in quadratic.EXACT_VARIANCE.items()},
