@@ -15,7 +15,7 @@ use it.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from numba import njit
@@ -24,14 +24,14 @@ from scipy.special import roots_hermitenorm
 GH_NODES = 400
 
 
-@lru_cache(maxsize=None)
+@cache
 def hermite_rule(n: int = GH_NODES):
     # scipy's rule stays finite for large n (numpy's hermegauss overflows beyond ~180 nodes)
     nodes, weights = roots_hermitenorm(n)
     return nodes, weights / math.sqrt(2.0 * math.pi)
 
 
-@lru_cache(maxsize=None)
+@cache
 def composite_legendre(a: float, b: float, panels: int, order: int):
     x, w = np.polynomial.legendre.leggauss(order)
     edges = np.linspace(a, b, panels + 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from functools import lru_cache
+from functools import cache
 
 from .costs import cos, exp, quadratic, square
 from .distributions import normal
@@ -89,7 +89,7 @@ def resolve(estimator) -> "Estimator":
     return _resolve(name, options)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _resolve(name: str, options: tuple):
     if name not in ESTIMATORS:
         raise ConfigError(f"unknown estimator {name!r}", key="estimators",

@@ -58,7 +58,7 @@ def cases():
             for comp in COMPONENTS for point in POINTS]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run(estimators: tuple, cost: str, point: tuple, n: int = N, r: int = R) -> dict:
     """{(estimator, component): (estimates[r], sample_vars[r])}: one fused kernel per call.
     Serial compiles (3x faster to compile than parallel ones, bitwise the same numbers:
