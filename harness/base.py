@@ -86,7 +86,7 @@ class Cost:
     exact_variance: Mapping[tuple[str, str], Callable] = field(default_factory=dict)
     description: str = ""
     # f''(x, k) (plain Python or jitted), for estimators that expand f around mu (delta_cv)
-    second_derivative: Optional[Callable] = None
+    second_derivative: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -104,12 +104,12 @@ class Estimator:
     # option -> allowed values, first = default; e.g. {"baseline": ("none", "mean", ...)}
     options: Mapping[str, tuple] = field(default_factory=dict)
     # (**options) -> the concrete variant (an Estimator named by its label); None: no options
-    configure: Optional[Callable[..., "Estimator"]] = None
+    configure: Callable[..., Estimator] | None = None
     n_moments: int = 0                 # 0: per-sample kind; > 0: accumulated kind
-    finalize: Optional[Callable] = None
+    finalize: Callable | None = None
     n_consts: int = 0
-    prepare: Optional[Callable] = None
-    exact_moments: Optional[Callable] = None
+    prepare: Callable | None = None
+    exact_moments: Callable | None = None
 
     @property
     def defaults(self) -> dict:

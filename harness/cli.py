@@ -199,7 +199,8 @@ def list_command():
     click.echo("estimators:")
     for name, e in registry.ESTIMATORS.items():
         options = getattr(e, "options", {}) or {}
-        opt = "".join(f"; option {k}: {'|'.join(map(str, v))}" for k, v in options.items())
+        opt = "".join(f"; option {k}: {'|'.join(map(registry.option_text, v))}"
+                      for k, v in options.items())
         click.echo(f"  {name:16} needs_derivative: {str(e.needs_derivative).lower()}; "
                    f"evals_per_sample: {e.evals_per_sample}{opt}  {e.description}")
     click.echo("backends:")

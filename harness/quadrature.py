@@ -3,9 +3,10 @@ estimators' ``exact_moments``).  Plain NumPy; no registry imports, so estimator 
 use it.
 
 - ``normal_expect(h)``: E[h(eps)], eps ~ N(0, 1), by ``GH_NODES``-point Gauss-Hermite
-  (probabilists', scipy's ``roots_hermitenorm``).  Exact for polynomials of degree < 2 * GH_NODES; for the smooth costs here
-  it converges geometrically.  400 nodes (spacing ~0.16 near 0) resolve exp(-k x^2) up to
-  k = 10 to ~1e-9 relative (checked against the closed forms in tests/test_estimators.py).
+  (probabilists', from scipy's ``roots_hermitenorm``).  Exact for polynomials of degree
+  < 2 * GH_NODES; for the smooth costs here it converges geometrically.  400 nodes (spacing
+  ~0.16 near 0) resolve exp(-k x^2) up to k = 10 to ~1e-9 relative (checked against the
+  closed forms in tests/test_estimators.py).
 - ``rayleigh_expect(h)``: E[h(W)], W ~ Rayleigh(1) = Weibull(2, sqrt 2) (density w e^{-w^2/2}
   on w > 0), by composite Gauss-Legendre on [0, 14] (the mass beyond 14 is e^{-98}).
 - ``unit_nodes()``: composite Gauss-Legendre on [0, 1], for E over U ~ Uniform(0, 1).

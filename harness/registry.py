@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 from functools import cache
 
+from .base import Estimator
 from .costs import cos, exp, quadratic, square
 from .distributions import normal
 from .errors import ConfigError
@@ -79,7 +80,7 @@ def parse_label(text: str) -> tuple[str, tuple]:
     return name, tuple(sorted(options))
 
 
-def resolve(estimator) -> "Estimator":
+def resolve(estimator) -> Estimator:
     """The concrete variant for a name, a label, or an ``EstimatorSpec``-like object (with
     ``name`` and ``options``), named by its label.  Unknown names/options raise ConfigError."""
     if isinstance(estimator, str):
@@ -107,8 +108,11 @@ def _resolve(name: str, options: tuple):
 
 
 def variants(name: str) -> list[str]:
-    """Labels of every option combination of a registered estimator (for tests and docs)."""
+    """Labels of every option combination of a registered estimator (for tests and docs); the
+    default combination is the plain name."""
     base = ESTIMATORS[name]
     keys = sorted(base.options)
-    return [label(name, zip(keys, values))
+    defaults = base.defaults
+    return [label(name, [(k, v) for k, v in zip(keys, values) if v != defaults[k]
+                         or isinstance(v, bool) != isinstance(defaults[k], bool)])
             for values in itertools.product(*(base.options[k] for k in keys))] or [name]

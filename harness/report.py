@@ -442,7 +442,7 @@ def build_report(run_dir) -> Path:
 
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*_vs_*.png"):  # figures of an earlier report of this run
+    for stale in (*out.glob("*_vs_*.png"), *out.glob("study_*")):  # of an earlier report
         stale.unlink()
 
     sweep = len(points) > MAX_FACET_POINTS
@@ -477,6 +477,11 @@ def build_report(run_dir) -> Path:
             ]
         for name, fig, _ in figures:
             _save(fig, out / name)
+    study_html = ""
+    if sweep:  # variance-vs-parameter study figures and best-estimator table (issue 4)
+        from .report_study import study_section
+        study_figures, study_html = study_section(df, out)
+        figures += [(name, None, caption) for name, caption in study_figures]
 
     summary.to_csv(out / "summary.csv", index=False)
 
@@ -485,6 +490,7 @@ def build_report(run_dir) -> Path:
     for name, _, caption in figures:
         parts.append(_img_html(out / name, caption))
         parts.append(f'<p class="note">{html.escape(caption)}</p>')
+    parts.append(study_html)
     parts.append("<h2>Seed-000 table: estimates across seeds vs exact values</h2>")
     parts.append(NOTES)
     if sweep:

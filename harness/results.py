@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .errors import ResultsError
 from .exact import reference
-from .registry import ESTIMATORS
+from .registry import resolve
 
 SCHEMA_VERSION = 1
 
@@ -125,9 +125,9 @@ def cell_table(cell, estimate, sample_var, seconds: float) -> pa.Table:
     for e, spec in enumerate(cell.estimators):
         for c, comp in enumerate(cell.wrt):
             exact_grad[e, c], exact_var[e, c], source[e, c] = reference(
-                spec.name, comp, cell.cost, mu, sigma, k
+                spec, comp, cell.cost, mu, sigma, k
             )
-    evals = np.array([ESTIMATORS[spec.name].evals_per_sample for spec in cell.estimators],
+    evals = np.array([resolve(spec).evals_per_sample for spec in cell.estimators],
                      dtype=np.int64)
 
     n = n_seeds * n_est * n_comp

@@ -194,7 +194,7 @@ def compute_cell(cell: Cell):
     p = cell.param_dict
     k = p.get("k", 0.0)  # every kernel takes k; costs without one ignore it
     start = time.perf_counter()
-    est, var = estimate(cell.distribution, cell.cost, [e.name for e in cell.estimators],
+    est, var = estimate(cell.distribution, cell.cost, list(cell.estimators),
                         cell.wrt, p["mu"], p["sigma"], k, cell.n_samples,
                         np.asarray(cell.seeds, dtype=np.int64))
     return est, var, time.perf_counter() - start

@@ -293,7 +293,7 @@ def test_every_command_has_help_with_an_example(command):
 
 def test_list_shows_estimator_options(monkeypatch):
     est = registry.ESTIMATORS["score_function"]
-    fake = types.SimpleNamespace(**vars(est), options={"baseline": ("none", "loo")})
+    fake = types.SimpleNamespace(**{**vars(est), "options": {"baseline": ("none", "loo")}})
     monkeypatch.setitem(registry.ESTIMATORS, "score_function", fake)
     result = invoke("list")
     assert result.exit_code == 0, result.output

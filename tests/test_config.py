@@ -145,7 +145,7 @@ def test_estimator_mappings_and_labels():
 def with_options(monkeypatch):
     """Give score_function a ``baseline`` option, as a later issue will."""
     est = registry.ESTIMATORS["score_function"]
-    fake = types.SimpleNamespace(**vars(est), options={"baseline": ("none", "loo")})
+    fake = types.SimpleNamespace(**{**vars(est), "options": {"baseline": ("none", "loo")}})
     monkeypatch.setitem(registry.ESTIMATORS, "score_function", fake)
 
 
@@ -171,6 +171,33 @@ def test_estimator_option_errors(with_options, estimators, key, fragment):
         parse_grid(text, "g.yaml")
     assert info.value.key == key
     assert info.value.line == 6
+    assert fragment in str(info.value)
+
+
+def test_real_estimator_options_parse_to_registered_values():
+    text = MINIMAL.replace(
+        "estimators: [score_function]",
+        "estimators: [{name: measure_valued, coupling: false}, {name: delta_cv, coefficient: 1.0},"
+        " {name: score_function, baseline: optimal}, {name: delta_cv, coefficient: estimated}]")
+    grid = parse_grid(text, "g.yaml")
+    assert [e.label for e in grid.estimators] == [
+        "measure_valued[coupling=false]", "delta_cv[coefficient=1]",
+        "score_function[baseline=optimal]", "delta_cv[coefficient=estimated]"]
+    assert grid.estimators[0].options == (("coupling", False),)
+    assert type(grid.estimators[1].options[0][1]) is int     # the registered 1, not 1.0
+    for spec in grid.estimators:
+        assert registry.resolve(spec).name == spec.label
+
+
+@pytest.mark.parametrize("estimators, fragment", [
+    ("[{name: measure_valued, coupling: 1}]", "true, false"),      # 1 is not a boolean
+    ("[{name: delta_cv, coefficient: true}]", "1, estimated"),     # true is not 1
+    ("[{name: score_function, baseline: loo}]", "none, mean, optimal, exact_optimal"),
+    ("[{name: pathwise, baseline: mean}]", "pathwise has no options"),
+])
+def test_real_estimator_option_errors_list_the_valid_values(estimators, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_grid(MINIMAL.replace("[score_function]", estimators), "g.yaml")
     assert fragment in str(info.value)
 
 

@@ -73,6 +73,11 @@ def z_scores(estimator, reference_estimator, cost, component, mu, sigma, k, fuse
              n=N, r=R):
     e, v = run(fused or (estimator,), cost, (mu, sigma, k), n, r)[(estimator, component)]
     grad, exact_var, _ = exact.reference(reference_estimator, component, cost, mu, sigma, k)
+    if exact_var <= 1e-24 * (1.0 + grad * grad):
+        # a zero-variance estimator (delta_cv on a quadratic cost: the control variate is f
+        # itself): every estimate must be the gradient up to rounding
+        close = np.allclose(e, grad, rtol=1e-9, atol=1e-9) and np.all(v < 1e-12 * (1 + grad**2))
+        return {"exact": 0.0 if close else math.inf}
     spread = (e - e.mean()) ** 2
     return {
         "mean": (e.mean() - grad) / math.sqrt(exact_var / (n * r)),
@@ -158,6 +163,8 @@ ZERO_MU_GRADIENT = (1.0, 0.7, 1.0)  # mu = k: a mean test alone cannot see a sca
     # a shifted score is biased by 0.05 E[f] (mu) and 0.1 E[f eps] (sigma): at mu = k the
     # latter is 0 and the bias ~1e-3 of the gradient, below what R x N samples resolve
     if not (wrong == "shifted_score" and point == ZERO_MU_GRADIENT and component == "sigma")
+    # at mu = k the coupled mu-term of a quadratic cost is exactly 0 whatever its constant
+    and not (wrong == "mv_wrong_constant" and point == ZERO_MU_GRADIENT and component == "mu")
 ])
 def test_same_check_rejects_wrong_estimators(wrong_registered, wrong, component, point):
     z = z_scores(wrong, WRONG[wrong][1], "quadratic", component, *point)
@@ -217,7 +224,9 @@ def test_baselines_are_unbiased_at_small_n_and_a_self_including_mean_is_not(monk
 def test_variance_of_the_estimate_falls_like_one_over_n(cost):
     """N Var[estimate] -> exact_var: at each N within Z SE of exact_var, plus the O(1/N)
     relative excess (an O(1/N^2) term in Var[estimate]) that sample-estimated baselines and
-    coefficients add, bounded by 25 exact_var / N; the log-log slope within 0.1 of -1."""
+    coefficients add, bounded by 25 exact_var / N; for the others, whose N Var is exact at
+    every N, the log-log slope within 0.1 of -1.  Zero-variance estimators (delta_cv on a
+    quadratic cost) are checked elsewhere."""
     point, r = POINTS[0], 1000
     labels = applicable(cost)
     ns = (10, 100, 1000, 10_000)
@@ -225,6 +234,8 @@ def test_variance_of_the_estimate_falls_like_one_over_n(cost):
     for label in labels:
         for comp in COMPONENTS:
             _, v_exact, _ = exact.reference(label, comp, cost, *point)
+            if v_exact < 1e-20:
+                continue
             scaled = []
             for n in ns:
                 e, _ = per_n[n][(label, comp)]
@@ -234,8 +245,9 @@ def test_variance_of_the_estimate_falls_like_one_over_n(cost):
                 assert v_exact / n - Z * se < var < v_exact / n + excess + Z * se, \
                     (label, comp, n, var * n, v_exact)
                 scaled.append(var)
-            slope = np.polyfit(np.log(ns), np.log(scaled), 1)[0]
-            assert abs(slope + 1.0) < 0.1, (label, comp, slope)
+            if not registry.resolve(label).n_moments:  # no excess: a clean -1 slope
+                slope = np.polyfit(np.log(ns), np.log(scaled), 1)[0]
+                assert abs(slope + 1.0) < 0.1, (label, comp, slope)
 
 
 # ---- a new estimator or cost needs only its module and registry line -------------------------
@@ -334,7 +346,7 @@ def test_seed_000_numbers():
 
 
 def test_exact_mean_gradient_by_finite_differences():
-    for cost, c in registry.COSTS.items():
+    for c in registry.COSTS.values():
         for mu, sigma, k in POINTS:
             h = 1e-5
             d_mu = (c.exact_mean(mu + h, sigma, k) - c.exact_mean(mu - h, sigma, k)) / (2 * h)
@@ -345,7 +357,7 @@ def test_exact_mean_gradient_by_finite_differences():
 
 
 def test_second_derivatives_by_finite_differences():
-    for cost, c in registry.COSTS.items():
+    for c in registry.COSTS.values():
         if c.second_derivative is None:
             continue
         for x in (-1.3, 0.2, 0.9):

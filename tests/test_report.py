@@ -174,8 +174,13 @@ def test_report_with_many_points_plots_against_the_swept_parameter(tmp_path):
                      n_samples=(10, 100), seeds=tuple(range(50)))
     run_grid(grid, tmp_path, progress=False)
     page = build_report(tmp_path).read_text()
-    assert sorted(embedded_images(page)) == ["mean_vs_k.png", "variance_vs_k.png"]
+    assert sorted(embedded_images(page)) == [
+        "mean_vs_k.png", "study_variance_quadratic.png", "study_work_quadratic.png",
+        "variance_vs_k.png"]
     assert not (tmp_path / "report" / "variance_vs_n.png").exists()
+    assert "Best estimator per range of k" in page
+    best = pd.read_csv(tmp_path / "report" / "study_best.csv")
+    assert set(best["component"]) == {"mu", "sigma"} and len(best) == 2 * 4
     assert "the table shows the largest N only" in page
     # One row per k, component and estimator: N = 100 only.
     assert page.count('<td class="text">score_function</td>') == len(ks) * 2

@@ -153,7 +153,8 @@ def test_run_skip_force(tmp_path, calls):
     assert len(calls) == 4
     # The kernel gets the names, the components, mu, sigma, k, N and int64 seeds.
     dist, cost, ests, comps, mu, sigma, k, n, seeds = calls[0]
-    assert (dist, cost, ests, tuple(comps), mu, sigma, k, n) == (
+    # (estimators as EstimatorSpec-like objects: the backend resolves their options)
+    assert (dist, cost, [e.label for e in ests], tuple(comps), mu, sigma, k, n) == (
         "normal", "quadratic", ["score_function", "pathwise"], ("mu", "sigma"), 2.0, 1.0, -3.0, 10)
     assert seeds.dtype == np.int64 and list(seeds) == list(range(20))
 

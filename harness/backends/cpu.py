@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from .. import __version__
+from .. import __version__, registry
 from ..errors import ConfigError
-from .. import registry
 from ..registry import COSTS, DISTRIBUTIONS
 
 MAX_CHUNKS = 64          # per seed; bounds the partial-sum memory
@@ -94,18 +93,20 @@ def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, consts, out):
         e0, e1 = normal_pair(key0, key1, first, 0)
         shift = terms_once(mu, sigma, k, e0, key0, key1, 2 * first, cs)
         acc = np.zeros((2, N_TERMS, LANES))  # [sum | sum of squares, term, lane]
+        eps = np.empty((2, LANES))            # the block's Box-Muller pairs
         for b in range((last - first + LANES - 1) // LANES):
             for lane in range(LANES):
-                p = first + b * LANES + lane  # int64: mixing in uint64 would give floats
-                # past the chunk's end (or N's) a draw adds exactly 0.0: one loop, no tail copy
-                use0 = p < last
-                use1 = use0 and 2 * p + 1 < n_samples
-                e0, e1 = normal_pair(key0, key1, p, 0)
-                # one call site of the (large, inlined) sample body: numba's IR inlining is
-                # the bulk of the compile time; LLVM unrolls this 2-trip loop
-                for h in range(2):
-                    use = use0 if h == 0 else use1
-                    t = terms(mu, sigma, k, e0 if h == 0 else e1, key0, key1, 2 * p + h, cs)
+                eps[0, lane], eps[1, lane] = normal_pair(key0, key1, first + b * LANES + lane, 0)
+            # Sample 2p + h of pair p = first + b * LANES + lane.  The lane loop is innermost
+            # (LLVM vectorises innermost loops only) and the (large, inlined) sample body has
+            # one call site: numba's IR inlining is the bulk of the compile time.  Each lane
+            # still adds sample 2p, then 2p + 1, so the summation order is as documented.
+            for h in range(2):
+                for lane in range(LANES):
+                    p = first + b * LANES + lane  # int64: mixing in uint64 would give floats
+                    # past the chunk's end (or N's) a draw adds exactly 0.0: no tail copy
+                    use = p < last and (h == 0 or 2 * p + 1 < n_samples)
+                    t = terms(mu, sigma, k, eps[h, lane], key0, key1, 2 * p + h, cs)
 {accumulate_pair}
         out[s, c, 0] = min(2 * last, n_samples) - 2 * first
         for j in range(N_TERMS):
@@ -145,8 +146,9 @@ def _source_digest(jitted_functions) -> str:
             continue
         seen.add(id(f))
         files.add(Path(inspect.getfile(f.py_func)).resolve())
+        names = f.py_func.__code__.co_names
         stack.extend(g for g in f.py_func.__globals__.values()
-                     if isinstance(g, Dispatcher) and g.py_func.__name__ in f.py_func.__code__.co_names)
+                     if isinstance(g, Dispatcher) and g.py_func.__name__ in names)
     h = hashlib.sha256(__version__.encode())
     for path in sorted(files):
         h.update(path.as_posix().encode())
@@ -197,7 +199,7 @@ def kernel_source(cost: str, estimators: tuple[str, ...], components: tuple[str,
         aliases.setdefault(v.per_sample, f"est_{len(aliases)}")
     lines, names = [], []
     slot = iter(slots)
-    for i, v in enumerate(variants):
+    for v in variants:
         for comp in components:
             q, n_q, c0 = next(slot)
             args = (f"{comp_index[comp]}, cost_value, k, mu, sigma, eps, f, df, key0, key1, "

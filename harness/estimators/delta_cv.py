@@ -78,8 +78,11 @@ def finalize_estimated(means, variances, n, consts):
     cov_ab = ab2 - a2 * b2 / n
     gamma = np.where(var_b > 0, -cov_ab / np.where(var_b > 0, var_b, 1.0), 0.0)
     estimate = (r + gamma * d) / n
-    sum_g2 = rr + 2.0 * gamma * rd + gamma * gamma * dd
-    return estimate, np.maximum(sum_g2 - n * estimate * estimate, 0.0) / (n - 1)
+    # sample variance of g = r + gamma d from the kernel's (shifted, cancellation-free)
+    # variances of r and d and their raw covariance, which only enters scaled by gamma
+    cov_rd = (rd - r * d / n) / (n - 1)
+    var = variances[:, 0] + 2.0 * gamma * cov_rd + gamma * gamma * variances[:, 1]
+    return estimate, np.maximum(var, 0.0)
 
 
 # ---- per-cell constants and exact references (Python) ---------------------------------------

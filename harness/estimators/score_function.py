@@ -101,8 +101,11 @@ def finalize_optimal(means, variances, n, consts):
     a, s_sum, q, p, t, b_num, b_den = (n * means[:, j] for j in range(7))
     b = b_num / b_den
     estimate = (a - b * s_sum) / n
-    sum_g2 = q - 2.0 * b * p + b * b * t
-    return estimate, np.maximum(sum_g2 - n * estimate * estimate, 0.0) / (n - 1)
+    # sample variance of g = f~ s - b s from the kernel's (shifted) variances of f~ s and s
+    # and their raw covariance
+    cov = (p - a * s_sum / n) / (n - 1)
+    var = variances[:, 0] - 2.0 * b * cov + b * b * variances[:, 1]
+    return estimate, np.maximum(var, 0.0)
 
 
 # ---- per-cell constants and exact references (Python) ---------------------------------------
