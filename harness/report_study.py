@@ -56,7 +56,7 @@ def _figure(points: pd.DataFrame, x: str, cost: str, work: bool) -> Figure:
     components = list(dict.fromkeys(points["param"]))
     estimators = list(dict.fromkeys(points["estimator"]))
     colours = dict(zip(estimators, sns.color_palette("tab10", len(estimators))))
-    fig = Figure(figsize=(6.2 * len(components), 4.6), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(6.2 * len(components), 5.2), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(components), squeeze=False)[0]
     scale_name = " x evals per sample" if work else ""
     xs = points[x]
@@ -81,7 +81,9 @@ def _figure(points: pd.DataFrame, x: str, cost: str, work: bool) -> Figure:
         ax.set_xlabel(x)
         ax.set_ylabel(f"per-sample variance{scale_name}")
         ax.set_title(f"{cost}: gradient wrt {comp}")
-    axes[-1].legend(fontsize=7, loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
+               fontsize=7, frameon=False)
     fig.suptitle(f"{cost}: {'work-normalised ' if work else ''}per-sample variance vs {x} "
                  f"(lines exact, markers estimate with 95% CI over seeds)", fontsize=10)
     return fig

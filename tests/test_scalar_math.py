@@ -67,3 +67,10 @@ def test_hot_loop_is_vectorised():
     # LLVM emits <N x double> only when every call in the loop body was inlined and
     # branch-free; losing that costs ~7x (DESIGN.md).
     assert vector_width("quadratic", ["score_function", "pathwise"], ["mu", "sigma"]) >= 2
+
+
+def test_hot_loop_stays_vectorised_with_extra_streams_and_accumulated_estimators():
+    # measure_valued draws from streams 1-3, the optimal baseline and the estimated
+    # coefficient from stream 4 and accumulate moments; cos needs the branch-free cos/sin
+    assert vector_width("cos", ["measure_valued[coupling=false]", "delta_cv[coefficient=estimated]",
+                                "score_function[baseline=optimal]"], ["mu", "sigma"]) >= 2
