@@ -15,7 +15,9 @@ Built only from the stored per-seed rows (``read_results``), at the largest N of
     work-normalised variance, averaged (geometric mean) over the points of the range.
 
 Zero exact variances (e.g. ``delta_cv`` on a quadratic cost, whose control variate is f
-itself) cannot be drawn on a log axis; they are listed under the figure instead.
+itself, or the coupled measure-valued mu-term of a quadratic at k = mu) cannot be drawn on a
+log axis: exact values below ``ZERO_FLOOR`` x the panel's largest are left out of the figures
+and listed under the best-estimator table instead.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 N_RANGES = 4         # ranges of the swept parameter in the best-estimator table
+ZERO_FLOOR = 1e-12   # exact variances below this x the panel's largest count as zero
 DPI = 110
 
 
@@ -49,6 +52,9 @@ def per_point(df: pd.DataFrame, x: str) -> pd.DataFrame:
                 evals=("evals_per_sample", "first"), n_samples=("n_samples", "first")).reset_index()
     half = 1.96 * out["sd"] / np.sqrt(out["seeds"])
     out["lo"], out["hi"] = out["var"] - half, out["var"] + half
+    # exactly zero up to rounding (relative to the panel's largest exact variance): not drawn
+    panel_max = out.groupby(["cost", "param"])["exact"].transform("max")
+    out["zero"] = out["exact"] <= ZERO_FLOOR * panel_max
     return out
 
 
@@ -63,7 +69,8 @@ def _figure(points: pd.DataFrame, x: str, cost: str, work: bool) -> Figure:
     log_x = bool((xs > 0).all() and xs.max() / xs.min() > 10)
     for ax, comp in zip(axes, components):
         for est in estimators:
-            s = points[(points["param"] == comp) & (points["estimator"] == est)].sort_values(x)
+            s = points[(points["param"] == comp) & (points["estimator"] == est)
+                       & ~points["zero"]].sort_values(x)
             if s.empty:
                 continue
             w = s["evals"] if work else 1
@@ -136,11 +143,14 @@ def study_section(df: pd.DataFrame, out) -> tuple[list[tuple[str, str]], str]:
                                       "sample variance with its 95% CI over seeds."))
     table = best_table(points, x)
     table.to_csv(out / "study_best.csv", index=False)
-    zero = points[points["exact"] <= 0][["cost", "param", "estimator"]].drop_duplicates()
+    zero = points[points["zero"]].groupby(["cost", "param", "estimator"], sort=False)[x].agg(
+        lambda v: f"{len(v)} of {len(points[x].unique())} points"
+        if len(v) < len(points[x].unique()) else "all points").reset_index()
     parts = ["<h2>Best estimator per range of " + html.escape(x) + "</h2>",
              table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)]
     if not zero.empty:
-        listed = ", ".join(f"{r.estimator} ({r.cost}, {r.param})" for r in zero.itertuples())
+        listed = ", ".join(f"{r.estimator} ({r.cost}, {r.param}: {getattr(r, x)})"
+                           for r in zero.itertuples())
         parts.append(f'<p class="note">Zero exact variance (not drawn on the log axis): '
                      f"{html.escape(listed)}.</p>")
     sources = points.groupby(["estimator", "param"], sort=False)["source"].first()
