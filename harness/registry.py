@@ -24,4 +24,4 @@ ESTIMATORS = {
     pathwise.ESTIMATOR.name: pathwise.ESTIMATOR,
 }
 
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "cuda")  # modules harness.backends.<name>, each with estimate()

@@ -161,7 +161,11 @@ def _kernel(backend: str):
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r} is not available (fix: use one of: "
                            f"{', '.join(BACKENDS)})")
-    return importlib.import_module(f"harness.backends.{backend}").estimate
+    module = importlib.import_module(f"harness.backends.{backend}")
+    require = getattr(module, "require", None)
+    if require is not None:
+        require()  # e.g. cuda without a GPU: a one-line BackendError saying what to do
+    return module.estimate
 
 
 def _pid_alive(pid: int) -> bool:

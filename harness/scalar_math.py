@@ -101,12 +101,12 @@ _HALF_PI = 1.5707963267948966
 def sincos_2pi(v):
     """(cos(2 pi v), sin(2 pi v)) for v in [0, 1)."""
     t = 4.0 * v                      # quarter turns, exact
-    q = np.floor(t + 0.5)            # nearest quadrant 0..4
+    quadrant = np.int64(t + 0.5)     # nearest quadrant 0..4 (truncation = floor: t >= 0)
+    q = np.float64(quadrant)
     x = (t - q) * _HALF_PI           # t - q exact, x in [-pi/4, pi/4]
     z = x * x
     sin_x = x + x * z * (_S1 + z * (_S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))))
     cos_x = 1.0 - 0.5 * z + z * z * (_C1 + z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * _C6)))))
-    quadrant = np.int64(q)
     # Rotate (cos x, sin x) by `quadrant` quarter turns without branches (LLVM turns the
     # two conditional expressions into selects; the signs are exact multiplications).
     swap = (quadrant & 1) == 1

@@ -260,6 +260,25 @@ def estimate(distribution: str, cost: str, estimators, components, mu: float, si
     ``parallel=False`` uses a serial compile of the same kernel (tests check they agree).
     """
     estimators, components = tuple(estimators), tuple(components)
+    seeds = validate(distribution, cost, estimators, components, mu, sigma, k, n_samples, seeds)
+    kernel = load_kernel(cost, estimators, components, parallel)
+    n_terms = len(estimators) * len(components)
+    chunk_pairs, n_chunks = chunking(int(n_samples))
+    seeds_u = seeds.astype(np.uint64)
+    keys0 = seeds_u & np.uint64(0xFFFFFFFF)
+    keys1 = seeds_u >> np.uint64(32)
+    partials = np.empty((seeds.size, n_chunks, 1 + 3 * n_terms))
+    kernel(keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs), float(mu), float(sigma),
+           float(k), partials)
+    mean, var = merge_chunks(partials, n_terms)
+    shape = (seeds.size, len(estimators), len(components))
+    return mean.reshape(shape), var.reshape(shape)
+
+
+def validate(distribution, cost, estimators, components, mu, sigma, k, n_samples, seeds
+             ) -> np.ndarray:
+    """Check one cell's inputs (shared by the backends); returns ``seeds`` as an array.
+    Raises :class:`ConfigError` with the offending key."""
     if distribution not in DISTRIBUTIONS:
         raise ConfigError(f"unknown distribution {distribution!r}", key="distribution",
                           fix=f"use one of {sorted(DISTRIBUTIONS)}")
@@ -284,19 +303,7 @@ def estimate(distribution: str, cost: str, estimators, components, mu: float, si
     if seeds.ndim != 1 or seeds.size == 0 or seeds.dtype.kind not in "iu" or (seeds < 0).any():
         raise ConfigError("seeds must be a non-empty 1-D array of non-negative integers",
                           key="seeds")
-
-    kernel = load_kernel(cost, estimators, components, parallel)
-    n_terms = len(estimators) * len(components)
-    chunk_pairs, n_chunks = chunking(int(n_samples))
-    seeds_u = seeds.astype(np.uint64)
-    keys0 = seeds_u & np.uint64(0xFFFFFFFF)
-    keys1 = seeds_u >> np.uint64(32)
-    partials = np.empty((seeds.size, n_chunks, 1 + 3 * n_terms))
-    kernel(keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs), float(mu), float(sigma),
-           float(k), partials)
-    mean, var = merge_chunks(partials, n_terms)
-    shape = (seeds.size, len(estimators), len(components))
-    return mean.reshape(shape), var.reshape(shape)
+    return seeds
 
 
 def vector_width(cost: str, estimators, components) -> int:

@@ -1,0 +1,342 @@
+"""CUDA backend: the cells of the CPU backend, computed by ``numba.cuda`` kernels.
+
+Needs the ``cuda`` extra (the maintained ``numba-cuda`` package; numba's built-in CUDA
+target is deprecated) and an NVIDIA GPU, or the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``,
+which runs the kernels on the CPU: slow, for tests on tiny grids). Without either,
+:func:`require` raises a one-line :class:`~harness.errors.BackendError` saying so.
+
+Same numbers as the CPU backend
+    The kernel calls the very same jitted functions as the CPU kernel: ``harness.rng``'s
+    Philox4x32-10 and Box-Muller (``harness.scalar_math``'s branch-free log and sin/cos,
+    whose bit casts are target-independent LLVM ``bitcast`` instructions) and the registered
+    cost and estimator functions; numba-cuda compiles those ``@njit`` functions for the GPU.
+    So a (seed, N, cell) draws bitwise the same Philox integers and the same sample indices
+    (stream 0, counter = pair index) on both backends. The floating-point results agree to
+    round-off only: the GPU compiler contracts multiply-adds differently (numba-cuda#118)
+    and the sums are added in another fixed order. Stated tolerance (tested):
+    ``|est_gpu - est_cpu| <= 1e-12 * (|est_cpu| + sd)`` with ``sd`` the within-seed standard
+    deviation of the term, and ``sample_var`` to a relative ``1e-10``.
+
+Launch configuration (all fixed: a function of N only, never of the device)
+    - one block of ``THREADS = 128`` threads per (seed, chunk); a 1-D grid of
+      ``n_seeds * n_chunks`` blocks. A chunk is a contiguous range of Box-Muller pairs;
+      ``chunking(N)`` gives at least ``MIN_CHUNK_PAIRS`` pairs per chunk and at most
+      ``MAX_CHUNKS`` chunks per seed, so 8 seeds x 1e7 samples launch 8 x 512 blocks.
+    - thread t of a block takes pairs ``first + t, first + t + THREADS, ...`` of its chunk
+      and keeps, in registers, shifted sums and sums of squares of every term (shift = the
+      terms of the chunk's first sample, as on the CPU).
+    - stage 1 (device): a fixed binary tree over the block's threads in shared memory
+      (``2 * n_terms * THREADS`` doubles, 4 KiB per term), then thread 0 writes the
+      chunk's (count, shift, sum, sum of squares), the CPU backend's partials layout.
+    - stage 2 (host): the chunks of a seed are merged in chunk order with Chan's update
+      (``harness.backends.cpu.merge_chunks``). No atomics anywhere, so reruns are bitwise
+      identical on the same device and software.
+
+See ``docs/performance.md`` for the expected throughput on paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import threading
+
+import numpy as np
+
+from .. import __version__
+from ..errors import BackendError
+from ..registry import COSTS, ESTIMATORS
+from . import cpu
+
+THREADS = 128            # threads per block (a power of two: the tree reduction halves it)
+MIN_CHUNK_PAIRS = 4096   # Box-Muller pairs per block, at least (32 per thread)
+MAX_CHUNKS = 512         # blocks per seed, at most: 8 seeds fill a large GPU several times
+
+SIMULATOR_HINT = ("set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels on the CPU simulator "
+                  "(slow: tiny grids only), or use backend: cpu")
+
+
+def simulator_enabled() -> bool:
+    """True if numba's CUDA simulator is switched on (``NUMBA_ENABLE_CUDASIM=1``)."""
+    from numba.core import config
+
+    return bool(getattr(config, "ENABLE_CUDASIM", 0)) or \
+        os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def require():
+    """Return the ``numba.cuda`` module if CUDA kernels can run here (a GPU or the
+    simulator), else raise a one-line :class:`BackendError` saying why and what to do."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        # Importing numba.cuda without numba-cuda would load numba's deprecated built-in
+        # target (and warn): refuse before that.
+        raise BackendError("backend 'cuda' needs the numba-cuda package (fix: pip install "
+                           "'harness[cuda]'; then run on an NVIDIA GPU, or "
+                           + SIMULATOR_HINT + ")")
+    from numba import cuda
+
+    if simulator_enabled():
+        return cuda
+    try:
+        available = cuda.is_available()
+    except Exception:       # a broken driver install: treat as no GPU
+        available = False
+    if not available:
+        raise BackendError("backend 'cuda': no CUDA GPU or driver found on this machine "
+                           "(fix: " + SIMULATOR_HINT + ")")
+    return cuda
+
+
+def chunking(n_samples: int) -> tuple[int, int]:
+    """(chunk_pairs, n_chunks) for N samples: a function of N only (as on the CPU, with the
+    GPU's own constants)."""
+    n_pairs = (n_samples + 1) // 2
+    target = max(1, min(MAX_CHUNKS, math.ceil(n_pairs / MIN_CHUNK_PAIRS)))
+    chunk_pairs = math.ceil(n_pairs / target)
+    return chunk_pairs, math.ceil(n_pairs / chunk_pairs)
+
+
+_TEMPLATE = '''\
+"""Generated by harness.backends.cuda (harness {version}); do not edit.
+
+cost: {cost}; terms (estimator, component): {labels}
+"""
+import numpy as np
+from numba import cuda, njit
+
+from harness.rng import normal_pair
+{cost_import}
+{derivative_import}
+{estimator_imports}
+
+{rejit}
+
+N_TERMS = {n_terms}
+THREADS = {threads}
+
+
+@njit(inline="always")
+def terms(mu, sigma, k, eps, key0, key1, index):
+    """Every estimator term at one sample x = mu + sigma * eps (compiled for the GPU by
+    numba-cuda; the same functions as the CPU kernel)."""
+    x = mu + sigma * eps
+    f = cost_value(x, k)
+    df = {derivative_call}
+    return ({term_calls},)
+
+
+@cuda.jit{cache}
+def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, out):
+    """Block b = (seed, chunk): out[seed, chunk, :] = (count, shift[N_TERMS], sum[N_TERMS],
+    sum_sq[N_TERMS]) of the chunk's terms shifted by the terms of its first sample."""
+    n_chunks = out.shape[1]
+    b = cuda.blockIdx.x
+    s = b // n_chunks
+    c = b - s * n_chunks
+    t = cuda.threadIdx.x
+    key0 = keys0[s]
+    key1 = keys1[s]
+    n_pairs = (n_samples + 1) // 2
+    first = c * chunk_pairs
+    last = min(first + chunk_pairs, n_pairs)
+    e0, e1 = normal_pair(key0, key1, first, 0)
+    shift = terms(mu, sigma, k, e0, key0, key1, 2 * first)
+{zero}
+    for p in range(first + t, last, THREADS):
+        e0, e1 = normal_pair(key0, key1, p, 0)
+        v = terms(mu, sigma, k, e0, key0, key1, 2 * p)
+{add_v}
+        if 2 * p + 1 < n_samples:
+            v = terms(mu, sigma, k, e1, key0, key1, 2 * p + 1)
+{add_v2}
+    buf = cuda.shared.array(({two_n}, {threads}), np.float64)  # literal shape (typing)
+{store}
+    cuda.syncthreads()
+    width = THREADS // 2
+    while width > 0:  # fixed binary tree: the same order on every run and device
+        if t < width:
+            for j in range(2 * N_TERMS):
+                buf[j, t] += buf[j, t + width]
+        cuda.syncthreads()
+        width //= 2
+    if t == 0:
+        out[s, c, 0] = min(2 * last, n_samples) - 2 * first
+        for j in range(N_TERMS):
+            out[s, c, 1 + j] = shift[j]
+            out[s, c, 1 + N_TERMS + j] = buf[j, 0]
+            out[s, c, 1 + 2 * N_TERMS + j] = buf[N_TERMS + j, 0]
+'''
+
+
+def kernel_source(cost: str, estimators: tuple[str, ...], components: tuple[str, ...],
+                  cache: bool = True) -> str:
+    """The Python source of the CUDA kernel module for this combination."""
+    c = COSTS[cost]
+    pairs = [(e, comp) for e in estimators for comp in components]
+    n = len(pairs)
+    comp_index = {"mu": 0, "sigma": 1}
+    alias = {e: f"est_{i}" for i, e in enumerate(estimators)}
+    pad = " " * 4
+    return _TEMPLATE.format(
+        version=__version__,
+        cost=cost,
+        labels=", ".join(f"({e}, {comp})" for e, comp in pairs),
+        cost_import=f"from {cpu._where(c.value)} as cost_value",
+        derivative_import=(f"from {cpu._where(c.derivative)} as _cost_derivative"
+                           if c.derivative is not None else ""),
+        estimator_imports="\n".join(
+            f"from {cpu._where(ESTIMATORS[e].per_sample)} as _{a}" for e, a in alias.items()),
+        rejit="\n".join(
+            [f'{a} = njit(inline="always")(_{a}.py_func)' for a in alias.values()]
+            + (['cost_derivative = njit(inline="always")(_cost_derivative.py_func)']
+               if c.derivative is not None else [])),
+        n_terms=n,
+        two_n=2 * n,
+        threads=THREADS,
+        derivative_call="cost_derivative(x, k)" if c.derivative is not None else "0.0",
+        term_calls=", ".join(
+            f"{alias[e]}({comp_index[comp]}, cost_value, k, mu, sigma, eps, f, df, key0, "
+            f"key1, index)" for e, comp in pairs),
+        cache="(cache=True)" if cache else "",
+        zero="\n".join(f"{pad}sum_{j} = 0.0\n{pad}sq_{j} = 0.0" for j in range(n)),
+        add_v="\n".join(f"{pad * 2}d = v[{j}] - shift[{j}]\n{pad * 2}sum_{j} += d\n"
+                        f"{pad * 2}sq_{j} += d * d" for j in range(n)),
+        add_v2="\n".join(f"{pad * 3}d = v[{j}] - shift[{j}]\n{pad * 3}sum_{j} += d\n"
+                         f"{pad * 3}sq_{j} += d * d" for j in range(n)),
+        store="\n".join(f"{pad}buf[{j}, t] = sum_{j}\n{pad}buf[{n + j}, t] = sq_{j}"
+                        for j in range(n)),
+    )
+
+
+_loaded: dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def load_kernel(cost: str, estimators: tuple[str, ...], components: tuple[str, ...]):
+    """Import (writing it first if needed) the generated CUDA module; return its kernel.
+
+    Like the CPU kernels, the module name carries a digest of the sources it is built from,
+    so a stale compiled kernel is never picked up from numba-cuda's cache."""
+    require()
+    return _module(cost, estimators, components).kernel
+
+
+def _module(cost: str, estimators: tuple[str, ...], components: tuple[str, ...]):
+    key = (cost, estimators, components, simulator_enabled())
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        # the simulator has no compiled code to cache
+        source = kernel_source(cost, estimators, components, cache=not simulator_enabled())
+        c = COSTS[cost]
+        called = [c.value] + ([c.derivative] if c.derivative is not None else [])
+        called += [ESTIMATORS[e].per_sample for e in estimators]
+        name = "harness_cuda_kernel_" + hashlib.sha256(
+            (cpu._source_digest(called) + source).encode()).hexdigest()[:16]
+        directory = cpu.kernel_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}.py"
+        if not path.exists() or path.read_text() != source:
+            tmp = directory / f".{name}.{os.getpid()}.tmp"
+            tmp.write_text(source)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        _loaded[key] = module
+        return module
+
+
+def ptx(cost: str, estimators, components, cc: tuple[int, int] = (8, 0)) -> str:
+    """PTX of the cell's kernel for compute capability ``cc``, without a GPU (needs the CUDA
+    toolkit's NVVM, e.g. ``pip install 'numba-cuda[cu13]'``). For inspecting the code the
+    GPU would run (instruction mix, no float atomics) on a machine without one."""
+    if simulator_enabled():
+        raise BackendError("ptx() needs the real CUDA target: unset NUMBA_ENABLE_CUDASIM")
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise BackendError("ptx() needs numba-cuda (fix: pip install 'harness[cuda]')")
+    from numba import cuda, types
+
+    module = _module(cost, tuple(estimators), tuple(components))
+    u64 = types.Array(types.uint64, 1, "C")
+    sig = types.void(u64, u64, types.int64, types.int64, types.float64, types.float64,
+                     types.float64, types.Array(types.float64, 3, "C"))
+    # Device functions (the retargeted @njit callees) take the compute capability from the
+    # current device; there is none here, so stand one in while compiling.
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from numba.cuda import dispatcher
+
+    fake = SimpleNamespace(compute_capability=cc)
+    with mock.patch.object(dispatcher, "get_current_device", lambda: fake):
+        text, _ = cuda.compile_ptx(module.kernel.py_func, sig, cc=cc)
+    return text
+
+
+def estimate(distribution: str, cost: str, estimators, components, mu: float, sigma: float,
+             k: float, n_samples: int, seeds) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`harness.backends.cpu.estimate`, on the GPU (or the simulator).
+
+    Returns ``(estimate, sample_var)`` of shape ``(n_seeds, n_estimators, n_components)``.
+    """
+    cuda = require()
+    estimators, components = tuple(estimators), tuple(components)
+    seeds = cpu.validate(distribution, cost, estimators, components, mu, sigma, k,
+                         n_samples, seeds)
+    kernel = load_kernel(cost, estimators, components)
+    n_terms = len(estimators) * len(components)
+    chunk_pairs, n_chunks = chunking(int(n_samples))
+    seeds_u = seeds.astype(np.uint64)
+    keys0 = seeds_u & np.uint64(0xFFFFFFFF)
+    keys1 = seeds_u >> np.uint64(32)
+    d_partials = cuda.device_array((seeds.size, n_chunks, 1 + 3 * n_terms), dtype=np.float64)
+    kernel[seeds.size * n_chunks, THREADS](
+        cuda.to_device(keys0), cuda.to_device(keys1), np.int64(n_samples),
+        np.int64(chunk_pairs), float(mu), float(sigma), float(k), d_partials)
+    partials = d_partials.copy_to_host()
+    mean, var = cpu.merge_chunks(partials, n_terms)
+    shape = (seeds.size, len(estimators), len(components))
+    return mean.reshape(shape), var.reshape(shape)
+
+
+# --- raw streams, for tests and checks ---------------------------------------------------
+
+def _stream_kernel(which: str):
+    require()
+    from . import _cuda_streams
+
+    return _cuda_streams.philox_kernel if which == "philox" else _cuda_streams.normal_kernel
+
+
+def _keys(seed: int):
+    if not 0 <= seed < 2**64:
+        raise ValueError("seed must be in [0, 2**64)")
+    return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+
+
+def philox_blocks(seed: int, n: int, stream: int = 0) -> np.ndarray:
+    """Philox4x32-10 outputs for counters (i, 0, stream, 0), i < n, computed on the device:
+    an (n, 4) uint64 array (32-bit values), bitwise equal to ``harness.rng.philox4x32_10``."""
+    cuda = require()
+    k0, k1 = _keys(seed)
+    out = cuda.device_array((n, 4), dtype=np.uint64)
+    _stream_kernel("philox")[max(1, math.ceil(n / THREADS)), THREADS](
+        k0, k1, np.uint64(stream), out)
+    return out.copy_to_host()
+
+
+def normal_pairs(seed: int, n_pairs: int, stream: int = 0) -> np.ndarray:
+    """Box-Muller pairs 0 .. n_pairs - 1 of a seed's stream computed on the device:
+    ``(n_pairs, 2)`` float64; row i equals ``harness.rng.normal_pair(k0, k1, i, stream)``
+    to float64 round-off (bitwise under the simulator)."""
+    cuda = require()
+    k0, k1 = _keys(seed)
+    out = cuda.device_array((n_pairs, 2), dtype=np.float64)
+    _stream_kernel("normal")[max(1, math.ceil(n_pairs / THREADS)), THREADS](
+        k0, k1, np.uint64(stream), out)
+    return out.copy_to_host()
