@@ -110,8 +110,10 @@ class BenchResult:
             f"workload     score_function + pathwise, q=N(2,1), f=x^2, "
             f"{self.n_seeds} seeds x {self.n_samples:.3g} samples",
             f"threads      {self.threads} (numba), cores {os.cpu_count()}",
-            f"harness      {self.harness_rate / 1e6:9.1f} M samples/s  ({self.harness_seconds:.3f} s)",
-            f"numpy        {self.numpy_rate / 1e6:9.1f} M samples/s  ({self.numpy_seconds:.3f} s)",
+            f"harness      {self.harness_rate / 1e6:9.1f} M samples/s  "
+            f"({self.harness_seconds:.3f} s)",
+            f"numpy        {self.numpy_rate / 1e6:9.1f} M samples/s  "
+            f"({self.numpy_seconds:.3f} s)",
             f"ratio        {self.ratio:9.1f} x numpy",
             f"first call   {self.compile_seconds:9.2f} s (compile, or load from the kernel cache)",
             f"peak RSS     {self.peak_rss_mib:9.0f} MiB",
@@ -284,12 +286,13 @@ def run_scaling(out_dir, n_values=tuple(10**e for e in range(3, 10)), n_seeds: i
     threads = numba.get_num_threads()
     rows = []
 
-    def timed(fn):
+    def timed(fn, *args):
         # best of several for short runs, so fixed overheads are measured, not noise
-        first = _best_time(fn, 1)
+        first = _best_time(lambda: fn(*args), 1)
         repeats = 1 if first > 1.0 else (3 if first > 0.05 else 7)
-        best = min(first, _best_time(fn, repeats - 1)) if repeats > 1 else first
-        return best, repeats
+        if repeats > 1:
+            first = min(first, _best_time(lambda: fn(*args), repeats - 1))
+        return first, repeats
 
     for estimators in estimator_sets:
         label = "+".join(estimators)
@@ -297,18 +300,18 @@ def run_scaling(out_dir, n_values=tuple(10**e for e in range(3, 10)), n_seeds: i
         for n in n_values:
             say(f"{label}: N = {n:.0e}, {n_seeds} seeds")
             seeds = list(range(n_seeds))
-            seconds, reps = timed(lambda: _harness_kernel(n, seeds, estimators))
+            seconds, reps = timed(_harness_kernel, n, seeds, estimators)
             rows.append(("n_samples", "harness", label, n, n_seeds, threads, seconds, reps))
         for s in seed_values:
             say(f"{label}: {s} seeds, N = {seeds_n:.0e}")
             seeds = list(range(s))
-            seconds, reps = timed(lambda: _harness_kernel(seeds_n, seeds, estimators))
+            seconds, reps = timed(_harness_kernel, seeds_n, seeds, estimators)
             rows.append(("seeds", "harness", label, seeds_n, s, threads, seconds, reps))
     label = "+".join(WORKLOAD)
     for n in n_values:
         if n <= numpy_max_n:
             say(f"numpy: N = {n:.0e}")
-            seconds, reps = timed(lambda: numpy_reference(n, list(range(n_seeds))))
+            seconds, reps = timed(numpy_reference, n, list(range(n_seeds)))
             rows.append(("n_samples", "numpy", label, n, n_seeds, 1, seconds, reps))
     df = pd.DataFrame(rows, columns=["sweep", "implementation", "estimators", "n_samples",
                                      "n_seeds", "threads", "seconds", "repeats"])

@@ -26,7 +26,7 @@ Launch configuration (all fixed: a function of N only, never of the device)
       and keeps, in registers, shifted sums and sums of squares of every term (shift = the
       terms of the chunk's first sample, as on the CPU).
     - stage 1 (device): a fixed binary tree over the block's threads in shared memory
-      (``2 * n_terms * THREADS`` doubles, 4 KiB per term), then thread 0 writes the
+      (``2 * n_terms * THREADS`` doubles: 2 KiB per term), then thread 0 writes the
       chunk's (count, shift, sum, sum of squares), the CPU backend's partials layout.
     - stage 2 (host): the chunks of a seed are merged in chunk order with Chan's update
       (``harness.backends.cpu.merge_chunks``). No atomics anywhere, so reruns are bitwise
