@@ -54,6 +54,7 @@ from . import cpu
 THREADS = 128            # threads per block (a power of two: the tree reduction halves it)
 MIN_CHUNK_PAIRS = 4096   # Box-Muller pairs per block, at least (32 per thread)
 MAX_CHUNKS = 512         # blocks per seed, at most: 8 seeds fill a large GPU several times
+CACHE = False            # numba-cuda on-disk kernel cache: not yet checked on a real GPU
 
 SIMULATOR_HINT = ("set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels on the CPU simulator "
                   "(slow: tiny grids only), or use backend: cpu")
@@ -172,8 +173,11 @@ def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, out):
 
 
 def kernel_source(cost: str, estimators: tuple[str, ...], components: tuple[str, ...],
-                  cache: bool = True) -> str:
-    """The Python source of the CUDA kernel module for this combination."""
+                  cache: bool = False) -> str:
+    """The Python source of the CUDA kernel module for this combination. ``cache`` asks
+    numba-cuda to cache the compiled kernel on disk; off by default until it has been
+    checked on a real GPU (no GPU on the development machines): each process compiles
+    each kernel once instead."""
     c = COSTS[cost]
     pairs = [(e, comp) for e in estimators for comp in components]
     n = len(pairs)
@@ -229,8 +233,8 @@ def _module(cost: str, estimators: tuple[str, ...], components: tuple[str, ...])
     with _lock:
         if key in _loaded:
             return _loaded[key]
-        # the simulator has no compiled code to cache
-        source = kernel_source(cost, estimators, components, cache=not simulator_enabled())
+        cache = CACHE and not simulator_enabled()  # the simulator compiles nothing
+        source = kernel_source(cost, estimators, components, cache=cache)
         c = COSTS[cost]
         called = [c.value] + ([c.derivative] if c.derivative is not None else [])
         called += [ESTIMATORS[e].per_sample for e in estimators]
