@@ -67,6 +67,17 @@ def _harness_kernel(n_samples: int, seeds, estimators=WORKLOAD):
     return est[:, :, 0], var[:, :, 0]
 
 
+def _best_cpu_time(fn, repeats: int) -> float:
+    """Least CPU time (all threads of this process) of ``repeats`` calls: unlike wall time
+    it hardly changes when other processes compete for the cores."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
 def _best_time(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -180,6 +191,7 @@ class BenchReport:
     n_seeds: int
     numpy_seconds: float
     harness_seconds: dict            # threads -> best seconds
+    cpu_seconds: dict = field(default_factory=dict)  # "numpy" / "harness" -> best CPU seconds
     compile: dict | None = None      # first-call in a cold / warm process
     rss: list = field(default_factory=list)   # (n_samples, n_seeds, result dict)
 
@@ -206,6 +218,12 @@ class BenchReport:
             speedup = self.harness_seconds[lo] / self.harness_seconds[hi]
             lines.append(f"thread scaling  {hi} vs {lo} threads: {speedup:.2f}x "
                          f"(ideal {hi / lo:.0f}x)")
+        if self.cpu_seconds:
+            per_cpu = {k: self.rate(v) / 1e6 for k, v in self.cpu_seconds.items()}
+            lines.append(f"per CPU-second  harness {per_cpu['harness']:.1f}, numpy "
+                         f"{per_cpu['numpy']:.1f} M samples (1 thread, process CPU time: "
+                         f"{per_cpu['harness'] / per_cpu['numpy']:.1f}x; less sensitive to "
+                         f"other load than wall time)")
         if self.compile:
             cold, warm = self.compile["cold"], self.compile["warm"]
             cached = "yes" if warm["cache_hits"] > 0 and warm["cache_misses"] == 0 else "NO"
@@ -249,6 +267,14 @@ def run_report(n_samples: int = 10**7, n_seeds: int = 8, threads: int | None = N
         numba.set_num_threads(before)
     say("timing the NumPy reference")
     numpy_seconds = _best_time(lambda: numpy_reference(n_samples, seeds), max(1, repeats - 1))
+    say("CPU time per sample, 1 thread")
+    try:
+        numba.set_num_threads(1)
+        cpu_seconds = {"harness": _best_cpu_time(lambda: _harness_kernel(n_samples, seeds),
+                                                 repeats),
+                       "numpy": _best_cpu_time(lambda: numpy_reference(n_samples, seeds), 1)}
+    finally:
+        numba.set_num_threads(before)
 
     compile_info = None
     if cache_check:
@@ -263,7 +289,8 @@ def run_report(n_samples: int = 10**7, n_seeds: int = 8, threads: int | None = N
         say(f"peak RSS at N = {n:.0e} in a new process")
         rss.append((int(n), rss_seeds, _in_new_process(["rss", int(n), rss_seeds])))
     return BenchReport(n_samples=n_samples, n_seeds=n_seeds, numpy_seconds=numpy_seconds,
-                       harness_seconds=harness_seconds, compile=compile_info, rss=rss)
+                       harness_seconds=harness_seconds, cpu_seconds=cpu_seconds,
+                       compile=compile_info, rss=rss)
 
 
 # --- scaling ----------------------------------------------------------------------------
