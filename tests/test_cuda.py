@@ -12,6 +12,7 @@ to a relative 1e-10 (the GPU contracts multiply-adds differently and sums in ano
 
 import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -151,12 +152,12 @@ def test_gpu_chunking_depends_on_n_only_and_covers_every_pair():
         assert (n_chunks - 1) * chunk_pairs < (n + 1) // 2 <= n_chunks * chunk_pairs
 
 
-def test_kernel_source_has_no_atomics_and_a_fixed_tree():
-    from harness.backends import cuda
+def test_cell_kernel_has_no_atomics_and_a_fixed_tree():
+    import harness.backends
 
-    src = cuda.kernel_source("quadratic", ("score_function", "pathwise"), ("mu", "sigma"))
-    assert "atomic" not in src and "cuda.syncthreads()" in src
-    compile(src, "generated", "exec")  # valid Python
+    # read, not import: importing numba.cuda without numba-cuda warns (deprecated target)
+    src = (pathlib.Path(harness.backends.__file__).parent / "_cuda_kernels.py").read_text()
+    assert "cuda.atomic" not in src and "cuda.syncthreads()" in src
 
 
 @needs_cuda
