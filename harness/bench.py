@@ -220,10 +220,10 @@ class BenchReport:
                          f"(ideal {hi / lo:.0f}x)")
         if self.cpu_seconds:
             per_cpu = {k: self.rate(v) / 1e6 for k, v in self.cpu_seconds.items()}
-            lines.append(f"per CPU-second  harness {per_cpu['harness']:.1f}, numpy "
-                         f"{per_cpu['numpy']:.1f} M samples (1 thread, process CPU time: "
-                         f"{per_cpu['harness'] / per_cpu['numpy']:.1f}x; less sensitive to "
-                         f"other load than wall time)")
+            lines.append(f"per CPU-second  harness {per_cpu['harness']:.1f} (1 thread), numpy "
+                         f"{per_cpu['numpy']:.1f} M samples (its dot products may use BLAS "
+                         f"threads): {per_cpu['harness'] / per_cpu['numpy']:.1f}x; process "
+                         f"CPU time, less sensitive to other load than wall time")
         if self.compile:
             cold, warm = self.compile["cold"], self.compile["warm"]
             cached = "yes" if warm["cache_hits"] > 0 and warm["cache_misses"] == 0 else "NO"
