@@ -22,8 +22,8 @@ Jitted function signatures (all float64 scalars unless stated):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class Distribution:
 class Cost:
     """A cost f(x; k) with exact references under q = N(mu, sigma^2).
 
-    ``exact_mean(mu, sigma, k)`` -> E_q[f];  ``exact_grad(mu, sigma, k)`` -> {"mu": .., "sigma": ..};
+    ``exact_mean(mu, sigma, k)`` -> E_q[f];
+    ``exact_grad(mu, sigma, k)`` -> {"mu": .., "sigma": ..};
     ``exact_variance[(estimator, component)](mu, sigma, k)`` -> the exact per-sample variance of
     that estimator's term, where a closed form is derived (others fall back to quadrature,
     see ``harness.exact``).
@@ -50,7 +51,7 @@ class Cost:
     name: str
     params: tuple[str, ...]            # () or ("k",)
     value: Callable                    # @njit (x, k) -> float
-    derivative: Optional[Callable]     # @njit (x, k) -> float, or None if not differentiable
+    derivative: Callable | None     # @njit (x, k) -> float, or None if not differentiable
     exact_mean: Callable
     exact_grad: Callable
     exact_variance: Mapping[tuple[str, str], Callable] = field(default_factory=dict)

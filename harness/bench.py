@@ -95,7 +95,8 @@ class BenchResult:
             f"workload     score_function + pathwise, q=N(2,1), f=x^2, "
             f"{self.n_seeds} seeds x {self.n_samples:.3g} samples",
             f"threads      {self.threads} (numba), cores {os.cpu_count()}",
-            f"harness      {self.harness_rate / 1e6:9.1f} M samples/s  ({self.harness_seconds:.3f} s)",
+            f"harness      {self.harness_rate / 1e6:9.1f} M samples/s  "
+            f"({self.harness_seconds:.3f} s)",
             f"numpy        {self.numpy_rate / 1e6:9.1f} M samples/s  ({self.numpy_seconds:.3f} s)",
             f"ratio        {self.ratio:9.1f} x numpy",
             f"first call   {self.compile_seconds:9.2f} s (compile, or load from the kernel cache)",

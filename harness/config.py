@@ -29,8 +29,9 @@ import difflib
 import math
 import pathlib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -137,7 +138,7 @@ def parse_grid(text: str, path="<string>") -> Grid:
 
 # --------------------------------------------------------------------------- YAML loading
 
-def _load_yaml(text: str, reader: "_Reader"):
+def _load_yaml(text: str, reader: _Reader):
     """Parse YAML 1.2 with line numbers; turn ruamel's multi-line errors into one line."""
     try:
         return YAML(typ="rt").load(text)
@@ -157,7 +158,7 @@ def _load_yaml(text: str, reader: "_Reader"):
                     fix="check the file is a plain-text YAML mapping")
 
 
-def _duplicate_key(text: str, err: DuplicateKeyError) -> tuple[Optional[str], Optional[int]]:
+def _duplicate_key(text: str, err: DuplicateKeyError) -> tuple[str | None, int | None]:
     """(dotted key, line of its first occurrence) for a DuplicateKeyError.
 
     ruamel names only the bare key and marks the start of the enclosing mapping; reloading
@@ -199,7 +200,7 @@ class _Value(NamedTuple):
     """A YAML value with where it came from: its 1-based line and its dotted key."""
 
     value: Any
-    line: Optional[int]
+    line: int | None
     key: str
 
 
@@ -212,8 +213,8 @@ class _Reader:
     def __init__(self, path: pathlib.Path):
         self.path = path
 
-    def fail(self, message: str, line: Optional[int], key: Optional[str],
-             fix: Optional[str] = None):
+    def fail(self, message: str, line: int | None, key: str | None,
+             fix: str | None = None):
         raise ConfigError(message, file=self.path, line=line, key=key or None, fix=fix)
 
     # -- structure
@@ -234,12 +235,12 @@ class _Reader:
                       fix=f"see {EXAMPLE} for the format")
         return v.value
 
-    def missing(self, parent: _Value, key: str, fix: Optional[str] = None):
+    def missing(self, parent: _Value, key: str, fix: str | None = None):
         self.fail("missing required key", parent.line, _join(parent.key, key),
                   fix=fix or f"add '{key}:'; see {EXAMPLE}")
 
     def reject_unknown(self, mapping: CommentedMap, prefix: str, valid: Iterable[str],
-                       hint: Optional[Callable[[str], Optional[str]]] = None):
+                       hint: Callable[[str], str | None] | None = None):
         """Fail on the first key not in ``valid``, suggesting the closest valid one."""
         valid = list(valid)
         for key in mapping:
@@ -349,7 +350,7 @@ def _read_problem(r: _Reader, v: _Value, fields) -> dict:
     cost_params = (costs[chosen["cost"]].params if "cost" in chosen
                    else _union(c.params for c in costs.values()))
 
-    def hint(key: str) -> Optional[str]:
+    def hint(key: str) -> str | None:
         takers = [n for n, c in costs.items() if key in c.params]
         if "cost" in chosen and takers:
             return (f"cost {chosen['cost']} takes no {key}; "
@@ -405,7 +406,7 @@ def _read_estimator(r: _Reader, v: _Value, cost: str) -> EstimatorSpec:
         name = r.choice(r.entry(m, "name", v.key), registry.ESTIMATORS, "estimator")
         allowed = getattr(registry.ESTIMATORS[name], "options", {}) or {}
 
-        def hint(key: str) -> Optional[str]:
+        def hint(key: str) -> str | None:
             return None if allowed else f"remove it: estimator {name} has no options"
 
         r.reject_unknown(m, v.key, ["name", *allowed], hint)
@@ -529,7 +530,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _join(prefix: str, key: Optional[str]) -> Optional[str]:
+def _join(prefix: str, key: str | None) -> str | None:
     if key is None:
         return prefix or None
     return f"{prefix}.{key}" if prefix else key

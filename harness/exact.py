@@ -14,7 +14,7 @@ is recorded in the results (``exact_source``) so a reader knows which is which.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .registry import COSTS, ESTIMATORS
 QUADRATURE_NODES = 160
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hermite_rule(n: int = QUADRATURE_NODES):
     nodes, weights = np.polynomial.hermite_e.hermegauss(n)
     return nodes, weights / math.sqrt(2.0 * math.pi)

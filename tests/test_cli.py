@@ -269,11 +269,11 @@ def test_list_shows_the_registry():
                  *registry.BACKENDS]:
         assert f"  {name}" in out
     for name, est in registry.ESTIMATORS.items():
-        line = next(l for l in out.splitlines() if l.strip().startswith(name + " "))
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(name + " "))
         assert f"needs_derivative: {str(est.needs_derivative).lower()}" in line
         assert f"evals_per_sample: {est.evals_per_sample}" in line
         assert est.description in line
-    quadratic = next(l for l in out.splitlines() if l.strip().startswith("quadratic "))
+    quadratic = next(ln for ln in out.splitlines() if ln.strip().startswith("quadratic "))
     assert "params: k" in quadratic and "differentiable" in quadratic
 
 

@@ -87,7 +87,8 @@ def test_cached_kernel_in_a_new_process_gives_the_cold_numbers(tmp_path):
         "out = []\n"
         "for cost, ests in (('square', ['score_function']), ('square', ['pathwise']),\n"
         "                   ('quadratic', ['score_function'])):\n"
-        "    e, v = cpu.estimate('normal', cost, ests, ['mu'], 1.5, 0.8, 0.5, 5_001, np.arange(3))\n"
+        "    e, v = cpu.estimate('normal', cost, ests, ['mu'], 1.5, 0.8, 0.5, 5_001,"
+        " np.arange(3))\n"
         "    out.append(e.tobytes().hex() + v.tobytes().hex())\n"
         "sys.stdout.write(' '.join(out))\n"
     )

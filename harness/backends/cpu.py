@@ -175,7 +175,8 @@ def kernel_source(cost: str, estimators: tuple[str, ...], components: tuple[str,
                if c.derivative is not None else [])),
         n_terms=n,
         term_calls=", ".join(
-            f"{est_alias[e]}({comp_index[comp]}, cost_value, k, mu, sigma, eps, f, df, key0, key1, index)"
+            f"{est_alias[e]}({comp_index[comp]}, cost_value, k, mu, sigma, eps, f, df, "
+            "key0, key1, index)"
             for e, comp in pairs),
         accumulate_pair=_accumulate(n, " " * 16),
     )
