@@ -96,7 +96,9 @@ def _per_seed(problem: Problem, n_seeds: int, mus=None, Cs=None):
     if mus is None:
         mus = np.broadcast_to(problem.mu, (n_seeds, d))
         Cs = np.broadcast_to(problem.C, (n_seeds, d, d))
-    return np.ascontiguousarray(mus, dtype=float), np.ascontiguousarray(Cs, dtype=float)
+    # writable C copies: a read-only (broadcast) array is another numba type, i.e. another
+    # compilation of the kernel
+    return np.array(mus, dtype=float, order="C"), np.array(Cs, dtype=float, order="C")
 
 
 def raw_moments(problem: Problem, codes, n_samples: int, seeds, stream: int = 0,
@@ -149,14 +151,27 @@ def _gh(n: int):
 
 def quadrature(problem: Problem, codes, baseline: float = 0.0, nodes: int = QUAD_NODES):
     """(E[t], Var[t]) of every term (E * P + 1, last f) by tensor Gauss-Hermite quadrature
-    with a fixed score-function baseline; None if nodes**d exceeds QUAD_MAX_POINTS."""
-    if nodes ** problem.dim > QUAD_MAX_POINTS:
+    with a fixed score-function baseline; None if nodes**d exceeds QUAD_MAX_POINTS.
+    Evaluates the kernels' own per-sample function (``kernels.terms_at``) in blocks."""
+    d = problem.dim
+    total = nodes ** d
+    if total > QUAD_MAX_POINTS:
         return None
     t = problem.target
     x, w = _gh(nodes)
-    m1, m2 = kernels.quadrature_moments(t.code, t.ta, t.tm, t.ti, problem.family.code,
-                                        problem.mu, problem.C, np.asarray(codes, np.int64),
-                                        float(baseline), x, w)
+    codes = np.asarray(codes, np.int64)
+    m1 = m2 = 0.0
+    block = 20_000
+    for start in range(0, total, block):
+        flat = np.arange(start, min(start + block, total))
+        digits = (flat[:, None] // nodes ** np.arange(d)) % nodes
+        eps = np.ascontiguousarray(x[digits])
+        weight = w[digits].prod(axis=1)
+        terms = kernels.terms_at(t.code, t.ta, t.tm, t.ti, problem.family.code, problem.mu,
+                                 problem.C, codes, float(baseline), eps,
+                                 np.zeros((flat.size, 1), np.int64))
+        m1 = m1 + weight @ terms
+        m2 = m2 + weight @ (terms * terms)
     return m1, np.maximum(m2 - m1 * m1, 0.0)
 
 

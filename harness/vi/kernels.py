@@ -150,7 +150,7 @@ def sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_total, n_tot
     ``out[e * P + p]`` = term of estimator ``codes[e]`` for component p; ``out[E * P]`` =
     the ELBO sample f = log g(z) - log q(z).  The E_SCORE_LOO baseline is the mean of the
     other samples' f, (f_total - f) / (n_total - 1), with f_total the sum of f over all
-    n_total samples; n_total <= 0 means a fixed baseline f_total (exact references).
+    n_total samples; n_total <= 0.0 (float64 like f_total) means a fixed baseline f_total (exact references).
     ``work`` is (5, d) scratch.  Returns f.
     """
     d = mu.size
@@ -182,7 +182,7 @@ def sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_total, n_tot
     f = logg - logq
     n_est = codes.size
     out[n_est * P] = f
-    baseline = f_total if n_total <= 0 else (f_total - f) / (n_total - 1.0)
+    baseline = f_total if n_total <= 0.0 else (f_total - f) / (n_total - 1.0)
 
     for e in range(n_est):
         code = codes[e]
@@ -288,41 +288,47 @@ def grad_kernel(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family,
     sample i is (f_sums[s] - f_i) / (N - 1)).
     """
     n_seeds, n_chunks = out.shape[0], out.shape[1]
-    d = mus.shape[1]
-    T = (out.shape[2] - 1) // 3
-    n_data = tm.shape[0]
     for job in prange(n_seeds * n_chunks):
+        # the body is one call: a small parallel region compiles much faster
         s = job // n_chunks
         c = job - s * n_chunks
-        key0 = keys0[s]
-        key1 = keys1[s]
         first = c * chunk
-        last = min(first + chunk, n_samples)
-        eps = np.empty(d)
-        idx = np.zeros(max(ti[0], 1), dtype=np.int64)
-        work = np.empty((5, d))
-        t = np.empty(T)
-        shift = np.empty(T)
-        acc = np.zeros(T)
-        acc2 = np.zeros(T)
-        mu = mus[s]
-        C = Cs[s]
-        for i in range(first, last):
-            _draw(key0, key1, i, d, stream, eps, ti, n_data, idx)
-            sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_sums[s],
-                         n_samples, work, t)
-            if i == first:
-                for k in range(T):
-                    shift[k] = t[k]
+        _chunk_sums(keys0[s], keys1[s], first, min(first + chunk, n_samples), n_samples,
+                    stream, tid, ta, tm, ti, family, mus[s], Cs[s], codes, f_sums[s],
+                    out[s, c])
+
+
+@njit(cache=True)
+def _chunk_sums(key0, key1, first, last, n_samples, stream, tid, ta, tm, ti, family, mu, C,
+                codes, f_sum, row):
+    """row = (count, shift[T], sum[T], sum_sq[T]) of samples first..last-1, shifted by the
+    terms of the first (guards the variance against cancellation)."""
+    d = mu.size
+    T = (row.size - 1) // 3
+    n_data = tm.shape[0]
+    eps = np.empty(d)
+    idx = np.zeros(max(ti[0], 1), dtype=np.int64)
+    work = np.empty((5, d))
+    t = np.empty(T)
+    shift = np.empty(T)
+    acc = np.zeros(T)
+    acc2 = np.zeros(T)
+    for i in range(first, last):
+        _draw(key0, key1, i, d, stream, eps, ti, n_data, idx)
+        sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_sum,
+                     np.float64(n_samples), work, t)
+        if i == first:
             for k in range(T):
-                dv = t[k] - shift[k]
-                acc[k] += dv
-                acc2[k] += dv * dv
-        out[s, c, 0] = last - first
+                shift[k] = t[k]
         for k in range(T):
-            out[s, c, 1 + k] = shift[k]
-            out[s, c, 1 + T + k] = acc[k]
-            out[s, c, 1 + 2 * T + k] = acc2[k]
+            dv = t[k] - shift[k]
+            acc[k] += dv
+            acc2[k] += dv * dv
+    row[0] = last - first
+    for k in range(T):
+        row[1 + k] = shift[k]
+        row[1 + T + k] = acc[k]
+        row[1 + 2 * T + k] = acc2[k]
 
 
 @njit(cache=True)
@@ -353,97 +359,69 @@ def opt_kernel(keys0, keys1, n_steps, m_samples, tid, ta, tm, ti, family, d, cod
     full family the diagonal of L is projected onto [min_diag, inf) after each step.
     rec_theta[s, r] = theta before step r * record_every (the last record: after all steps).
     """
-    n_seeds = rec_theta.shape[0]
-    n_rec = rec_theta.shape[1]
-    P = theta0.size
-    n_data = tm.shape[0]
-    codes = np.array([code], dtype=np.int64)
-    for s in prange(n_seeds):
-        key0 = keys0[s]
-        key1 = keys1[s]
-        theta = theta0.copy()
-        m1 = np.zeros(P)
-        m2 = np.zeros(P)
-        g = np.zeros(P)
-        mu = np.empty(d)
-        C = np.empty((d, d))
-        eps = np.empty(d)
-        idx = np.zeros(max(ti[0], 1), dtype=np.int64)
-        work = np.empty((5, d))
-        t = np.empty(P + 1)
-        r = 0
-        for step in range(n_steps + 1):
-            if step % record_every == 0 or step == n_steps:
-                if r < n_rec:
-                    rec_theta[s, r, :] = theta
-                    r += 1
-            if step == n_steps:
-                break
-            theta_to_lambda(family, theta, mu, C)
-            fsum = 0.0
-            if code == E_SCORE_LOO:
-                for i in range(m_samples):
-                    _draw(key0, key1, step * m_samples + i, d, 0, eps, ti, n_data, idx)
-                    fsum += sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes[:0],
-                                         0.0, 0, work, t)
-            g[:] = 0.0
-            for i in range(m_samples):
-                _draw(key0, key1, step * m_samples + i, d, 0, eps, ti, n_data, idx)
-                sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, fsum, m_samples,
-                             work, t)
-                for p in range(P):
-                    g[p] += t[p]
-            rate = lr
-            if cosine:
-                rate = lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
-            for p in range(P):
-                gp = g[p] / m_samples
-                if adam:
-                    m1[p] = 0.9 * m1[p] + 0.1 * gp
-                    m2[p] = 0.999 * m2[p] + 0.001 * gp * gp
-                    mh = m1[p] / (1.0 - 0.9 ** (step + 1))
-                    vh = m2[p] / (1.0 - 0.999 ** (step + 1))
-                    theta[p] += rate * mh / (math.sqrt(vh) + 1e-8)
-                else:
-                    theta[p] += rate * gp
-            if family == F_FULL:
-                for i in range(d):
-                    k = d + i * (i + 1) // 2 + i
-                    if theta[k] < min_diag:
-                        theta[k] = min_diag
+    for s in prange(rec_theta.shape[0]):
+        _optimize_one(keys0[s], keys1[s], n_steps, m_samples, tid, ta, tm, ti, family, d, code,
+                      theta0, adam, lr, cosine, record_every, min_diag, rec_theta[s])
 
 
 @njit(cache=True)
-def quadrature_moments(tid, ta, tm, ti, family, mu, C, codes, baseline, nodes, weights):
-    # (a fixed baseline: n_total = 0 below)
-    """(E[t], E[t^2]) of every term over eps ~ N(0, I) by a tensor Gauss-Hermite rule
-    (``nodes``/``weights`` of the probabilists' rule, weights summing to 1).  Exact for
-    terms whose square is a polynomial of degree < 2 len(nodes) in each coordinate (every
-    estimator on the Gaussian target with 5 nodes)."""
-    d = mu.size
-    P = d + d if family == F_DIAG else d + d * (d + 1) // 2
-    T = codes.size * P + 1
-    n = nodes.size
-    total = n ** d
-    m1 = np.zeros(T)
-    m2 = np.zeros(T)
+def _optimize_one(key0, key1, n_steps, m_samples, tid, ta, tm, ti, family, d, code, theta0,
+                  adam, lr, cosine, record_every, min_diag, rec):
+    """One seed's trajectory of ``opt_kernel``; rec[r] = theta at record r."""
+    n_rec = rec.shape[0]
+    P = theta0.size
+    n_data = tm.shape[0]
+    codes = np.array([code], dtype=np.int64)
+    theta = theta0.copy()
+    m1 = np.zeros(P)
+    m2 = np.zeros(P)
+    g = np.zeros(P)
+    mu = np.empty(d)
+    C = np.empty((d, d))
     eps = np.empty(d)
-    idx = np.zeros(1, dtype=np.int64)
+    idx = np.zeros(max(ti[0], 1), dtype=np.int64)
     work = np.empty((5, d))
-    t = np.empty(T)
-    for flat in range(total):
-        rest = flat
-        w = 1.0
-        for j in range(d):
-            k = rest % n
-            rest //= n
-            eps[j] = nodes[k]
-            w *= weights[k]
-        sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, baseline, 0, work, t)
-        for k in range(T):
-            m1[k] += w * t[k]
-            m2[k] += w * t[k] * t[k]
-    return m1, m2
+    t = np.empty(P + 1)
+    r = 0
+    for step in range(n_steps + 1):
+        if step % record_every == 0 or step == n_steps:
+            if r < n_rec:
+                rec[r, :] = theta
+                r += 1
+        if step == n_steps:
+            break
+        theta_to_lambda(family, theta, mu, C)
+        fsum = 0.0
+        if code == E_SCORE_LOO:
+            for i in range(m_samples):
+                _draw(key0, key1, step * m_samples + i, d, 0, eps, ti, n_data, idx)
+                fsum += sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes[:0],
+                                     0.0, 0.0, work, t)
+        g[:] = 0.0
+        for i in range(m_samples):
+            _draw(key0, key1, step * m_samples + i, d, 0, eps, ti, n_data, idx)
+            sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, fsum,
+                         np.float64(m_samples), work, t)
+            for p in range(P):
+                g[p] += t[p]
+        rate = lr
+        if cosine:
+            rate = lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
+        for p in range(P):
+            gp = g[p] / m_samples
+            if adam:
+                m1[p] = 0.9 * m1[p] + 0.1 * gp
+                m2[p] = 0.999 * m2[p] + 0.001 * gp * gp
+                mh = m1[p] / (1.0 - 0.9 ** (step + 1))
+                vh = m2[p] / (1.0 - 0.999 ** (step + 1))
+                theta[p] += rate * mh / (math.sqrt(vh) + 1e-8)
+            else:
+                theta[p] += rate * gp
+        if family == F_FULL:
+            for i in range(d):
+                k = d + i * (i + 1) // 2 + i
+                if theta[k] < min_diag:
+                    theta[k] = min_diag
 
 
 @njit(cache=True)
@@ -456,5 +434,5 @@ def terms_at(tid, ta, tm, ti, family, mu, C, codes, baseline, eps_rows, idx_rows
     work = np.empty((5, d))
     for r in range(eps_rows.shape[0]):
         sample_terms(tid, ta, tm, ti, family, mu, C, eps_rows[r], idx_rows[r], codes,
-                     baseline, 0, work, out[r])
+                     baseline, 0.0, work, out[r])
     return out

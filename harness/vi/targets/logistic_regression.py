@@ -48,8 +48,9 @@ def load() -> tuple[np.ndarray, np.ndarray]:
 def build(params: dict, dim=None) -> TargetData:
     X, y = load()
     batch = int(params.get("batch", 0) or 0)
-    return TargetData("logistic_regression", kernels.T_LOGISTIC, DIM, np.ascontiguousarray(y),
-                      np.ascontiguousarray(X), np.array([batch], np.int64),
+    # writable copies: a read-only array is another numba type (another compilation)
+    return TargetData("logistic_regression", kernels.T_LOGISTIC, DIM, np.array(y, order="C"),
+                      np.array(X, order="C"), np.array([batch], np.int64),
                       info={"batch": batch, "n_data": N_DATA})
 
 
