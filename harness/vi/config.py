@@ -24,9 +24,9 @@ optimum for the family) or scalars ``{mu: 0.0, scale: 1.0}`` (mu = 0.0 everywher
 C = scale * I), which work for any dim.  ``family``, ``dim``, ``target_seed``, ``batch``,
 ``a``, ``omega``, ``s``, ``b`` may be lists (the grid is their product).
 
-``mode: optimize`` (default ``estimate``) runs stochastic optimisation from q instead; it
-takes an ``optimizer:`` mapping (keys of :class:`harness.vi.api.OptimizerSpec`: name adam|sgd,
-lr, steps, samples, schedule constant|cosine, record_every, var_samples) and no n_samples.
+``mode: optimize`` (default ``estimate``; ``[estimate, optimize]`` for both) runs stochastic
+optimisation from q; it takes an ``optimizer:`` mapping (keys of :class:`harness.vi.api.OptimizerSpec`: name adam|sgd,
+lr, steps, samples, schedule constant|cosine, record_every, var_samples).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class ElboGrid:
     source_text: str
     target: str
     points: tuple[ElboPoint, ...]
-    mode: str                                  # estimate | optimize
+    modes: tuple[str, ...]                     # ("estimate",), ("optimize",) or both
     estimators: tuple[EstimatorSpec, ...]
     n_samples: tuple[int, ...]                 # estimate mode (optimize: ())
     optimizer: Optional[OptimizerSpec]
@@ -120,31 +120,36 @@ def parse_elbo(doc: CommentedMap, r, text: str, path: pathlib.Path) -> ElboGrid:
     fields.update(base._read_name(r, r.entry(doc, "name", ""), fields) if "name" in doc
                   else {"name": path.stem})
     fields.update(_read_problem(r, r.entry(doc, "problem", "")))
-    mode = "estimate"
+    modes = ("estimate",)
     if "mode" in doc:
-        mode = r.choice(r.entry(doc, "mode", ""), ("estimate", "optimize"), "mode")
-    fields["mode"] = mode
+        items = r.items(r.entry(doc, "mode", ""), "mode")
+        modes = [r.choice(it, ("estimate", "optimize"), "mode") for it in items]
+        r.no_duplicates(items, modes, "mode")
+        modes = tuple(m for m in ("estimate", "optimize") if m in modes)
+    fields["modes"] = modes
     if "estimators" not in doc:
         r.missing(top, "estimators")
     fields["estimators"] = _read_estimators(r, r.entry(doc, "estimators", ""))
-    if mode == "estimate":
-        if "optimizer" in doc:
-            r.fail("optimizer is only used with mode: optimize", doc.lc.key("optimizer")[0] + 1,
-                   "optimizer", fix="add 'mode: optimize' or remove the optimizer")
+    if "estimate" in modes:
         if "n_samples" not in doc:
             r.missing(top, "n_samples")
         fields.update(base._read_n_samples(r, r.entry(doc, "n_samples", ""), fields))
-        fields["optimizer"] = None
     else:
         if "n_samples" in doc:
-            r.fail("n_samples is not used with mode: optimize", doc.lc.key("n_samples")[0] + 1,
+            r.fail("n_samples is only used with mode: estimate", doc.lc.key("n_samples")[0] + 1,
                    "n_samples", fix="give the samples per step as optimizer.samples")
+        fields["n_samples"] = ()
+    if "optimize" in modes:
         if "optimizer" not in doc:
             r.missing(top, "optimizer", fix="add optimizer: {name: adam, lr: 0.01, steps: 1000, "
                                             "samples: 10}")
         fields["optimizer"] = _read_optimizer(r, r.entry(doc, "optimizer", ""),
                                               fields["estimators"])
-        fields["n_samples"] = ()
+    else:
+        if "optimizer" in doc:
+            r.fail("optimizer is only used with mode: optimize", doc.lc.key("optimizer")[0] + 1,
+                   "optimizer", fix="add 'mode: optimize' or remove the optimizer")
+        fields["optimizer"] = None
     if "seeds" not in doc:
         r.missing(top, "seeds")
     fields.update(base._read_seeds(r, r.entry(doc, "seeds", ""), fields))
@@ -431,10 +436,16 @@ def describe(g: ElboGrid) -> str:
     pts = len(g.points)
     fams = ",".join(dict.fromkeys(p.family for p in g.points))
     dims = ",".join(str(d) for d in dict.fromkeys(p.dim for p in g.points))
-    what = (f"N={list(g.n_samples)}" if g.mode == "estimate" else
-            f"optimize {g.optimizer.name} lr={g.optimizer.lr:g} steps={g.optimizer.steps} "
-            f"samples/step={g.optimizer.samples}")
-    cells = pts * (len(g.n_samples) if g.mode == "estimate" else len(g.estimators))
+    what, cells = [], 0
+    if "estimate" in g.modes:
+        what.append(f"N={list(g.n_samples)}")
+        cells += pts * len(g.n_samples)
+    if "optimize" in g.modes:
+        o = g.optimizer
+        what.append(f"optimize {o.name} lr={o.lr:g} {o.schedule} steps={o.steps} "
+                    f"samples/step={o.samples}")
+        cells += pts * len(g.estimators)
+    what = "; ".join(what)
     return (f"{g.path}: OK: {g.name}: {cells} cells; elbo target {g.target} family {fams} "
             f"dim {dims}; {what}; estimators {', '.join(e.label for e in g.estimators)}; "
             f"{n} seed{'s' if n != 1 else ''}; backend {g.backend}")
