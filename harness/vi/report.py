@@ -86,7 +86,7 @@ def _figure(n_panels: int, width=4.2, height=3.4):
 
 
 def _variance_vs_n(per: pd.DataFrame, estimators, title) -> Figure:
-    points = per[POINT].drop_duplicates().reset_index(drop=True)
+    points = per[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
     fig, axes = _figure(len(points))
     pal = _palette(estimators)
     for ax, (_, pt) in zip(axes, points.iterrows()):
@@ -147,7 +147,7 @@ def trace_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, log: bool):
-    points = ts[POINT].drop_duplicates().reset_index(drop=True)
+    points = ts[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
     fig, axes = _figure(len(points))
     pal = _palette(estimators)
     for ax, (_, pt) in zip(axes, points.iterrows()):
