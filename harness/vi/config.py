@@ -167,7 +167,13 @@ def _read_problem(r, v: _Value) -> dict:
         r.missing(v, "target", fix=f"add 'target: <name>' with one of: {_or_none(TARGETS)}")
     tname = r.choice(r.entry(m, "target", v.key), TARGETS, "target")
     target = TARGETS[tname]
-    r.reject_unknown(m, v.key, ("kind", "target", "family", "q") + target.keys)
+    def hint(key: str) -> Optional[str]:
+        if key == "dim" and target.fixed_dim is not None:
+            return f"target {tname} has dimension {target.fixed_dim}: remove dim"
+        takers = [n for n, t in TARGETS.items() if key in t.keys]
+        return f"{key} belongs to target {' or '.join(takers)}" if takers else None
+
+    r.reject_unknown(m, v.key, ("kind", "target", "family", "q") + target.keys, hint)
 
     # sweepable scalars -> lists of values
     axes: dict[str, list] = {}
