@@ -80,8 +80,8 @@ def test_bad_grids_give_one_line_errors(tmp_path, old, new, line, key, words):
     ("target: ripple\n  family: diag", "missing required key"),                    # no dim
     ("target: logistic_regression\n  dim: 5\n  family: diag", "has dimension 31"),
     ("target: banana\n  dim: 1\n  family: full", "dim >= 2"),
-    ("target: ripple\n  dim: [2, 3]\n  family: [diag, full]\n  q: {mu: [0, 0], L: [[1, 0], [0, 1]]}",
-     "single family"),
+    ("target: ripple\n  dim: [2, 3]\n  family: [diag, full]\n"
+     "  q: {mu: [0, 0], L: [[1, 0], [0, 1]]}", "single family"),
     ("target: ripple\n  dim: 2\n  family: full\n  q: optimum", "no known optimum"),
 ])
 def test_more_bad_problems(text, words):

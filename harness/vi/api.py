@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class Problem:
     def dim(self) -> int:
         return self.target.dim
 
-    def at(self, mu, C) -> "Problem":
+    def at(self, mu, C) -> Problem:
         return Problem(self.target, self.family, np.asarray(mu, float), np.asarray(C, float))
 
     def components(self) -> tuple[str, ...]:
@@ -143,7 +143,7 @@ def estimate(problem: Problem, estimators, n_samples: int, seeds):
 
 # ----------------------------------------------------------------------------- references
 
-@lru_cache(maxsize=None)
+@cache
 def _gh(n: int):
     x, w = np.polynomial.hermite_e.hermegauss(n)
     return x, w / w.sum()

@@ -25,7 +25,8 @@ C = scale * I), which work for any dim.  ``family``, ``dim``, ``target_seed``, `
 ``a``, ``omega``, ``s``, ``b`` may be lists (the grid is their product).
 
 ``mode: optimize`` (default ``estimate``; ``[estimate, optimize]`` for both) runs stochastic
-optimisation from q; it takes an ``optimizer:`` mapping (keys of :class:`harness.vi.api.OptimizerSpec`: name adam|sgd,
+optimisation from q; it takes an ``optimizer:`` mapping (keys of
+:class:`harness.vi.api.OptimizerSpec`: name adam|sgd,
 lr, steps, samples, schedule constant|cosine, record_every, var_samples).
 """
 
@@ -34,7 +35,7 @@ from __future__ import annotations
 import itertools
 import pathlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -104,7 +105,7 @@ class ElboGrid:
     modes: tuple[str, ...]                     # ("estimate",), ("optimize",) or both
     estimators: tuple[EstimatorSpec, ...]
     n_samples: tuple[int, ...]                 # estimate mode (optimize: ())
-    optimizer: Optional[OptimizerSpec]
+    optimizer: OptimizerSpec | None
     seeds: tuple[int, ...]
     backend: str
 
@@ -167,7 +168,7 @@ def _read_problem(r, v: _Value) -> dict:
         r.missing(v, "target", fix=f"add 'target: <name>' with one of: {_or_none(TARGETS)}")
     tname = r.choice(r.entry(m, "target", v.key), TARGETS, "target")
     target = TARGETS[tname]
-    def hint(key: str) -> Optional[str]:
+    def hint(key: str) -> str | None:
         if key == "dim" and target.fixed_dim is not None:
             return f"target {tname} has dimension {target.fixed_dim}: remove dim"
         takers = [n for n, t in TARGETS.items() if key in t.keys]
@@ -353,7 +354,8 @@ def _read_q(r, m, v: _Value, families, dims, tname) -> QSpec:
         for j in range(i + 1, d):
             if L[i][j] != 0.0:
                 r.fail(f"L[{i}][{j}] = {L[i][j]:g} is above the diagonal", rows[i].line,
-                       rows[i].key, fix="L is lower-triangular: set entries above the diagonal to 0")
+                       rows[i].key,
+                       fix="L is lower-triangular: set entries above the diagonal to 0")
         if not L[i][i] > 0:
             r.fail(f"L[{i}][{i}] = {L[i][i]:g}: the diagonal of L must be positive",
                    rows[i].line, rows[i].key, fix="use a positive diagonal")

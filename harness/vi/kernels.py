@@ -150,7 +150,8 @@ def sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_total, n_tot
     ``out[e * P + p]`` = term of estimator ``codes[e]`` for component p; ``out[E * P]`` =
     the ELBO sample f = log g(z) - log q(z).  The E_SCORE_LOO baseline is the mean of the
     other samples' f, (f_total - f) / (n_total - 1), with f_total the sum of f over all
-    n_total samples; n_total <= 0.0 (float64 like f_total) means a fixed baseline f_total (exact references).
+    n_total samples; n_total <= 0.0 (a float64, like f_total) means a fixed baseline
+    f_total (exact references).
     ``work`` is (5, d) scratch.  Returns f.
     """
     d = mu.size

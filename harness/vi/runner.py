@@ -18,7 +18,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +36,7 @@ class ElboCell:
     mode: str
     estimators: tuple          # EstimatorSpec
     n_samples: int             # estimate: N; optimize: samples per step
-    optimizer: Optional[api.OptimizerSpec]
+    optimizer: api.OptimizerSpec | None
     seeds: tuple
     backend: str = "cpu"
 

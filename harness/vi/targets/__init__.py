@@ -7,8 +7,8 @@ grid's problem parameters into a :class:`TargetData`: the arrays the kernels rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -22,10 +22,10 @@ class TargetData:
     tm: np.ndarray               # float64 2-D
     ti: np.ndarray               # int64 1-D: ti[0] = minibatch size (0: none)
     # closed forms (None where unknown): f(family, mu, C) -> value / theta-shaped vector
-    exact_elbo: Optional[Callable] = None
-    exact_grad: Optional[Callable] = None
-    exact_var: Optional[Callable] = None     # (estimator code, family, mu, C) -> vector|None
-    optimum: Optional[Callable] = None       # family -> (mu, C)
+    exact_elbo: Callable | None = None
+    exact_grad: Callable | None = None
+    exact_var: Callable | None = None     # (estimator code, family, mu, C) -> vector|None
+    optimum: Callable | None = None       # family -> (mu, C)
     info: dict = field(default_factory=dict)  # resolved parameters, for metadata
 
 
@@ -35,7 +35,7 @@ class Target:
     code: int
     keys: tuple[str, ...]        # problem keys this target reads (besides kind/target/family/q)
     build: Callable              # (params: dict, dim: int | None) -> TargetData
-    fixed_dim: Optional[int] = None
+    fixed_dim: int | None = None
     description: str = ""
 
 

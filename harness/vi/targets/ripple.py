@@ -57,4 +57,4 @@ def build(params: dict, dim) -> TargetData:
 
 
 TARGET = Target("ripple", kernels.T_RIPPLE, ("dim", "a", "omega"), build,
-                description="N(0, I) times exp(a sum cos(omega z)): pathwise variance ~ (a omega)^2")
+                description="N(0, I) x exp(a sum cos(omega z)): pathwise variance ~ (a omega)^2")
