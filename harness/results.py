@@ -69,6 +69,7 @@ SCHEMA = pa.schema(
         pa.field("target", pa.string()),                      # log g: gaussian, ...
         pa.field("family", pa.string()),                      # q family: diag | full
         pa.field("dim", pa.int64()),                          # dimension d of z
+        pa.field("target_params", pa.string()),               # e.g. "a=1 omega=3"
         pa.field("mode", pa.string()),                        # estimate | optimize
         pa.field("step", pa.int64()),                         # optimize: the recorded step
         pa.field("elbo", pa.float64()),                       # MC estimate of the ELBO

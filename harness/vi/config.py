@@ -93,6 +93,15 @@ class ElboPoint:
     params: tuple             # ((key, value), ...) target parameters (mean/cov as tuples)
     q: QSpec
 
+    @property
+    def label(self) -> str:
+        """The target parameters in one short string (``results.target_params``)."""
+        parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                 for k, v in self.params if k not in ("mean", "cov")]
+        if any(k == "mean" for k, _ in self.params):
+            parts.insert(0, "mean,cov given")
+        return " ".join(parts)
+
 
 @dataclass(frozen=True)
 class ElboGrid:

@@ -36,7 +36,7 @@ from .. import __version__
 from ..report import CSS, _img_html, _save
 from ..results import atomic_write_bytes
 
-POINT = ["target", "family", "dim"]
+POINT = ["target", "family", "dim", "target_params"]
 
 
 def _palette(estimators):
@@ -45,7 +45,8 @@ def _palette(estimators):
 
 
 def _label(row) -> str:
-    return f"{row['target']}, {row['family']}, d = {int(row['dim'])}"
+    extra = f", {row['target_params']}" if row["target_params"] else ""
+    return f"{row['target']}, {row['family']}, d = {int(row['dim'])}{extra}"
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
@@ -101,7 +102,7 @@ def _variance_vs_n(per: pd.DataFrame, estimators, title) -> Figure:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("N")
-        ax.set_ylabel("variance across seeds (mean over components)")
+        ax.set_ylabel("var across seeds (mean over comps)")
         ax.set_title(_label(pt), fontsize=9)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
@@ -110,7 +111,8 @@ def _variance_vs_n(per: pd.DataFrame, estimators, title) -> Figure:
 
 def _variance_vs_dim(per: pd.DataFrame, estimators, title) -> Figure:
     largest = per[per["n_samples"] == per.groupby([*POINT])["n_samples"].transform("max")]
-    groups = largest[["target", "family"]].drop_duplicates().reset_index(drop=True)
+    groups = largest[["target", "family"]].drop_duplicates().sort_values(["target", "family"])
+    groups = groups.reset_index(drop=True)
     fig, axes = _figure(len(groups))
     pal = _palette(estimators)
     for ax, (_, g) in zip(axes, groups.iterrows()):
@@ -126,7 +128,7 @@ def _variance_vs_dim(per: pd.DataFrame, estimators, title) -> Figure:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("dimension d")
-        ax.set_ylabel("N x variance across seeds (mean over comps)")
+        ax.set_ylabel("N x var across seeds (mean comps)")
         ax.set_title(f"{g['target']}, {g['family']}", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
@@ -214,8 +216,8 @@ def build_elbo_report(run_dir, df: pd.DataFrame) -> Path:
                     "N x variance across seeds at the largest N (an estimate of the per-sample "
                     "variance), averaged over components, against the dimension d; exact "
                     "dashed."))
-            cols = [("target", "target", "{}"), ("family", "family", "{}"),
-                    ("dim", "d", "{:d}"), ("n_samples", "N", "{:d}"),
+            cols = [("target", "target", "{}"), ("target_params", "parameters", "{}"),
+                    ("family", "family", "{}"), ("dim", "d", "{:d}"), ("n_samples", "N", "{:d}"),
                     ("estimator", "estimator", "{}"), ("components", "components", "{:d}"),
                     ("var", "var across seeds (mean)", "{:.4g}"),
                     ("exact_var_n", "exact var / N (mean)", "{:.4g}"),
@@ -246,8 +248,9 @@ def build_elbo_report(run_dir, df: pd.DataFrame) -> Path:
                     f"{experiment}: distance to the known optimum", True),
                     "Euclidean distance in parameter space to the known optimum."))
             last = ts[ts["step"] == ts.groupby([*POINT, "estimator"])["step"].transform("max")]
-            cols = [("target", "target", "{}"), ("family", "family", "{}"),
-                    ("dim", "d", "{:d}"), ("estimator", "estimator", "{}"),
+            cols = [("target", "target", "{}"), ("target_params", "parameters", "{}"),
+                    ("family", "family", "{}"), ("dim", "d", "{:d}"),
+                    ("estimator", "estimator", "{}"),
                     ("step", "final step", "{:d}"),
                     ("elbo_median", "ELBO median", "{:.5g}"), ("elbo_q10", "q10", "{:.5g}"),
                     ("elbo_q90", "q90", "{:.5g}"),

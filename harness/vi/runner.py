@@ -108,6 +108,7 @@ class ElboCell:
             "backend": [self.backend] * n,
             "target": [self.point.target] * n, "family": [self.point.family] * n,
             "dim": np.full(n, self.point.dim, np.int64), "mode": [self.mode] * n,
+            "target_params": [self.point.label] * n,
         }
 
     def _estimate_table(self, prob, est, var, elbo, seconds) -> pa.Table:
