@@ -262,10 +262,8 @@ def trace(problem: Problem, estimator, opt: OptimizerSpec, rec: np.ndarray, seed
         lams = [fam.unpack(rec[s, r]) for s in range(S)]
         mus = np.stack([m for m, _ in lams])
         Cs = np.stack([C for _, C in lams])
-        if not np.isfinite(rec[:, r]).all() or (np.diagonal(Cs, axis1=1, axis2=2) <= 0).any():
-            ok = np.isfinite(rec[:, r]).all(axis=1)
-        else:
-            ok = np.ones(S, bool)
+        # a diverged trajectory (inf/NaN) gets NaN trace values, the others are recorded
+        ok = np.isfinite(rec[:, r]).all(axis=1) & (np.diagonal(Cs, axis1=1, axis2=2) > 0).all(1)
         if ok.any():
             mean, var = raw_moments(problem, code, opt.var_samples, np.asarray(seeds)[ok],
                                     stream=2 + 2 * r, mus=mus[ok], Cs=Cs[ok])

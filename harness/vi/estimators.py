@@ -49,6 +49,7 @@ ESTIMATORS = {
     "score_function": VIEstimator(
         "score_function", {("none",): kernels.E_SCORE, ("loo",): kernels.E_SCORE_LOO},
         options={"baseline": ("none", "loo")}, needs_gradient=False,
+        evals_per_sample=1,    # 2 with baseline=loo (a first pass for the sum of f)
         description="(f - b) grad log q; baseline none | loo (leave-one-out mean)"),
 }
 

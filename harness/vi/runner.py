@@ -119,6 +119,9 @@ class ElboCell:
             g, v, _, vsrc = api.reference(prob, (spec.name, spec.options))
             grads[e], evars[e], srcs[e] = g, v, vsrc
         labels = np.array([e.label for e in self.estimators], dtype=object)
+        # log g evaluations per sample: the leave-one-out baseline makes a second pass
+        evals = np.array([2 if api._codes([(e.name, e.options)])[0] == api.kernels.E_SCORE_LOO
+                          else 1 for e in self.estimators], dtype=np.int64)
         comps = np.array(prob.components(), dtype=object)
         cols = self._common(n, prob)
         cols.update({
@@ -129,7 +132,7 @@ class ElboCell:
             "estimate": est.ravel(), "sample_var": var.ravel(),
             "exact_grad": np.tile(grads.ravel(), S), "exact_var": np.tile(evars.ravel(), S),
             "exact_source": np.tile(srcs.ravel(), S),
-            "evals_per_sample": np.ones(n, np.int64),
+            "evals_per_sample": np.tile(np.repeat(evals, P), S),
             "seconds": np.full(n, seconds),
             "elbo": np.repeat(elbo, E * P),
             "exact_elbo": np.full(n, api.exact_elbo(prob)),
@@ -148,7 +151,9 @@ class ElboCell:
             "n_samples": np.full(n, self.optimizer.samples, np.int64),
             "seed": np.repeat(np.asarray(self.seeds, np.int64), R),
             "estimate": nan, "sample_var": nan, "exact_grad": nan, "exact_var": nan,
-            "exact_source": ["none"] * n, "evals_per_sample": np.ones(n, np.int64),
+            "exact_source": ["none"] * n,
+            "evals_per_sample": np.full(n, 2 if self.estimators[0].label.endswith("=loo]")
+                                        else 1, np.int64),
             "seconds": np.full(n, seconds), "step": np.tile(steps, S),
         })
         for key in ("elbo", "exact_elbo", "dist_opt", "grad_var_mean", "grad_var_max"):
