@@ -288,3 +288,19 @@ def test_optimisation_reaches_known_optimum(family, estimator, tol):
         assert best == pytest.approx(0.0, abs=1e-12)  # KL(q || target) = 0 at q = target
     # the recorded ELBO estimate agrees with the exact ELBO (200 fresh samples)
     assert np.all(np.abs(tr["elbo"] - tr["exact_elbo"]) < 1.0)
+
+
+def test_kernel_cache_dependency_digest_is_current():
+    """Editing rng.py or scalar_math.py must come with an edit of harness/vi/kernels.py (its
+    DEPENDENCY_DIGEST), or numba would keep serving kernels compiled from the old code."""
+    import hashlib
+    from pathlib import Path
+
+    import harness
+
+    root = Path(harness.__file__).parent
+    h = hashlib.sha256()
+    for name in ("rng.py", "scalar_math.py"):
+        h.update((root / name).read_bytes())
+    assert kernels.DEPENDENCY_DIGEST == h.hexdigest()[:16], (
+        f"update DEPENDENCY_DIGEST in harness/vi/kernels.py to {h.hexdigest()[:16]!r}")

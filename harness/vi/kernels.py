@@ -60,6 +60,12 @@ E_WRONG_NO_ENTROPY = 5   # deliberately wrong (entropy gradient dropped): tests 
 
 LOG_2PI = math.log(2.0 * math.pi)
 
+# numba's on-disk cache of these kernels is invalidated only when *this* file changes, not
+# when the inlined random-number code does (DESIGN.md, "Pitfalls").  So this file records a
+# digest of harness/rng.py and harness/scalar_math.py; tests/test_vi.py fails when they
+# change until the digest here is updated, and that edit invalidates the stale cache.
+DEPENDENCY_DIGEST = "fa4aea18d12347e1"
+
 
 def n_params(family: int, d: int) -> int:
     return 2 * d if family == F_DIAG else d + d * (d + 1) // 2
