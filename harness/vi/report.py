@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from .. import __version__
 from ..report import CSS, _img_html, _save
@@ -127,6 +128,9 @@ def _variance_vs_dim(per: pd.DataFrame, estimators, title) -> Figure:
                 ax.plot(s["dim"][ok], s["exact_var"][ok], "--", color=pal[e], lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        dims = sorted(sel["dim"].unique())
+        ax.set_xticks(dims, [str(int(x)) for x in dims])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("dimension d")
         ax.set_ylabel("N x var across seeds (mean comps)")
         ax.set_title(f"{g['target']}, {g['family']}", fontsize=9)
@@ -209,7 +213,9 @@ def build_elbo_report(run_dir, df: pd.DataFrame) -> Path:
                 per, estimators, f"{experiment}: gradient variance across {seeds} seeds"),
                 "Variance across seeds of the N-sample ELBO gradient estimate, averaged over "
                 "gradient components (markers); exact per-sample variance / N dashed (closed "
-                "form, or exact quadrature for the score function where d <= 9)."))
+                "form, or exact quadrature for the score function where d <= 9; for the "
+                "leave-one-out baseline its N -> infinity limit).  reparam_sampled_entropy "
+                "equals reparam up to rounding (its line lies under reparam's)."))
             if per["dim"].nunique() > 1:
                 figures.append(("variance_vs_dim.png", _variance_vs_dim(
                     per, estimators, f"{experiment}: per-sample variance vs dimension"),
@@ -237,7 +243,7 @@ def build_elbo_report(run_dir, df: pd.DataFrame) -> Path:
                 "exact ELBO of the current q where the target has a closed form, otherwise "
                 "the estimate from the recorded fresh samples."))
             figures.append(("grad_var_vs_step.png", _trace_figure(
-                ts, "grad_var_mean", "per-sample gradient variance (mean over comps)",
+                ts, "grad_var_mean", "grad variance per sample (mean comps)",
                 estimators, f"{experiment}: gradient variance during optimisation", True),
                 "Per-sample variance of each estimator's gradient at the current lambda "
                 "(from fresh samples), averaged over components; median and 10-90% band over "
