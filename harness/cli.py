@@ -161,6 +161,9 @@ def validate(grid: pathlib.Path):
 
 def describe_grid(g: Grid) -> str:
     """One line: name, cells (product of parameter value counts x N values), estimators, seeds."""
+    if getattr(g, "kind", None) == "elbo":
+        from .vi.config import describe
+        return describe(g)
     cells = math.prod(len(values) for _, values in g.params) * len(g.n_samples)
     params = " ".join(f"{name}={_values(values)}" for name, values in g.params)
     n = len(g.seeds)
@@ -202,6 +205,21 @@ def list_command():
         opt = "".join(f"; option {k}: {'|'.join(map(str, v))}" for k, v in options.items())
         click.echo(f"  {name:16} needs_derivative: {str(e.needs_derivative).lower()}; "
                    f"evals_per_sample: {e.evals_per_sample}{opt}  {e.description}")
+    from .vi.estimators import ESTIMATORS as VI_ESTIMATORS
+    from .vi.families import FAMILIES
+    from .vi.targets import TARGETS
+
+    click.echo("elbo targets (problem: {kind: elbo, target: ...}):")
+    for name, t in TARGETS.items():
+        click.echo(f"  {name:24} keys: {', '.join(t.keys)}  {t.description}")
+    click.echo("elbo families:")
+    for name, f in FAMILIES.items():
+        click.echo(f"  {name:24} q keys: mu, {f.scale_key}  {f.description}")
+    click.echo("elbo estimators:")
+    for name, e in VI_ESTIMATORS.items():
+        opt = "".join(f"; option {k}: {'|'.join(v)}" for k, v in e.options.items())
+        click.echo(f"  {name:24} needs grad log g: {str(e.needs_gradient).lower()}{opt}  "
+                   f"{e.description}")
     click.echo("backends:")
     for name in registry.BACKENDS:
         click.echo(f"  {name}")
