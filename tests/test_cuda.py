@@ -174,3 +174,18 @@ def test_run_grid_with_backend_cuda_end_to_end(tmp_path):
     df = pd.read_parquet(tmp_path / "out" / "results")
     assert set(df["backend"]) == {"cuda"} and len(df) == 2 * 3 * 2 * 2
     assert np.isfinite(df["estimate"]).all()
+
+
+def test_elbo_grids_reject_backend_cuda(tmp_path):
+    """The ELBO (VI) problems have CPU kernels only: backend: cuda is a config error there,
+    never a CPU run labelled cuda."""
+    from harness.config import load_grid
+    from harness.errors import ConfigError
+
+    example = pathlib.Path(__file__).resolve().parents[1] / "examples" / "vi_gaussian.yaml"
+    text = example.read_text()
+    lines = [line for line in text.splitlines() if not line.startswith("backend:")]
+    grid = tmp_path / "vi.yaml"
+    grid.write_text("\n".join(lines + ["backend: cuda"]) + "\n")
+    with pytest.raises(ConfigError, match="backend: .*does not run ELBO problems"):
+        load_grid(grid)

@@ -165,7 +165,11 @@ def parse_elbo(doc: CommentedMap, r, text: str, path: pathlib.Path) -> ElboGrid:
     fields.update(base._read_seeds(r, r.entry(doc, "seeds", ""), fields))
     fields["backend"] = "cpu"
     if "backend" in doc:
-        fields.update(base._read_backend(r, r.entry(doc, "backend", ""), fields))
+        v = r.entry(doc, "backend", "")
+        fields.update(base._read_backend(r, v, fields))
+        if fields["backend"] != "cpu":  # ELBO kernels exist for the CPU only
+            r.fail(f"backend {fields['backend']!r} does not run ELBO problems yet", v.line,
+                   v.key, fix="use backend: cpu (or remove the key)")
     return ElboGrid(**fields)
 
 
