@@ -23,7 +23,7 @@ problem:
   q:
     mu: [0.0, 0.0, 0.0]
     L: [[1.0, 0.0, 0.0], [0.2, 0.8, 0.0], [-0.1, 0.3, 1.2]]
-estimators: [reparam, stl, {name: score_function, baseline: loo}]
+estimators: [reparam, stl, {name: score_function, baseline: mean}]
 n_samples: [10, 1e3]
 seeds: 20
 """
@@ -34,7 +34,7 @@ def test_good_grid_parses():
     assert g.kind == "elbo" and g.modes == ("estimate",) and g.n_samples == (10, 1000)
     (p,) = g.points
     assert (p.target, p.family, p.dim) == ("gaussian", "full", 3)
-    assert [e.label for e in g.estimators] == ["reparam", "stl", "score_function[baseline=loo]"]
+    assert [e.label for e in g.estimators] == ["reparam", "stl", "score_function[baseline=mean]"]
     mu, C = p.q.resolve(p.family, p.dim, None)
     assert C[2, 1] == 0.3 and mu.shape == (3,)
 
@@ -56,7 +56,8 @@ BAD = [
     ("target: gaussian", "target: gausian", 4, "problem.target", "did you mean 'gaussian'"),
     ("kind: elbo", "kind: elb", 3, "problem.kind", "unknown problem kind"),
     ("reparam, stl", "reparm, stl", 11, "estimators[0]", "did you mean 'reparam'"),
-    ("baseline: loo", "baseline: mean", 11, "estimators[2].baseline", "use one of: none, loo"),
+    ("baseline: mean", "baseline: loo", 11, "estimators[2].baseline",
+     "use one of: none, mean, optimal, exact_optimal"),
     ("seeds: 20", "seeds: 20\nmode: optimize", 12, "n_samples", "only used with mode: estimate"),
     ("seeds: 20", "seeds: 20\noptimizer: {lr: 0.1}", 14, "optimizer", "mode: optimize"),
 ]
@@ -93,7 +94,7 @@ def test_more_bad_problems(text, words):
 
 def test_optimizer_checks():
     base = ("problem: {kind: elbo, target: ripple, dim: 2, family: diag}\n"
-            "estimators: [{name: score_function, baseline: loo}]\nmode: optimize\nseeds: 2\n")
+            "estimators: [{name: score_function, baseline: mean}]\nmode: optimize\nseeds: 2\n")
     with pytest.raises(ConfigError, match="samples >= 2"):
         parse_grid(base + "optimizer: {samples: 1}\n", "g.yaml")
     with pytest.raises(ConfigError, match="exceeds steps"):
@@ -115,7 +116,7 @@ problem:
   family: [diag, full]
   q: {mu: 0.5, scale: 0.8}
 mode: [estimate, optimize]
-estimators: [reparam, stl, {name: score_function, baseline: loo}]
+estimators: [reparam, stl, {name: score_function, baseline: mean}]
 n_samples: [10, 100]
 optimizer: {name: adam, lr: 0.05, steps: 40, samples: 4, record_every: 10, var_samples: 50}
 seeds: 6
@@ -175,3 +176,20 @@ def test_estimate_columns_match_the_library(tmp_path):
     est, var, _ = api.estimate(prob, [(e.name, e.options) for e in cell.estimators],
                                cell.n_samples, cell.seeds)
     np.testing.assert_array_equal(table["estimate"].to_numpy(), est.ravel())
+
+
+@pytest.mark.parametrize("problem,extra,words", [
+    ("target: logistic_regression\n  family: diag", "n_samples: 10\n", "gaussian target only"),
+    ("target: gaussian\n  target_seed: 1\n  dim: [3, 10]\n  family: diag", "n_samples: 10\n",
+     "dim 10: the exact b* quadrature needs 5^10 points"),
+    ("target: gaussian\n  target_seed: 1\n  dim: 2\n  family: diag",
+     "mode: optimize\noptimizer: {steps: 10}\n", "not available with mode: optimize"),
+])
+def test_exact_optimal_baseline_where_infeasible_is_a_config_error(problem, extra, words):
+    grid = (f"problem:\n  kind: elbo\n  {problem}\n"
+            f"estimators: [reparam, {{name: score_function, baseline: exact_optimal}}]\n"
+            f"{extra}seeds: 2\n")
+    with pytest.raises(ConfigError) as err:
+        parse_grid(grid, "g.yaml")
+    msg = str(err.value)
+    assert "estimators[1]" in msg and words in msg and "\n" not in msg, msg

@@ -18,6 +18,7 @@ from functools import cache
 import numpy as np
 
 from ..backends.cpu import merge_chunks
+from ..errors import HarnessError
 from . import kernels
 from .estimators import ESTIMATORS, code_of
 from .families import FAMILIES, Family
@@ -110,25 +111,46 @@ def raw_moments(problem: Problem, codes, n_samples: int, seeds, stream: int = 0,
     k0, k1 = _keys(seeds)
     S = k0.size
     t = problem.target
+    per_seed_lambda = mus is not None
     mus, Cs = _per_seed(problem, S, mus, Cs)
     codes = np.asarray(codes, dtype=np.int64)
     chunk, n_chunks = chunking(n_samples)
     fam = problem.family.code
     P = problem.family.n_params(problem.dim)
     f_sums = np.zeros(S)
+    bases = np.zeros((S, max(codes.size * P, 1)))
+    opt = codes == kernels.E_SCORE_OPT
+    if opt.any():
+        # pre-pass on the independent baseline stream: b^_p = sum f s_p^2 / sum s_p^2
+        bc = np.array([kernels.E_BSTAR_NUM, kernels.E_BSTAR_DEN], np.int64)
+        part = np.empty((S, n_chunks, 1 + 3 * (2 * P + 1)))
+        kernels.grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk),
+                            np.int64(stream + kernels.STREAM_BASELINE), np.int64(t.code),
+                            t.ta, t.tm, t.ti, np.int64(fam), mus, Cs, bc, f_sums,
+                            np.zeros((S, 2 * P)), part)
+        m, _ = merge_chunks(part, 2 * P + 1)
+        b_hat = m[:, :P] / m[:, P:2 * P]
+        for e in np.flatnonzero(opt):
+            bases[:, e * P:(e + 1) * P] = b_hat
+    for e in np.flatnonzero(codes == kernels.E_SCORE_EXACT_OPT):
+        if not per_seed_lambda:
+            bases[:, e * P:(e + 1) * P] = exact_bstar(problem)
+        else:
+            for s in range(S):
+                bases[s, e * P:(e + 1) * P] = exact_bstar(problem.at(mus[s], Cs[s]))
     if (codes == kernels.E_SCORE_LOO).any():
         # first pass: the sum of f over the seed's N samples (same draws, same order)
         part = np.empty((S, n_chunks, 4))
         kernels.grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk), np.int64(stream),
                             np.int64(t.code), t.ta, t.tm, t.ti, np.int64(fam), mus, Cs,
-                            codes[:0], f_sums, part)
+                            codes[:0], f_sums, bases, part)
         m, _ = merge_chunks(part, 1)
         f_sums = m[:, 0] * n_samples
     T = codes.size * P + 1
     part = np.empty((S, n_chunks, 1 + 3 * T))
     kernels.grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk), np.int64(stream),
                         np.int64(t.code), t.ta, t.tm, t.ti, np.int64(fam), mus, Cs, codes,
-                        f_sums, part)
+                        f_sums, bases, part)
     return merge_chunks(part, T)
 
 
@@ -149,9 +171,12 @@ def _gh(n: int):
     return x, w / w.sum()
 
 
-def quadrature(problem: Problem, codes, baseline: float = 0.0, nodes: int = QUAD_NODES):
+def quadrature(problem: Problem, codes, baseline: float = 0.0, nodes: int = QUAD_NODES,
+               bases=None):
     """(E[t], Var[t]) of every term (E * P + 1, last f) by tensor Gauss-Hermite quadrature
-    with a fixed score-function baseline; None if nodes**d exceeds QUAD_MAX_POINTS.
+    with a fixed score-function baseline (``baseline``: the leave-one-out code's scalar;
+    ``bases[E * P]``: the per-component baselines of the optimal codes); None if nodes**d
+    exceeds QUAD_MAX_POINTS.
     Evaluates the kernels' own per-sample function (``kernels.terms_at``) in blocks."""
     d = problem.dim
     total = nodes ** d
@@ -160,6 +185,8 @@ def quadrature(problem: Problem, codes, baseline: float = 0.0, nodes: int = QUAD
     t = problem.target
     x, w = _gh(nodes)
     codes = np.asarray(codes, np.int64)
+    P = problem.family.n_params(d)
+    bases = np.zeros(max(codes.size * P, 1)) if bases is None else np.asarray(bases, float)
     m1 = m2 = 0.0
     block = 20_000
     for start in range(0, total, block):
@@ -168,11 +195,33 @@ def quadrature(problem: Problem, codes, baseline: float = 0.0, nodes: int = QUAD
         eps = np.ascontiguousarray(x[digits])
         weight = w[digits].prod(axis=1)
         terms = kernels.terms_at(t.code, t.ta, t.tm, t.ti, problem.family.code, problem.mu,
-                                 problem.C, codes, float(baseline), eps,
+                                 problem.C, codes, float(baseline), bases, eps,
                                  np.zeros((flat.size, 1), np.int64))
         m1 = m1 + weight @ terms
         m2 = m2 + weight @ (terms * terms)
     return m1, np.maximum(m2 - m1 * m1, 0.0)
+
+
+def exact_bstar(problem: Problem) -> np.ndarray:
+    """The exact per-component optimal score-function baselines b*_p = E[f s_p^2] / E[s_p^2]
+    by tensor Gauss-Hermite quadrature (exact on the Gaussian target); HarnessError where
+    the quadrature is not exact (other targets) or infeasible (5**d > QUAD_MAX_POINTS)."""
+    why = exact_bstar_unavailable(problem.target.code, problem.dim)
+    if why:
+        raise HarnessError(f"score_function baseline exact_optimal: {why}")
+    P = problem.family.n_params(problem.dim)
+    m1, _ = quadrature(problem, [kernels.E_BSTAR_NUM, kernels.E_BSTAR_DEN])
+    return m1[:P] / m1[P:2 * P]
+
+
+def exact_bstar_unavailable(target_code: int, dim: int) -> str | None:
+    """Why the exact b* cannot be computed for this target and dimension (None: it can)."""
+    if target_code != kernels.T_GAUSSIAN:
+        return "the exact b* needs exact quadrature, available for the gaussian target only"
+    if QUAD_NODES ** dim > QUAD_MAX_POINTS:
+        return (f"the exact b* quadrature needs {QUAD_NODES}^{dim} points, more than "
+                f"{QUAD_MAX_POINTS:,} (d <= 9)")
+    return None
 
 
 def reference(problem: Problem, estimator) -> tuple[np.ndarray, np.ndarray, str, str]:
@@ -181,8 +230,11 @@ def reference(problem: Problem, estimator) -> tuple[np.ndarray, np.ndarray, str,
     The gradient: the target's closed form (else NaN, "none").  The per-sample variance:
     the target's closed form; else, on the Gaussian target (where every term is a
     polynomial in eps), exact tensor Gauss-Hermite quadrature of the estimator's own
-    formula ("quadrature"; for ``score_function[baseline=loo]`` with the baseline fixed at
-    the exact ELBO, the N -> infinity limit of the leave-one-out baseline); else NaN.
+    formula ("quadrature"; for ``score_function[baseline=mean]`` with the baseline fixed at
+    the exact ELBO, the N -> infinity limit of the leave-one-out baseline; for
+    ``baseline=optimal`` and ``exact_optimal`` with the baselines fixed at the exact b*_p,
+    Var[(f - b*_p) s_p], the exact variance of exact_optimal and the N -> infinity limit of
+    optimal's); else NaN.
     """
     code = int(_codes([estimator])[0])
     t, fam = problem.target, problem.family.code
@@ -197,7 +249,13 @@ def reference(problem: Problem, estimator) -> tuple[np.ndarray, np.ndarray, str,
         var, vsrc = np.asarray(closed, float), "closed_form"
     elif t.code == kernels.T_GAUSSIAN:
         base = t.exact_elbo(fam, problem.mu, problem.C) if code == kernels.E_SCORE_LOO else 0.0
-        q = quadrature(problem, [code], base)
+        bases = None
+        if code in (kernels.E_SCORE_OPT, kernels.E_SCORE_EXACT_OPT) \
+                and exact_bstar_unavailable(t.code, problem.dim) is None:
+            bases = exact_bstar(problem)
+        q = quadrature(problem, [code], base, bases=bases)
+        if code in (kernels.E_SCORE_OPT, kernels.E_SCORE_EXACT_OPT) and bases is None:
+            q = None
         if q is not None:
             var, vsrc = q[1][:P], "quadrature"
     return grad, var, gsrc, vsrc
@@ -228,6 +286,9 @@ def optimize(problem: Problem, estimator, opt: OptimizerSpec, seeds) -> np.ndarr
     code = int(_codes([estimator])[0])
     if code == kernels.E_SCORE_LOO and opt.samples < 2:
         raise ValueError("the leave-one-out baseline needs >= 2 samples per step")
+    if code == kernels.E_SCORE_EXACT_OPT:
+        raise HarnessError("score_function baseline exact_optimal is not available in "
+                           "optimisation mode (its exact b* changes with lambda every step)")
     k0, k1 = _keys(seeds)
     t = problem.target
     n_rec = len(record_steps(opt))
@@ -249,7 +310,8 @@ def trace(problem: Problem, estimator, opt: OptimizerSpec, rec: np.ndarray, seed
     """Per (seed, record): the ELBO (estimated from ``var_samples`` fresh samples, and exact
     where known), the per-component gradient variance of the estimator at that lambda (mean
     and max over components) and the distance to the optimum (where known, Euclidean in
-    theta).  Fresh samples of record r use stream 2 + 2 r (``harness.vi.kernels``)."""
+    theta).  Fresh samples of record r use stream 2 + 2 r (``harness.vi.kernels``; the
+    optimal baseline's independent draws stream 2**31 + 2 + 2 r)."""
     code = _codes([estimator])
     S, R, P = rec.shape
     fam = problem.family

@@ -15,7 +15,7 @@ shared with the Gaussian-cost grids.  Format::
       q:                          # lambda, where gradients are estimated / optimisation starts
         mu: [0.0, 0.0, 0.0]
         L: [[1.0, 0.0, 0.0], [0.2, 0.8, 0.0], [-0.1, 0.3, 1.2]]   # diag: log_sigma: [...]
-    estimators: [reparam, reparam_sampled_entropy, stl, {name: score_function, baseline: loo}]
+    estimators: [reparam, reparam_sampled_entropy, stl, {name: score_function, baseline: mean}]
     n_samples: [10, 100, 1000]
     seeds: 200
 
@@ -160,6 +160,7 @@ def parse_elbo(doc: CommentedMap, r, text: str, path: pathlib.Path) -> ElboGrid:
             r.fail("optimizer is only used with mode: optimize", doc.lc.key("optimizer")[0] + 1,
                    "optimizer", fix="add 'mode: optimize' or remove the optimizer")
         fields["optimizer"] = None
+    _check_exact_optimal(r, doc, fields)
     if "seeds" not in doc:
         r.missing(top, "seeds")
     fields.update(base._read_seeds(r, r.entry(doc, "seeds", ""), fields))
@@ -409,6 +410,27 @@ def _read_estimator(r, v: _Value) -> EstimatorSpec:
     return EstimatorSpec(name, tuple(options))
 
 
+def _check_exact_optimal(r, doc, fields):
+    """score_function[baseline=exact_optimal] needs the exact b* (quadrature) at every point,
+    and a fixed lambda (estimate mode only)."""
+    specs = fields["estimators"]
+    hits = [i for i, e in enumerate(specs) if e.label == "score_function[baseline=exact_optimal]"]
+    if not hits:
+        return
+    item = r.items(r.entry(doc, "estimators", ""), "estimator")[hits[0]]
+    if "optimize" in fields["modes"]:
+        r.fail("baseline exact_optimal is not available with mode: optimize (its exact b* "
+               "changes with lambda at every step)", item.line, item.key,
+               fix="use baseline: optimal (estimated from an independent stream)")
+    from .api import exact_bstar_unavailable
+    for pt in fields["points"]:
+        why = exact_bstar_unavailable(TARGETS[pt.target].code, pt.dim)
+        if why:
+            r.fail(f"baseline exact_optimal at target {pt.target}, dim {pt.dim}: {why}",
+                   item.line, item.key, fix="use baseline: optimal (estimated from an "
+                                            "independent stream)")
+
+
 # --------------------------------------------------------------------------- optimizer
 
 _OPT_KEYS = {
@@ -440,7 +462,7 @@ def _read_optimizer(r, v: _Value, estimators) -> OptimizerSpec:
                 r.fail(f"must be > 0, got {_show(x)}", ev.line, ev.key, fix="use a positive rate")
             out[key] = x
     spec = OptimizerSpec(**out)
-    if spec.samples < 2 and any(e.label == "score_function[baseline=loo]" for e in estimators):
+    if spec.samples < 2 and any(e.label == "score_function[baseline=mean]" for e in estimators):
         r.fail("the leave-one-out baseline needs samples >= 2 per step",
                r.entry(m, "samples", v.key).line if "samples" in m else v.line,
                f"{v.key}.samples", fix="use samples >= 2")

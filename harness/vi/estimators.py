@@ -11,9 +11,44 @@
   ``reparam`` up to float rounding (Roeder et al. 2017, Sec. 3): the study shows it.
 - ``stl``: sticking the landing (Roeder et al. 2017): the path term only,
   (G - grad_z log q(z)) dz/dlambda; zero variance when q equals the target.
-- ``score_function``: (f - b) grad_lambda log q(z), f = log g(z) - log q(z) (seed 001);
-  option ``baseline``: ``none`` (b = 0) or ``loo`` (b = mean of the other N - 1 samples'
-  f, computed in a first streaming pass over the same draws, so the estimate is unbiased).
+- ``score_function``: (f - b) grad_lambda log q(z), f = log g(z) - log q(z) (seed 001), with
+  the score s = grad_lambda log q:  mu: C^-T eps;  L[i,j]: (C^-T eps)_i eps_j - [i=j]/L_ii;
+  log_sigma[i]: eps_i^2 - 1.  Since E[s] = 0, any baseline b independent of sample i keeps
+  the estimate unbiased.  Option ``baseline`` (the names and definitions of issue 4's
+  Gaussian-cost study, ``harness.estimators.score_function``):
+
+  ``none``           b = 0.  1 evaluation of log g per sample.  Per-sample variance:
+                     Var[f s_j]; reference by exact tensor Gauss-Hermite quadrature (below).
+  ``mean``           b_i = mean of f over the *other* N - 1 samples of the same seed
+                     (leave-one-out), computed from the sum of f in a first streaming pass
+                     over the same draws; b_i is independent of sample i, so unbiased.
+                     2 evaluations per sample (the two passes).  The per-sample variance
+                     column is the within-seed sample variance of g_i = (f_i - b_i) s_i;
+                     its reference is the N -> infinity limit Var[(f - E f) s_j]
+                     (quadrature); finite N adds an O(1/N) relative excess.
+  ``optimal``        b_j = b^_j = sum f(z'_k) s_j(eps'_k)^2 / sum s_j(eps'_k)^2 over N
+                     independent draws eps'_k (and minibatches) of the baseline stream of the
+                     same seed (``kernels.STREAM_BASELINE`` = 2**31 + the main stream: see
+                     the random-number plan in ``harness.vi.kernels``), drawn in a pre-pass:
+                     the sample version of the per-component variance-minimising scalar
+                     b*_j = E[f s_j^2] / E[s_j^2]; independent of the main draws, so the
+                     estimate is unbiased.  2 evaluations per sample (the N extra draws are
+                     counted in ``evals_per_sample``).  The per-sample variance column is the
+                     within-seed sample variance of g_i = (f_i - b^_j) s_ij; its reference
+                     ``exact_var`` is the N -> infinity limit V*_j = Var[(f - b*_j) s_j]
+                     (quadrature).  Exactly, E[sample var] = V*_j + E[(b^_j - b*_j)^2] E[s_j^2]
+                     and N Var[estimate] = the same: an O(1/N) relative excess.
+  ``exact_optimal``  b_j = b*_j computed exactly by the quadrature once per cell and passed to
+                     the kernel as per-cell constants: an oracle for studies, not an
+                     algorithm.  1 evaluation per sample.  Per-sample variance V*_j exactly.
+                     Only where the quadrature is exact and feasible (Gaussian target,
+                     5**d <= 2,000,000, i.e. d <= 9); elsewhere it is an error; not in
+                     optimisation mode (b* would change with lambda at every step).
+
+  The quadrature reference: tensor Gauss-Hermite with 5 nodes per coordinate on the kernels'
+  own per-sample formula (``harness.vi.api.quadrature``), exact on the Gaussian target (f is
+  quadratic, s_j has degree <= 2 in eps, so f s_j^2 and ((f - b) s_j)^2 have degree <= 8);
+  for other targets or d > 9 ``exact_var`` is NaN with ``exact_source`` none.
 """
 
 from __future__ import annotations
@@ -31,11 +66,18 @@ class VIEstimator:
     needs_gradient: bool = True                   # needs grad_z log g
     evals_per_sample: int = 1
     description: str = ""
+    evals: dict = field(default_factory=dict)     # option value tuple -> evals if not default
+
+    def key(self, options=()) -> tuple:
+        opts = dict(options)
+        return tuple(opts.get(k, allowed[0]) for k, allowed in self.options.items())
 
     def code(self, options=()) -> int:
-        opts = dict(options)
-        key = tuple(opts.get(k, allowed[0]) for k, allowed in self.options.items())
-        return self.codes[key]
+        return self.codes[self.key(options)]
+
+    def evals_of(self, options=()) -> int:
+        """Evaluations of log g per sample (pre-passes and extra draws counted)."""
+        return self.evals.get(self.key(options), self.evals_per_sample)
 
 
 ESTIMATORS = {
@@ -47,12 +89,20 @@ ESTIMATORS = {
     "stl": VIEstimator("stl", {(): kernels.E_STL},
                        description="sticking the landing: path derivative, score term dropped"),
     "score_function": VIEstimator(
-        "score_function", {("none",): kernels.E_SCORE, ("loo",): kernels.E_SCORE_LOO},
-        options={"baseline": ("none", "loo")}, needs_gradient=False,
-        evals_per_sample=1,    # 2 with baseline=loo (a first pass for the sum of f)
-        description="(f - b) grad log q; baseline none | loo (leave-one-out mean)"),
+        "score_function",
+        {("none",): kernels.E_SCORE, ("mean",): kernels.E_SCORE_LOO,
+         ("optimal",): kernels.E_SCORE_OPT, ("exact_optimal",): kernels.E_SCORE_EXACT_OPT},
+        options={"baseline": ("none", "mean", "optimal", "exact_optimal")},
+        needs_gradient=False, evals_per_sample=1,
+        evals={("mean",): 2, ("optimal",): 2},   # a first pass / N independent extra draws
+        description="(f - b) grad log q; baseline none | mean (leave-one-out) | optimal "
+                    "(b*_j from an independent stream) | exact_optimal (oracle b*_j)"),
 }
 
 
 def code_of(name: str, options=()) -> int:
     return ESTIMATORS[name].code(options)
+
+
+def evals_of(name: str, options=()) -> int:
+    return ESTIMATORS[name].evals_of(options)

@@ -21,6 +21,13 @@ Random-number plan (Philox streams of ``harness.rng``; key = the seed):
 - variance-study cells use s = 0.  Optimisation (``opt_kernel``): the M samples of step t
   are samples ``t * M + i`` of stream 0; the fresh samples used to record the gradient
   variance and the ELBO at record r are samples 0.. of stream ``2 + 2 r``.
+- ``score_function[baseline=optimal]`` estimates its baselines from an *independent* set of
+  draws: those of main stream s (eps and minibatch indices, by the rules above) are taken
+  from stream ``s + STREAM_BASELINE`` (and ``s + STREAM_BASELINE + 1``), STREAM_BASELINE =
+  2**31.  Main streams are < 2**31 (records r < 10**9 use at most 2 + 2 r + 1 < 2**31), so
+  the baseline streams [2**31, 2**32) collide with none of them and fit the 32-bit Philox
+  counter word.  Variance cell: stream 2**31; step t of ``opt_kernel``: samples t*M + i of
+  stream 2**31; record r: stream 2**31 + 2 + 2 r.
 
 Work decomposition: ``grad_kernel`` runs ``prange`` over (seed, chunk) with a chunk size
 that depends on N only; each chunk accumulates shifted sums sequentially and chunks are
@@ -57,6 +64,12 @@ E_STL = 2
 E_SCORE = 3
 E_SCORE_LOO = 4
 E_WRONG_NO_ENTROPY = 5   # deliberately wrong (entropy gradient dropped): tests only
+E_SCORE_OPT = 6          # baseline: optimal (per-component b^_j from the baseline stream)
+E_SCORE_EXACT_OPT = 7    # baseline: exact_optimal (per-component exact b*_j)
+E_BSTAR_NUM = 8          # internal: f s_j^2 (numerator of b*_j = E[f s_j^2] / E[s_j^2])
+E_BSTAR_DEN = 9          # internal: s_j^2 (denominator)
+
+STREAM_BASELINE = 2 ** 31
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -149,15 +162,17 @@ def target_eval(tid, ta, tm, ti, z, idx, G):
 # ----------------------------------------------------------------------------- one sample
 
 @njit(cache=True)
-def sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_total, n_total, work,
-                 out):
+def sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_total, n_total, bases,
+                 work, out):
     """Every requested estimator's per-sample gradient term at base draw ``eps``.
 
     ``out[e * P + p]`` = term of estimator ``codes[e]`` for component p; ``out[E * P]`` =
     the ELBO sample f = log g(z) - log q(z).  The E_SCORE_LOO baseline is the mean of the
     other samples' f, (f_total - f) / (n_total - 1), with f_total the sum of f over all
     n_total samples; n_total <= 0.0 (a float64, like f_total) means a fixed baseline
-    f_total (exact references).
+    f_total (exact references).  E_SCORE_OPT and E_SCORE_EXACT_OPT use the fixed
+    per-component baseline ``bases[e * P + p]``.  E_BSTAR_NUM / E_BSTAR_DEN (internal) give
+    f s_p^2 and s_p^2, s = grad_lambda log q, whose means form b*_p.
     ``work`` is (5, d) scratch.  Returns f.
     """
     d = mu.size
@@ -227,13 +242,13 @@ def sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_total, n_tot
                         if j == i:
                             t += 1.0 / C[i, i]
                         out[base + j] = t
-        elif code == E_SCORE or code == E_SCORE_LOO:
-            w = f - baseline if code == E_SCORE_LOO else f
+        elif code == E_SCORE or code == E_SCORE_LOO or code >= E_SCORE_OPT:
+            # the score s = grad_lambda log q into out[o:o+P], then the weight per component
             for i in range(d):
-                out[o + i] = w * v[i]                  # d/dmu log q = C^-T eps
+                out[o + i] = v[i]                      # d/dmu log q = C^-T eps
             if family == F_DIAG:
                 for i in range(d):
-                    out[o + d + i] = w * (eps[i] * eps[i] - 1.0)
+                    out[o + d + i] = eps[i] * eps[i] - 1.0
             else:
                 for i in range(d):
                     base = o + d + i * (i + 1) // 2
@@ -241,7 +256,23 @@ def sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_total, n_tot
                         s = v[i] * eps[j]
                         if j == i:
                             s -= 1.0 / C[i, i]
-                        out[base + j] = w * s
+                        out[base + j] = s
+            if code == E_SCORE:
+                for p in range(P):
+                    out[o + p] *= f
+            elif code == E_SCORE_LOO:
+                w = f - baseline
+                for p in range(P):
+                    out[o + p] *= w
+            elif code == E_BSTAR_NUM:
+                for p in range(P):
+                    out[o + p] *= f * out[o + p]
+            elif code == E_BSTAR_DEN:
+                for p in range(P):
+                    out[o + p] *= out[o + p]
+            else:
+                for p in range(P):
+                    out[o + p] *= f - bases[o + p]
         else:
             # pathwise family: reparam (analytic entropy), stl (path derivative only),
             # wrong_no_entropy (reparam without the entropy gradient)
@@ -287,12 +318,13 @@ def _draw(key0, key1, sample, d, stream, eps, ti, n_data, idx):
 
 @njit(parallel=True, cache=True)
 def grad_kernel(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family, mus, Cs,
-                codes, f_sums, out):
+                codes, f_sums, bases, out):
     """out[s, c, :] = (count, shift[T], sum[T], sum_sq[T]) of chunk c of seed s, T = E*P + 1.
 
     Seed s estimates at (mus[s], Cs[s]).  ``f_sums[s]`` is the sum over the seed's N samples
     of f = log g - log q (the first pass, needed only by E_SCORE_LOO, whose baseline for
-    sample i is (f_sums[s] - f_i) / (N - 1)).
+    sample i is (f_sums[s] - f_i) / (N - 1)).  ``bases[s, e * P + p]`` is the fixed baseline
+    of E_SCORE_OPT / E_SCORE_EXACT_OPT (estimator e, component p) for seed s.
     """
     n_seeds, n_chunks = out.shape[0], out.shape[1]
     for job in prange(n_seeds * n_chunks):
@@ -302,12 +334,12 @@ def grad_kernel(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family,
         first = c * chunk
         _chunk_sums(keys0[s], keys1[s], first, min(first + chunk, n_samples), n_samples,
                     stream, tid, ta, tm, ti, family, mus[s], Cs[s], codes, f_sums[s],
-                    out[s, c])
+                    bases[s], out[s, c])
 
 
 @njit(cache=True)
 def _chunk_sums(key0, key1, first, last, n_samples, stream, tid, ta, tm, ti, family, mu, C,
-                codes, f_sum, row):
+                codes, f_sum, bases, row):
     """row = (count, shift[T], sum[T], sum_sq[T]) of samples first..last-1, shifted by the
     terms of the first (guards the variance against cancellation)."""
     d = mu.size
@@ -323,7 +355,7 @@ def _chunk_sums(key0, key1, first, last, n_samples, stream, tid, ta, tm, ti, fam
     for i in range(first, last):
         _draw(key0, key1, i, d, stream, eps, ti, n_data, idx)
         sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_sum,
-                     np.float64(n_samples), work, t)
+                     np.float64(n_samples), bases, work, t)
         if i == first:
             for k in range(T):
                 shift[k] = t[k]
@@ -364,6 +396,10 @@ def opt_kernel(keys0, keys1, n_steps, m_samples, tid, ta, tm, ti, family, d, cod
     of stream 0), then updates theta with SGD or Adam (beta1 0.9, beta2 0.999, eps 1e-8,
     bias-corrected) at rate lr * (1 + cos(pi t / n_steps)) / 2 if cosine else lr.  For the
     full family the diagonal of L is projected onto [min_diag, inf) after each step.
+    E_SCORE_LOO makes a first pass over the step's draws for the sum of f; E_SCORE_OPT first
+    estimates b^_p = sum f' s'_p^2 / sum s'_p^2 from samples t*M .. t*M+M-1 of the baseline
+    stream STREAM_BASELINE (independent of the step's draws).  E_SCORE_EXACT_OPT is not
+    supported here (its b* would change with lambda at every step).
     rec_theta[s, r] = theta before step r * record_every (the last record: after all steps).
     """
     for s in prange(rec_theta.shape[0]):
@@ -389,6 +425,11 @@ def _optimize_one(key0, key1, n_steps, m_samples, tid, ta, tm, ti, family, d, co
     idx = np.zeros(max(ti[0], 1), dtype=np.int64)
     work = np.empty((5, d))
     t = np.empty(P + 1)
+    bcodes = np.array([E_BSTAR_NUM, E_BSTAR_DEN], dtype=np.int64)
+    tb = np.empty(2 * P + 1)
+    num = np.zeros(P)
+    den = np.zeros(P)
+    bases = np.zeros(P)
     r = 0
     for step in range(n_steps + 1):
         if step % record_every == 0 or step == n_steps:
@@ -403,12 +444,25 @@ def _optimize_one(key0, key1, n_steps, m_samples, tid, ta, tm, ti, family, d, co
             for i in range(m_samples):
                 _draw(key0, key1, step * m_samples + i, d, 0, eps, ti, n_data, idx)
                 fsum += sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes[:0],
-                                     0.0, 0.0, work, t)
+                                     0.0, 0.0, bases, work, t)
+        elif code == E_SCORE_OPT:
+            num[:] = 0.0
+            den[:] = 0.0
+            for i in range(m_samples):
+                _draw(key0, key1, step * m_samples + i, d, STREAM_BASELINE, eps, ti, n_data,
+                      idx)
+                sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, bcodes, 0.0, 0.0,
+                             bases, work, tb)
+                for p in range(P):
+                    num[p] += tb[p]
+                    den[p] += tb[P + p]
+            for p in range(P):
+                bases[p] = num[p] / den[p]
         g[:] = 0.0
         for i in range(m_samples):
             _draw(key0, key1, step * m_samples + i, d, 0, eps, ti, n_data, idx)
             sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, fsum,
-                         np.float64(m_samples), work, t)
+                         np.float64(m_samples), bases, work, t)
             for p in range(P):
                 g[p] += t[p]
         rate = lr
@@ -432,8 +486,9 @@ def _optimize_one(key0, key1, n_steps, m_samples, tid, ta, tm, ti, family, d, co
 
 
 @njit(cache=True)
-def terms_at(tid, ta, tm, ti, family, mu, C, codes, baseline, eps_rows, idx_rows):
-    """Terms at given base draws (rows of ``eps_rows``): for tests and references."""
+def terms_at(tid, ta, tm, ti, family, mu, C, codes, baseline, bases, eps_rows, idx_rows):
+    """Terms at given base draws (rows of ``eps_rows``): for tests and references
+    (``baseline``: the fixed E_SCORE_LOO baseline; ``bases``: as in ``sample_terms``)."""
     d = mu.size
     P = d + d if family == F_DIAG else d + d * (d + 1) // 2
     T = codes.size * P + 1
@@ -441,5 +496,5 @@ def terms_at(tid, ta, tm, ti, family, mu, C, codes, baseline, eps_rows, idx_rows
     work = np.empty((5, d))
     for r in range(eps_rows.shape[0]):
         sample_terms(tid, ta, tm, ti, family, mu, C, eps_rows[r], idx_rows[r], codes,
-                     baseline, 0.0, work, out[r])
+                     baseline, 0.0, bases, work, out[r])
     return out

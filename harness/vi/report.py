@@ -214,7 +214,7 @@ def build_elbo_report(run_dir, df: pd.DataFrame) -> Path:
                 "Variance across seeds of the N-sample ELBO gradient estimate, averaged over "
                 "gradient components (markers); exact per-sample variance / N dashed (closed "
                 "form, or exact quadrature for the score function where d <= 9; for the "
-                "leave-one-out baseline its N -> infinity limit).  reparam_sampled_entropy "
+                "mean and optimal baselines their N -> infinity limits).  reparam_sampled_entropy "
                 "equals reparam up to rounding (its line lies under reparam's)."))
             if per["dim"].nunique() > 1:
                 figures.append(("variance_vs_dim.png", _variance_vs_dim(

@@ -25,6 +25,7 @@ import pyarrow as pa
 from ..results import SCHEMA
 from . import api
 from .config import ElboGrid, ElboPoint
+from .estimators import evals_of
 
 PROBLEM = "elbo"
 
@@ -119,9 +120,10 @@ class ElboCell:
             g, v, _, vsrc = api.reference(prob, (spec.name, spec.options))
             grads[e], evars[e], srcs[e] = g, v, vsrc
         labels = np.array([e.label for e in self.estimators], dtype=object)
-        # log g evaluations per sample: the leave-one-out baseline makes a second pass
-        evals = np.array([2 if api._codes([(e.name, e.options)])[0] == api.kernels.E_SCORE_LOO
-                          else 1 for e in self.estimators], dtype=np.int64)
+        # log g evaluations per sample (the registry's count: baseline=mean makes a second
+        # pass, baseline=optimal draws N extra samples from an independent stream)
+        evals = np.array([evals_of(e.name, e.options) for e in self.estimators],
+                         dtype=np.int64)
         comps = np.array(prob.components(), dtype=object)
         cols = self._common(n, prob)
         cols.update({
@@ -152,8 +154,8 @@ class ElboCell:
             "seed": np.repeat(np.asarray(self.seeds, np.int64), R),
             "estimate": nan, "sample_var": nan, "exact_grad": nan, "exact_var": nan,
             "exact_source": ["none"] * n,
-            "evals_per_sample": np.full(n, 2 if self.estimators[0].label.endswith("=loo]")
-                                        else 1, np.int64),
+            "evals_per_sample": np.full(n, evals_of(self.estimators[0].name,
+                                                    self.estimators[0].options), np.int64),
             "seconds": np.full(n, seconds), "step": np.tile(steps, S),
         })
         for key in ("elbo", "exact_elbo", "dist_opt", "grad_var_mean", "grad_var_max"):
