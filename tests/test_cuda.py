@@ -30,8 +30,8 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 def _gpu_available() -> bool:
     if not HAS_NUMBA_CUDA or SIMULATOR:
         return False
-    out = subprocess.run([sys.executable, "-c", "from numba import cuda; "
-                          "print(cuda.is_available())"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", "from harness.backends.cuda import require; "
+                          "print(require().is_available())"], capture_output=True, text=True)
     return out.stdout.strip() == "True"
 
 

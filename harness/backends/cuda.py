@@ -46,6 +46,7 @@ import math
 import os
 import sys
 import threading
+import warnings
 
 import numpy as np
 
@@ -77,7 +78,11 @@ def require():
         raise BackendError("backend 'cuda' needs the numba-cuda package (fix: pip install "
                            "'harness[cuda]'; then run on an NVIDIA GPU, or "
                            + SIMULATOR_HINT + ")")
-    from numba import cuda
+    with warnings.catch_warnings():
+        # numba-cuda 0.30 calls np.timedelta64("nat") at import, which NumPy >= 2.5 deprecates:
+        # not ours to fix, and it must not become an error where warnings are errors.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"numba[._]cuda")
+        from numba import cuda
 
     if simulator_enabled():
         return cuda
