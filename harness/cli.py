@@ -161,6 +161,9 @@ def validate(grid: pathlib.Path):
 
 def describe_grid(g: Grid) -> str:
     """One line: name, cells (product of parameter value counts x N values), estimators, seeds."""
+    if getattr(g, "kind", None) == "elbo":
+        from .vi.config import describe
+        return describe(g)
     cells = math.prod(len(values) for _, values in g.params) * len(g.n_samples)
     params = " ".join(f"{name}={_values(values)}" for name, values in g.params)
     n = len(g.seeds)
@@ -203,6 +206,21 @@ def list_command():
                       for k, v in options.items())
         click.echo(f"  {name:16} needs_derivative: {str(e.needs_derivative).lower()}; "
                    f"evals_per_sample: {e.evals_per_sample}{opt}  {e.description}")
+    from .vi.estimators import ESTIMATORS as VI_ESTIMATORS
+    from .vi.families import FAMILIES
+    from .vi.targets import TARGETS
+
+    click.echo("elbo targets (problem: {kind: elbo, target: ...}):")
+    for name, t in TARGETS.items():
+        click.echo(f"  {name:24} keys: {', '.join(t.keys)}  {t.description}")
+    click.echo("elbo families:")
+    for name, f in FAMILIES.items():
+        click.echo(f"  {name:24} q keys: mu, {f.scale_key}  {f.description}")
+    click.echo("elbo estimators:")
+    for name, e in VI_ESTIMATORS.items():
+        opt = "".join(f"; option {k}: {'|'.join(v)}" for k, v in e.options.items())
+        click.echo(f"  {name:24} needs grad log g: {str(e.needs_gradient).lower()}{opt}  "
+                   f"{e.description}")
     click.echo("backends:")
     for name in registry.BACKENDS:
         click.echo(f"  {name}")
@@ -213,17 +231,59 @@ def list_command():
               help="Samples per seed (1e7 style accepted).")
 @click.option("--seeds", type=_Count(1), default=8, show_default=True, help="Number of seeds.")
 @click.option("--threads", type=_Count(1), default=None,
-              help="Numba threads [default: numba's default].")
-def bench(samples: int, seeds: int, threads):
+              help="Numba threads [default: 1 and all].")
+@click.option("--rss-n", "rss_n", type=_Count(2), multiple=True,
+              help="N of a peak-RSS run in a new process (repeatable) "
+                   "[default: 1e6 1e8 1e9].")
+@click.option("--no-cache-check", is_flag=True,
+              help="Skip the compile / cached-load measurement in new processes.")
+@click.option("--scaling", is_flag=True,
+              help="Instead: time vs N (1e3..1e9) and vs seeds per estimator, written as "
+                   "Parquet + PNG to --out.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
+              default=pathlib.Path("runs") / "bench", show_default=True,
+              help="Where --scaling writes bench_scaling.parquet and .png.")
+@click.option("--max-n", type=_Count(2), default=10**9, show_default=True,
+              help="Largest N of the --scaling sweep.")
+def bench(samples: int, seeds: int, threads, rss_n, no_cache_check: bool, scaling: bool,
+          out_dir: pathlib.Path, max_n: int):
     """Measure samples/s of the CPU kernel against a NumPy reference.
+
+    Prints samples/s and the ratio to NumPy (same process) for 1 and all threads, the
+    kernel's compile time and cached load in new processes, and the peak RSS at several N
+    (each in a new process: it must not grow with N). Speeds are never asserted in tests.
 
     \b
     Example:
-      harness bench --samples 1e6 --seeds 4 --threads 2
+      harness bench
+      harness bench --samples 1e6 --seeds 4 --threads 2 --rss-n 1e6 --rss-n 1e7
+      harness bench --scaling --out runs/bench
     """
-    from .bench import run_bench
+    import numba
 
-    click.echo(str(run_bench(n_samples=samples, n_seeds=seeds, threads=threads)))
+    from .bench import run_report, run_scaling
+
+    if threads is not None:
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            raise OneLineError(f"--threads {threads}: at most NUMBA_NUM_THREADS = "
+                               f"{numba.config.NUMBA_NUM_THREADS} (fix: set that variable)")
+        numba.set_num_threads(threads)
+    say = (lambda text: click.echo(f"... {text}", err=True)) if _stderr_tty() else None
+    if scaling:
+        n_values = tuple(n for n in (10**e for e in range(3, 10)) if n <= max_n) or (max_n,)
+        table, figure = run_scaling(out_dir, n_values=n_values, echo=say)
+        click.echo(f"{table}\n{figure}")
+        return
+    report = run_report(n_samples=samples, n_seeds=seeds, threads=threads,
+                        rss_n=rss_n or (10**6, 10**8, 10**9),
+                        cache_check=not no_cache_check, echo=say)
+    click.echo(str(report))
+
+
+def _stderr_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
 
 
 if __name__ == "__main__":     # python -m harness.cli

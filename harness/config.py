@@ -119,6 +119,14 @@ def parse_grid(text: str, path="<string>") -> Grid:
                     f"got {_describe(doc)}", _first_content_line(text), None,
                     fix=f"see {EXAMPLE} for the format")
 
+    problem = doc.get("problem")
+    if isinstance(problem, CommentedMap) and "kind" in problem:
+        # ELBO problems (issue 5) have their own format: harness.vi.config
+        kind = reader.choice(reader.entry(problem, "kind", "problem"), ("elbo",), "problem kind")
+        if kind == "elbo":
+            from .vi.config import parse_elbo
+            return parse_elbo(doc, reader, text, path)
+
     fields: dict[str, Any] = {"path": path, "source_text": text}
     top = _Value(doc, 1, "")
     reader.reject_unknown(doc, "", _TOP_LEVEL)

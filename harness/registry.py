@@ -37,7 +37,7 @@ ESTIMATORS = {
     measure_valued.ESTIMATOR.name: measure_valued.ESTIMATOR,
 }
 
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "cuda")  # modules harness.backends.<name>, each with estimate()
 
 
 def label(name: str, options=()) -> str:

@@ -433,6 +433,9 @@ def build_report(run_dir) -> Path:
     """
     run_dir = Path(run_dir)
     df = read_results(run_dir)
+    if (df["problem"] == "elbo").all():       # ELBO runs (issue 5): harness.vi.report
+        from .vi.report import build_elbo_report
+        return build_elbo_report(run_dir, df)
     summary = summarise(df)
     points = _points(summary)
     components = list(dict.fromkeys(summary["param"]))

@@ -36,7 +36,8 @@ from .errors import ResultsError
 from .exact import reference
 from .registry import resolve
 
-SCHEMA_VERSION = 1
+# 2: ELBO problems (issue 5): distribution/cost nullable, and the columns from ``target`` on
+SCHEMA_VERSION = 2
 
 # Problem parameters that have a column; a cell may leave some out (NaN), e.g. ``k`` for a
 # cost without a shape parameter.  A new parameter needs a new column and a version bump.
@@ -48,8 +49,8 @@ SCHEMA = pa.schema(
         pa.field("cell", pa.string(), nullable=False),
         pa.field("estimator", pa.string(), nullable=False),   # EstimatorSpec.label
         pa.field("problem", pa.string(), nullable=False),
-        pa.field("distribution", pa.string(), nullable=False),
-        pa.field("cost", pa.string(), nullable=False),
+        pa.field("distribution", pa.string()),                # null for ELBO problems
+        pa.field("cost", pa.string()),                        # null for ELBO problems
         pa.field("mu", pa.float64()),
         pa.field("sigma", pa.float64()),
         pa.field("k", pa.float64()),                          # NaN when the cost has no k
@@ -64,6 +65,18 @@ SCHEMA = pa.schema(
         pa.field("evals_per_sample", pa.int64(), nullable=False),
         pa.field("backend", pa.string(), nullable=False),
         pa.field("seconds", pa.float64()),                    # wall time of the whole cell
+        # ELBO problems (problem == "elbo", harness.vi); null for Gaussian-cost rows
+        pa.field("target", pa.string()),                      # log g: gaussian, ...
+        pa.field("family", pa.string()),                      # q family: diag | full
+        pa.field("dim", pa.int64()),                          # dimension d of z
+        pa.field("target_params", pa.string()),               # e.g. "a=1 omega=3"
+        pa.field("mode", pa.string()),                        # estimate | optimize
+        pa.field("step", pa.int64()),                         # optimize: the recorded step
+        pa.field("elbo", pa.float64()),                       # MC estimate of the ELBO
+        pa.field("exact_elbo", pa.float64()),                 # closed form, NaN if unknown
+        pa.field("dist_opt", pa.float64()),                   # |theta - theta*|, NaN if unknown
+        pa.field("grad_var_mean", pa.float64()),              # per-sample gradient variance,
+        pa.field("grad_var_max", pa.float64()),               # mean / max over components
     ]
 )
 
@@ -154,7 +167,9 @@ def cell_table(cell, estimate, sample_var, seconds: float) -> pa.Table:
         "backend": [cell.backend] * n,
         "seconds": np.full(n, seconds, dtype=np.float64),
     }
-    arrays = [pa.array(columns[f.name], type=f.type) for f in SCHEMA]
+    columns["mode"] = ["estimate"] * n
+    arrays = [pa.array(columns[f.name], type=f.type) if f.name in columns
+              else pa.nulls(n, f.type) for f in SCHEMA]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 

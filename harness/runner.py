@@ -101,6 +101,9 @@ def expand_cells(grid) -> list[Cell]:
     The order is the grid's order (parameters in ``grid.params`` order, values as listed),
     so it is deterministic.  Duplicate points (e.g. ``k: [0, 0.0]``) give one cell.
     """
+    if getattr(grid, "kind", None) == "elbo":      # ELBO problems: harness.vi.runner
+        from .vi.runner import expand_cells as expand_elbo_cells
+        return expand_elbo_cells(grid)
     names = [name for name, _ in grid.params]
     cells, seen = [], set()
     for values in itertools.product(*(vals for _, vals in grid.params)):
@@ -161,7 +164,11 @@ def _kernel(backend: str):
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r} is not available (fix: use one of: "
                            f"{', '.join(BACKENDS)})")
-    return importlib.import_module(f"harness.backends.{backend}").estimate
+    module = importlib.import_module(f"harness.backends.{backend}")
+    require = getattr(module, "require", None)
+    if require is not None:
+        require()  # e.g. cuda without a GPU: a one-line BackendError saying what to do
+    return module.estimate
 
 
 def _pid_alive(pid: int) -> bool:
@@ -227,8 +234,12 @@ def run_grid(grid, out_dir, force: bool = False, progress=None) -> RunSummary:
     show = sys.stderr.isatty() if progress is None else bool(progress)
     with _Progress(grid.name, todo, len(cells) - len(todo), enabled=show) as bar:
         for cell in todo:
-            est, var, seconds = compute_cell(cell)
-            write_cell(results_dir, cell, cell_table(cell, est, var, seconds))
+            if hasattr(cell, "compute_table"):     # ELBO cells build their own rows
+                table = cell.compute_table()
+            else:
+                est, var, seconds = compute_cell(cell)
+                table = cell_table(cell, est, var, seconds)
+            write_cell(results_dir, cell, table)
             bar.advance(cell)
 
     return RunSummary(

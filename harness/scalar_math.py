@@ -101,12 +101,12 @@ _HALF_PI = 1.5707963267948966
 def sincos_2pi(v):
     """(cos(2 pi v), sin(2 pi v)) for v in [0, 1)."""
     t = 4.0 * v                      # quarter turns, exact
-    q = np.floor(t + 0.5)            # nearest quadrant 0..4
+    quadrant = np.int64(t + 0.5)     # nearest quadrant 0..4 (truncation = floor: t >= 0)
+    q = np.float64(quadrant)
     x = (t - q) * _HALF_PI           # t - q exact, x in [-pi/4, pi/4]
     z = x * x
     sin_x = x + x * z * (_S1 + z * (_S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))))
     cos_x = 1.0 - 0.5 * z + z * z * (_C1 + z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * _C6)))))
-    quadrant = np.int64(q)
     # Rotate (cos x, sin x) by `quadrant` quarter turns without branches (LLVM turns the
     # two conditional expressions into selects; the signs are exact multiplications).
     swap = (quadrant & 1) == 1
@@ -115,6 +115,14 @@ def sincos_2pi(v):
     c = sin_x if swap else cos_x
     s = cos_x if swap else sin_x
     return cos_sign * c, sin_sign * s
+
+
+@njit(inline="always")
+def floor_small(t):
+    """floor(t) for |t| < 2^62, branch-free and without ``np.floor`` (which numba-cuda lacks):
+    truncate, then step down where truncation rounded a negative value up."""
+    f = np.float64(np.int64(t))
+    return f - 1.0 if f > t else f
 
 
 # fdlibm e_exp.c, without the special cases (see ``exp_clamped``)
@@ -136,7 +144,7 @@ def exp_clamped(x):
     instead of a smaller number or 0 (absolute error < 1e-304); NaN is not propagated
     reliably (the callers never pass it)."""
     x = min(max(x, _EXP_LO), _EXP_HI)
-    n = np.floor(x * _INV_LN2 + 0.5)
+    n = floor_small(x * _INV_LN2 + 0.5)
     hi = x - n * _LN2_HI          # exact: n has <= 11 bits and _LN2_HI has 32 trailing zeros
     lo = n * _LN2_LO
     r = hi - lo
@@ -156,7 +164,7 @@ def cos_any(x):
     ``sincos_2pi``.  The reduction rounds x / 2 pi, so the absolute error grows like
     |x| * 1e-16 (below 1e-14 for |x| < 100, the costs' range); not for huge arguments."""
     t = x * _INV_2PI
-    v = t - np.floor(t)
+    v = t - floor_small(t)
     v = v if v < 1.0 else 0.0       # t a tiny negative number: 1 - tiny rounds to 1
     return sincos_2pi(v)[0]
 
@@ -165,6 +173,6 @@ def cos_any(x):
 def sin_any(x):
     """sin(x) for finite x, branch-free; the same reduction and error bound as ``cos_any``."""
     t = x * _INV_2PI
-    v = t - np.floor(t)
+    v = t - floor_small(t)
     v = v if v < 1.0 else 0.0
     return sincos_2pi(v)[1]

@@ -75,3 +75,26 @@ def test_hot_loop_stays_vectorised_with_extra_streams_and_accumulated_estimators
     # the branch-free cos/sin
     assert vector_width("cos", ["score_function[baseline=optimal]",
                                 "measure_valued[coupling=false]"], ["mu", "sigma"]) >= 2
+
+
+def test_branch_free_exp_cos_sin_of_the_costs():
+    from harness.scalar_math import cos_any, exp_clamped, sin_any
+
+    @njit(fastmath=KERNEL_FLAGS)
+    def _eval(x, e, c, s):
+        for i in range(x.size):
+            e[i], c[i], s[i] = exp_clamped(x[i]), cos_any(x[i]), sin_any(x[i])
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.linspace(-700.0, 700.0, 400_001), rng.uniform(-60, 60, 200_000),
+                        np.array([0.0, -0.0, 1e-300, -1e-300, -2 * math.pi, 2 * math.pi])])
+    e, c, s = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    _eval(x, e, c, s)
+    assert (np.abs(e - np.exp(x)) / np.exp(x)).max() < 2.3e-16     # ~1 ulp
+    small = np.abs(x) < 100                                        # the costs' range of k x
+    assert np.abs(c[small] - np.cos(x[small])).max() < 2e-14
+    assert np.abs(s[small] - np.sin(x[small])).max() < 2e-14
+    below = np.array([-800.0, -1e4])                               # clamped, documented
+    e2, c2, s2 = np.empty(2), np.empty(2), np.empty(2)
+    _eval(below, e2, c2, s2)
+    assert np.all(e2 == exp_clamped(-700.0)) and np.all(e2 < 1e-303)

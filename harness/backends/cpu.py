@@ -67,6 +67,12 @@ def terms(mu, sigma, k, eps, key0, key1, index, cs):
     return ({term_tuple},)
 
 
+@njit(inline="always")
+def constants_tuple(consts):
+    """The per-cell constants (``harness.backends.cpu.constants``) as a tuple of scalars."""
+    return ({consts_tuple},)
+
+
 # The same body as a separately compiled function, for the once-per-chunk shift: a second
 # inlined call site would double the compile time.
 terms_once = njit(terms.py_func)
@@ -82,7 +88,7 @@ def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, consts, out):
     chunk's quantities, shifted by those of its first sample (guards against cancellation)."""
     n_seeds, n_chunks = out.shape[0], out.shape[1]
     n_pairs = (n_samples + 1) // 2  # an odd N uses the first draw of its last pair
-    cs = ({consts_tuple},)  # scalars, so the hot loop never reads the array
+    cs = constants_tuple(consts)  # scalars, so the hot loop never reads the array
     for job in prange(n_seeds * n_chunks):
         s = job // n_chunks
         c = job - s * n_chunks
@@ -345,6 +351,46 @@ def estimate(distribution: str, cost: str, estimators, components, mu: float, si
     ``parallel=False`` uses a serial compile of the same kernel (tests check they agree).
     """
     components = tuple(components)
+    labels = _labels(estimators)
+    seeds = validate(distribution, cost, labels, components, mu, sigma, k, n_samples, seeds)
+    kernel = load_kernel(cost, labels, components, parallel)
+    _, _, n_terms, _ = _layout(labels, components)
+    consts = constants(cost, labels, components, float(mu), float(sigma), float(k))
+    chunk_pairs, n_chunks = chunking(int(n_samples))
+    seeds_u = seeds.astype(np.uint64)
+    keys0 = seeds_u & np.uint64(0xFFFFFFFF)
+    keys1 = seeds_u >> np.uint64(32)
+    partials = np.empty((seeds.size, n_chunks, 1 + 3 * n_terms))
+    kernel(keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs), float(mu), float(sigma),
+           float(k), consts, partials)
+    return finish(labels, components, partials, int(n_samples), consts)
+
+
+def finish(labels, components, partials: np.ndarray, n_samples: int, consts: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a kernel's per-chunk partials (any backend) and finalise each estimator:
+    ``(estimate, sample_var)`` of shape ``(n_seeds, n_estimators, n_components)``."""
+    variants, slots, n_terms, _ = _layout(tuple(labels), tuple(components))
+    mean, var = merge_chunks(partials, n_terms)
+    shape = (partials.shape[0], len(variants), len(components))
+    est_out, var_out = np.empty(shape), np.empty(shape)
+    slot = iter(slots)
+    for i, v in enumerate(variants):
+        for j, _ in enumerate(components):
+            q, n_q, c0 = next(slot)
+            if v.n_moments:
+                est_out[:, i, j], var_out[:, i, j] = v.finalize(
+                    mean[:, q:q + n_q], var[:, q:q + n_q], n_samples,
+                    consts[c0:c0 + v.n_consts])
+            else:
+                est_out[:, i, j], var_out[:, i, j] = mean[:, q], var[:, q]
+    return est_out, var_out
+
+
+def validate(distribution, cost, estimators, components, mu, sigma, k, n_samples, seeds
+             ) -> np.ndarray:
+    """Check one cell's inputs (shared by the backends); returns ``seeds`` as an array.
+    Raises :class:`ConfigError` with the offending key."""
     if distribution not in DISTRIBUTIONS:
         raise ConfigError(f"unknown distribution {distribution!r}", key="distribution",
                           fix=f"use one of {sorted(DISTRIBUTIONS)}")
@@ -367,31 +413,7 @@ def estimate(distribution: str, cost: str, estimators, components, mu: float, si
     if seeds.ndim != 1 or seeds.size == 0 or seeds.dtype.kind not in "iu" or (seeds < 0).any():
         raise ConfigError("seeds must be a non-empty 1-D array of non-negative integers",
                           key="seeds")
-
-    kernel = load_kernel(cost, labels, components, parallel)
-    variants, slots, n_terms, _ = _layout(labels, components)
-    consts = constants(cost, labels, components, float(mu), float(sigma), float(k))
-    chunk_pairs, n_chunks = chunking(int(n_samples))
-    seeds_u = seeds.astype(np.uint64)
-    keys0 = seeds_u & np.uint64(0xFFFFFFFF)
-    keys1 = seeds_u >> np.uint64(32)
-    partials = np.empty((seeds.size, n_chunks, 1 + 3 * n_terms))
-    kernel(keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs), float(mu), float(sigma),
-           float(k), consts, partials)
-    mean, var = merge_chunks(partials, n_terms)
-    shape = (seeds.size, len(labels), len(components))
-    est_out, var_out = np.empty(shape), np.empty(shape)
-    slot = iter(slots)
-    for i, v in enumerate(variants):
-        for j, _ in enumerate(components):
-            q, n_q, c0 = next(slot)
-            if v.n_moments:
-                est_out[:, i, j], var_out[:, i, j] = v.finalize(
-                    mean[:, q:q + n_q], var[:, q:q + n_q], int(n_samples),
-                    consts[c0:c0 + v.n_consts])
-            else:
-                est_out[:, i, j], var_out[:, i, j] = mean[:, q], var[:, q]
-    return est_out, var_out
+    return seeds
 
 
 def vector_width(cost: str, estimators, components) -> int:

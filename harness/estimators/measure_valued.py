@@ -59,7 +59,7 @@ def per_sample_coupled(component, cost, k, mu, sigma, eps, f, df, key0, key1, in
         return (cost(mu + sigma * w, k) - cost(mu - sigma * w, k)) * (INV_SQRT_2PI / sigma)
     m, v1 = _maxwell(key0, key1, index)
     t = 2.0 * v1
-    u = t - np.floor(t)
+    u = t - np.float64(np.int64(t))  # frac(2 V1), t >= 0 (no np.floor: numba-cuda lacks it)
     return (cost(mu + sigma * m, k) - cost(mu + sigma * (m * u), k)) / sigma
 
 

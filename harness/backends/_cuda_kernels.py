@@ -1,0 +1,98 @@
+"""The CUDA kernels: raw streams (Philox integers, normal pairs) and the cell kernel.
+
+Imported only by :mod:`harness.backends.cuda` after ``require()`` succeeded: importing
+``numba.cuda`` without numba-cuda would load numba's deprecated built-in target.
+"""
+
+import numpy as np
+from numba import cuda
+
+from ..rng import normal_pair, philox4x32_10
+
+_MASK32 = np.uint64(0xFFFFFFFF)
+_SHIFT32 = np.uint64(32)
+
+
+@cuda.jit
+def philox_kernel(k0, k1, stream, out):
+    """out[i] = philox4x32_10(counter (i lo, i hi, stream, 0), key (k0, k1))."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        c = np.uint64(i)
+        x0, x1, x2, x3 = philox4x32_10(c & _MASK32, c >> _SHIFT32, stream, np.uint64(0), k0, k1)
+        out[i, 0] = x0
+        out[i, 1] = x1
+        out[i, 2] = x2
+        out[i, 3] = x3
+
+
+@cuda.jit
+def normal_kernel(k0, k1, stream, out):
+    """out[i] = normal_pair(k0, k1, i, stream)."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        z0, z1 = normal_pair(k0, k1, i, stream)
+        out[i, 0] = z0
+        out[i, 1] = z1
+
+
+def make_cell_kernel(terms, constants_tuple, n_terms: int, threads: int):
+    """The CUDA kernel of one cell type around ``terms``, the CPU backend's generated
+    per-sample function (so both backends evaluate the very same estimator code).
+
+    Block b = (seed, chunk): ``out[seed, chunk, :] = (count, shift[n_terms], sum[n_terms],
+    sum_sq[n_terms])`` of the chunk's terms shifted by the terms of its first sample, the CPU
+    backend's partials layout. Thread t takes pairs first + t, first + t + threads, ...; a
+    fixed binary tree over the block's threads then adds the per-thread sums (no atomics).
+    """
+    two_n = 2 * n_terms
+
+    def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, consts, out):
+        n_chunks = out.shape[1]
+        cs = constants_tuple(consts)  # per-cell constants of the estimators, as on the CPU
+        b = cuda.blockIdx.x
+        s = b // n_chunks
+        c = b - s * n_chunks
+        t = cuda.threadIdx.x
+        key0 = keys0[s]
+        key1 = keys1[s]
+        n_pairs = (n_samples + 1) // 2
+        first = c * chunk_pairs
+        last = min(first + chunk_pairs, n_pairs)
+        e0, e1 = normal_pair(key0, key1, first, 0)
+        shift = terms(mu, sigma, k, e0, key0, key1, 2 * first, cs)
+        acc = cuda.local.array(two_n, np.float64)  # [sums | sums of squares], registers
+        for j in range(two_n):
+            acc[j] = 0.0
+        for p in range(first + t, last, threads):
+            e0, e1 = normal_pair(key0, key1, p, 0)
+            v = terms(mu, sigma, k, e0, key0, key1, 2 * p, cs)
+            for j in range(n_terms):
+                d = v[j] - shift[j]
+                acc[j] += d
+                acc[n_terms + j] += d * d
+            if 2 * p + 1 < n_samples:  # an odd N uses only the first draw of its last pair
+                v = terms(mu, sigma, k, e1, key0, key1, 2 * p + 1, cs)
+                for j in range(n_terms):
+                    d = v[j] - shift[j]
+                    acc[j] += d
+                    acc[n_terms + j] += d * d
+        buf = cuda.shared.array((two_n, threads), np.float64)
+        for j in range(two_n):
+            buf[j, t] = acc[j]
+        cuda.syncthreads()
+        width = threads // 2
+        while width > 0:  # fixed binary tree: the same order on every run and device
+            if t < width:
+                for j in range(two_n):
+                    buf[j, t] += buf[j, t + width]
+            cuda.syncthreads()
+            width //= 2
+        if t == 0:
+            out[s, c, 0] = min(2 * last, n_samples) - 2 * first
+            for j in range(n_terms):
+                out[s, c, 1 + j] = shift[j]
+                out[s, c, 1 + n_terms + j] = buf[j, 0]
+                out[s, c, 1 + 2 * n_terms + j] = buf[n_terms + j, 0]
+
+    return cuda.jit(kernel)

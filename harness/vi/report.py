@@ -1,0 +1,287 @@
+"""Report of an ELBO run (``problem == "elbo"``), built only from the stored results.
+
+``harness.report.build_report`` hands ELBO runs here.  Writes into ``run_dir/report/``:
+
+estimate mode
+  ``variance_vs_n.png``    per problem point: the across-seed variance of the N-sample
+                           gradient estimate, averaged over components, vs N (log-log) per
+                           estimator; exact per-sample variance / N dashed where known;
+  ``variance_vs_dim.png``  (with several dimensions) N x the across-seed variance at the
+                           largest N, averaged over components, vs d, per estimator and
+                           family, exact dashed;
+  ``summary.csv``          one row per (point, component, N, estimator): mean, var across
+                           seeds, SE, z-scores against the exact gradient and variance.
+optimize mode
+  ``elbo_vs_step.png``     the ELBO (exact where known, else the recorded estimate) vs step:
+                           median over seeds and the 10-90% band, per estimator;
+  ``grad_var_vs_step.png`` the per-sample gradient variance at the current lambda (mean over
+                           components; median and band over seeds) vs step;
+  ``dist_vs_step.png``     distance to the known optimum vs step (where known);
+  ``trace_summary.csv``    per (point, estimator, step): medians and quantiles.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from .. import __version__
+from ..report import CSS, _img_html, _save
+from ..results import atomic_write_bytes
+
+POINT = ["target", "family", "dim", "target_params"]
+
+
+def _palette(estimators):
+    colours = sns.color_palette("tab10", max(len(estimators), 3))
+    return {e: colours[i % len(colours)] for i, e in enumerate(estimators)}
+
+
+def _label(row) -> str:
+    extra = f", {row['target_params']}" if row["target_params"] else ""
+    return f"{row['target']}, {row['family']}, d = {int(row['dim'])}{extra}"
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    keys = [*POINT, "cell", "param", "n_samples", "estimator"]
+    g = df.groupby(keys, sort=False)
+    out = g.agg(seeds=("estimate", "size"), mean=("estimate", "mean"),
+                var=("estimate", "var"), mean_sample_var=("sample_var", "mean"),
+                exact_grad=("exact_grad", "first"), exact_var=("exact_var", "first"),
+                exact_source=("exact_source", "first")).reset_index()
+    r = out["seeds"].astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["se_mean"] = np.sqrt(out["var"] / r)
+        out["z_mean"] = (out["mean"] - out["exact_grad"]) / out["se_mean"]
+        out["exact_var_n"] = out["exact_var"] / out["n_samples"]
+        out["var_ratio"] = out["var"] / out["exact_var_n"]
+    return out
+
+
+def _per_point(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean over components per (point, N, estimator)."""
+    return (summary.groupby([*POINT, "n_samples", "estimator"], sort=False)
+            .agg(var=("var", "mean"), exact_var_n=("exact_var_n", "mean"),
+                 per_sample=("mean_sample_var", "mean"), exact_var=("exact_var", "mean"),
+                 max_abs_z=("z_mean", lambda z: np.nanmax(np.abs(z)) if z.notna().any()
+                            else math.nan),
+                 var_ratio=("var_ratio", "mean"), components=("param", "size"))
+            .reset_index())
+
+
+def _figure(n_panels: int, width=4.2, height=3.4):
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _variance_vs_n(per: pd.DataFrame, estimators, title) -> Figure:
+    points = per[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
+    fig, axes = _figure(len(points))
+    pal = _palette(estimators)
+    for ax, (_, pt) in zip(axes, points.iterrows()):
+        sel = per[(per[POINT] == pt[POINT]).all(axis=1)]
+        for e in estimators:
+            s = sel[sel["estimator"] == e].sort_values("n_samples")
+            if s.empty:
+                continue
+            ax.plot(s["n_samples"], s["var"], "o-", color=pal[e], label=e, ms=4)
+            if s["exact_var_n"].notna().all():
+                ax.plot(s["n_samples"], s["exact_var_n"], "--", color=pal[e], lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("N")
+        ax.set_ylabel("var across seeds (mean over comps)")
+        ax.set_title(_label(pt), fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def _variance_vs_dim(per: pd.DataFrame, estimators, title) -> Figure:
+    largest = per[per["n_samples"] == per.groupby([*POINT])["n_samples"].transform("max")]
+    groups = largest[["target", "family"]].drop_duplicates().sort_values(["target", "family"])
+    groups = groups.reset_index(drop=True)
+    fig, axes = _figure(len(groups))
+    pal = _palette(estimators)
+    for ax, (_, g) in zip(axes, groups.iterrows()):
+        sel = largest[(largest["target"] == g["target"]) & (largest["family"] == g["family"])]
+        for e in estimators:
+            s = sel[sel["estimator"] == e].sort_values("dim")
+            if s.empty:
+                continue
+            ax.plot(s["dim"], s["var"] * s["n_samples"], "o-", color=pal[e], label=e, ms=4)
+            ok = s["exact_var"].notna()
+            if ok.any():
+                ax.plot(s["dim"][ok], s["exact_var"][ok], "--", color=pal[e], lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        dims = sorted(sel["dim"].unique())
+        ax.set_xticks(dims, [str(int(x)) for x in dims])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("dimension d")
+        ax.set_ylabel("N x var across seeds (mean comps)")
+        ax.set_title(f"{g['target']}, {g['family']}", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def trace_summary(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["elbo_shown"] = df["exact_elbo"].where(df["exact_elbo"].notna(), df["elbo"])
+    q = {"median": 0.5, "q10": 0.1, "q90": 0.9}
+    parts = []
+    for col in ("elbo_shown", "grad_var_mean", "grad_var_max", "dist_opt"):
+        g = df.groupby([*POINT, "estimator", "step"], sort=False)[col]
+        for name, p in q.items():
+            parts.append(g.quantile(p).rename(f"{col}_{name}"))
+    out = pd.concat(parts, axis=1).reset_index()
+    return out.rename(columns=lambda c: c.replace("elbo_shown", "elbo"))
+
+
+def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, log: bool):
+    points = ts[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
+    fig, axes = _figure(len(points))
+    pal = _palette(estimators)
+    for ax, (_, pt) in zip(axes, points.iterrows()):
+        sel = ts[(ts[POINT] == pt[POINT]).all(axis=1)]
+        for e in estimators:
+            s = sel[sel["estimator"] == e].sort_values("step")
+            if s.empty or s[f"{col}_median"].isna().all():
+                continue
+            ax.plot(s["step"], s[f"{col}_median"], color=pal[e], label=e, lw=1.4)
+            ax.fill_between(s["step"], s[f"{col}_q10"], s[f"{col}_q90"], color=pal[e],
+                            alpha=0.2, lw=0)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(_label(pt), fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def _table(rows: pd.DataFrame, cols) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in cols)
+    body = []
+    for _, row in rows.iterrows():
+        cells = []
+        for c, _, fmt in cols:
+            v = row[c]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("<td>&ndash;</td>")
+            else:
+                cls = ' class="text"' if fmt == "{}" else ""
+                v = int(v) if fmt == "{:d}" else v
+                cells.append(f"<td{cls}>{html.escape(fmt.format(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def build_elbo_report(run_dir, df: pd.DataFrame) -> Path:
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*_vs_*.png"):
+        stale.unlink()
+    experiment = ", ".join(dict.fromkeys(df["experiment"]))
+    estimators = list(dict.fromkeys(df["estimator"]))
+    figures, tables = [], []
+    est_rows = df[df["mode"] == "estimate"]
+    opt_rows = df[df["mode"] == "optimize"]
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        if not est_rows.empty:
+            summary = summarise(est_rows)
+            summary.to_csv(out / "summary.csv", index=False)
+            per = _per_point(summary)
+            seeds = int(summary["seeds"].max())
+            figures.append(("variance_vs_n.png", _variance_vs_n(
+                per, estimators, f"{experiment}: gradient variance across {seeds} seeds"),
+                "Variance across seeds of the N-sample ELBO gradient estimate, averaged over "
+                "gradient components (markers); exact per-sample variance / N dashed (closed "
+                "form, or exact quadrature for the score function where d <= 9; for the "
+                "mean and optimal baselines their N -> infinity limits).  reparam_sampled_entropy "
+                "equals reparam up to rounding (its line lies under reparam's)."))
+            if per["dim"].nunique() > 1:
+                figures.append(("variance_vs_dim.png", _variance_vs_dim(
+                    per, estimators, f"{experiment}: per-sample variance vs dimension"),
+                    "N x variance across seeds at the largest N (an estimate of the per-sample "
+                    "variance), averaged over components, against the dimension d; exact "
+                    "dashed."))
+            cols = [("target", "target", "{}"), ("target_params", "parameters", "{}"),
+                    ("family", "family", "{}"), ("dim", "d", "{:d}"), ("n_samples", "N", "{:d}"),
+                    ("estimator", "estimator", "{}"), ("components", "components", "{:d}"),
+                    ("var", "var across seeds (mean)", "{:.4g}"),
+                    ("exact_var_n", "exact var / N (mean)", "{:.4g}"),
+                    ("var_ratio", "var ratio (mean)", "{:.3f}"),
+                    ("per_sample", "within-seed var (mean)", "{:.4g}"),
+                    ("exact_var", "exact var per sample (mean)", "{:.4g}"),
+                    ("max_abs_z", "max |z mean|", "{:.2f}")]
+            tables.append(("Gradient estimates vs exact values (averaged over components)",
+                           _table(per, cols)))
+        if not opt_rows.empty:
+            ts = trace_summary(opt_rows)
+            ts.to_csv(out / "trace_summary.csv", index=False)
+            figures.append(("elbo_vs_step.png", _trace_figure(
+                ts, "elbo", "ELBO (exact where known)", estimators,
+                f"{experiment}: ELBO during optimisation", False),
+                "ELBO at the recorded steps: median over seeds (line) and 10-90% band; the "
+                "exact ELBO of the current q where the target has a closed form, otherwise "
+                "the estimate from the recorded fresh samples."))
+            figures.append(("grad_var_vs_step.png", _trace_figure(
+                ts, "grad_var_mean", "grad variance per sample (mean comps)",
+                estimators, f"{experiment}: gradient variance during optimisation", True),
+                "Per-sample variance of each estimator's gradient at the current lambda "
+                "(from fresh samples), averaged over components; median and 10-90% band over "
+                "seeds."))
+            if ts["dist_opt_median"].notna().any():
+                figures.append(("dist_vs_step.png", _trace_figure(
+                    ts, "dist_opt", "distance to the optimum", estimators,
+                    f"{experiment}: distance to the known optimum", True),
+                    "Euclidean distance in parameter space to the known optimum."))
+            last = ts[ts["step"] == ts.groupby([*POINT, "estimator"])["step"].transform("max")]
+            cols = [("target", "target", "{}"), ("target_params", "parameters", "{}"),
+                    ("family", "family", "{}"), ("dim", "d", "{:d}"),
+                    ("estimator", "estimator", "{}"),
+                    ("step", "final step", "{:d}"),
+                    ("elbo_median", "ELBO median", "{:.5g}"), ("elbo_q10", "q10", "{:.5g}"),
+                    ("elbo_q90", "q90", "{:.5g}"),
+                    ("grad_var_mean_median", "grad var (mean comps)", "{:.4g}"),
+                    ("grad_var_max_median", "grad var (max comps)", "{:.4g}"),
+                    ("dist_opt_median", "dist to optimum", "{:.3g}")]
+            tables.append(("End of optimisation (medians over seeds)", _table(last, cols)))
+        for name, fig, _ in figures:
+            _save(fig, out / name)
+
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    grid_path = run_dir / "grid.yaml"
+    grid = grid_path.read_text() if grid_path.is_file() else "(grid.yaml not found)"
+    parts = [f"<h1>{html.escape(experiment)}</h1>",
+             f"<p class=\"note\">ELBO study; {df['cell'].nunique()} cells; estimators "
+             f"{html.escape(', '.join(estimators))}; harness {__version__}; created {created}."
+             "</p>", f"<h2>Grid</h2><pre>{html.escape(grid)}</pre>", "<h2>Figures</h2>"]
+    for name, _, caption in figures:
+        parts.append(_img_html(out / name, caption))
+        parts.append(f'<p class="note">{html.escape(caption)}</p>')
+    for title, table in tables:
+        parts.append(f"<h2>{html.escape(title)}</h2>{table}")
+    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
+            f"{html.escape(experiment)}</title><style>{CSS}</style></head><body>"
+            + "".join(parts) + "</body></html>")
+    index = out / "index.html"
+    atomic_write_bytes(index, lambda fh: fh.write(page.encode("utf-8")))
+    return index
