@@ -45,7 +45,13 @@ def make_cell_kernel(terms, constants_tuple, n_terms: int, threads: int):
     backend's partials layout. Thread t takes pairs first + t, first + t + threads, ...; a
     fixed binary tree over the block's threads then adds the per-thread sums (no atomics).
     """
+    from .cuda import simulator_enabled
+
     two_n = 2 * n_terms
+    if simulator_enabled():
+        # The simulator runs the kernel as Python with its own array type, which a CPU-jitted
+        # function cannot unbox: call the plain Python function there.
+        constants_tuple = getattr(constants_tuple, "py_func", constants_tuple)
 
     def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, consts, out):
         n_chunks = out.shape[1]
