@@ -28,6 +28,14 @@ from .results import atomic_write_bytes, cell_table, finished_cells, temp_files,
 PROBLEM = "gaussian_cost"
 
 
+def config_id(config: dict) -> str:
+    """A cell's id: first 16 hex digits of sha256 of the canonical JSON of its resolved
+    configuration (the same config always gives the same id, any change a new one)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                           allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Cell:
     """One unit of work and one results file.
@@ -84,10 +92,7 @@ class Cell:
 
     @property
     def id(self) -> str:
-        """First 16 hex digits of sha256 of the canonical JSON of ``to_dict()``."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"),
-                               ensure_ascii=True, allow_nan=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return config_id(self.to_dict())
 
     @property
     def samples(self) -> int:

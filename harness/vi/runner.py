@@ -13,8 +13,6 @@ Columns of the Gaussian-cost study (distribution, cost, mu, sigma, k) are null /
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..results import SCHEMA
+from ..runner import config_id
 from . import api
 from .config import ElboGrid, ElboPoint
 from .estimators import evals_of
@@ -68,9 +67,7 @@ class ElboCell:
 
     @property
     def id(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"),
-                               ensure_ascii=True, allow_nan=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return config_id(self.to_dict())
 
     @property
     def samples(self) -> int:
