@@ -87,6 +87,7 @@ class Cost:
     description: str = ""
     # f''(x, k) (plain Python or jitted), for estimators that expand f around mu (delta_cv)
     second_derivative: Callable | None = None
+    positive: tuple[str, ...] = ()     # params that must be > 0 (e.g. exp's k)
 
 
 @dataclass(frozen=True)

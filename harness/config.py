@@ -369,18 +369,19 @@ def _read_problem(r: _Reader, v: _Value, fields) -> dict:
         if key not in chosen:
             r.missing(v, key, fix=f"add '{key}: <name>' with one of: {_or_none(table)}")
 
-    dist = dists[chosen["distribution"]]
+    dist, cost = dists[chosen["distribution"]], costs[chosen["cost"]]
     params = []
-    for p in dist.params + costs[chosen["cost"]].params:
+    for p in dist.params + cost.params:
         if p not in m:
             r.missing(v, p, fix=f"add '{p}: <number>' (or a list of numbers)")
         items = r.items(r.entry(m, p, v.key), "value")
         values = [r.number(item) for item in items]
-        if p in dist.positive:
+        if p in dist.positive or p in cost.positive:
             for item, x in zip(items, values):
                 if x <= 0:
                     r.fail(f"must be > 0, got {_show(x)}", item.line, item.key,
-                           fix=f"{p} is a scale: use a positive value")
+                           fix=f"{p} is a scale: use a positive value" if p in dist.positive
+                           else f"cost {cost.name} needs {p} > 0")
         r.no_duplicates(items, values, "value")
         params.append((p, tuple(values)))
     return {"distribution": chosen["distribution"], "cost": chosen["cost"],

@@ -224,3 +224,15 @@ def test_duplicate_key_names_the_full_path_and_both_lines():
 def test_registry_is_read_at_call_time(monkeypatch):
     monkeypatch.setattr(registry, "BACKENDS", ("cpu", "cuda"))
     assert parse_grid(MINIMAL + "backend: cuda\n", "g.yaml").backend == "cuda"
+
+
+@pytest.mark.parametrize("k", ["0", "-0.5", "[1.0, -2.0]"])
+def test_exp_cost_needs_positive_k(k):
+    text = MINIMAL.replace("cost: square", "cost: exp").replace("sigma: 1.0",
+                                                                 f"sigma: 1.0\n  k: {k}")
+    with pytest.raises(ConfigError) as info:
+        parse_grid(text, "g.yaml")
+    message = str(info.value)
+    assert message.startswith("g.yaml:6: problem.k") and "must be > 0" in message
+    assert "cost exp needs k > 0" in message
+    parse_grid(text.replace(f"k: {k}", "k: [0.1, 10]"), "g.yaml")  # positive values pass

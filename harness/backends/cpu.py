@@ -407,6 +407,8 @@ def validate(distribution, cost, estimators, components, mu, sigma, k, n_samples
     if not (sigma > 0 and math.isfinite(sigma) and math.isfinite(mu) and math.isfinite(k)):
         raise ConfigError(f"need finite mu, k and sigma > 0, got mu={mu}, sigma={sigma}, k={k}",
                           key="problem")
+    if "k" in COSTS[cost].positive and not k > 0:
+        raise ConfigError(f"cost {cost} needs k > 0, got k={k}", key="problem.k")
     if int(n_samples) != n_samples or n_samples < 2:
         raise ConfigError(f"n_samples must be an integer >= 2, got {n_samples}", key="n_samples")
     seeds = np.asarray(seeds)

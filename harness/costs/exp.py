@@ -96,4 +96,5 @@ COST = Cost(
     exact_grad=exact_grad,
     exact_variance=EXACT_VARIANCE,
     description="exp(-k x^2)",
+    positive=("k",),  # for k <= 0 the Gaussian integrals diverge once sigma^2 >= 1/(2|k|)
 )
