@@ -67,23 +67,14 @@ def _harness_kernel(n_samples: int, seeds, estimators=WORKLOAD):
     return est[:, :, 0], var[:, :, 0]
 
 
-def _best_cpu_time(fn, repeats: int) -> float:
-    """Least CPU time (all threads of this process) of ``repeats`` calls: unlike wall time
-    it hardly changes when other processes compete for the cores."""
+def _best_time(fn, repeats: int, clock=time.perf_counter) -> float:
+    """Least ``clock`` time of ``repeats`` calls. With ``clock=time.process_time`` (CPU time
+    of all threads of this process) it hardly changes when other processes compete."""
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.process_time()
+        t0 = clock()
         fn()
-        best = min(best, time.process_time() - t0)
-    return best
-
-
-def _best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -270,9 +261,10 @@ def run_report(n_samples: int = 10**7, n_seeds: int = 8, threads: int | None = N
     say("CPU time per sample, 1 thread")
     try:
         numba.set_num_threads(1)
-        cpu_seconds = {"harness": _best_cpu_time(lambda: _harness_kernel(n_samples, seeds),
-                                                 repeats),
-                       "numpy": _best_cpu_time(lambda: numpy_reference(n_samples, seeds), 1)}
+        cpu_seconds = {"harness": _best_time(lambda: _harness_kernel(n_samples, seeds),
+                                             repeats, clock=time.process_time),
+                       "numpy": _best_time(lambda: numpy_reference(n_samples, seeds), 1,
+                                           clock=time.process_time)}
     finally:
         numba.set_num_threads(before)
 
