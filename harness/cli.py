@@ -160,17 +160,13 @@ def validate(grid: pathlib.Path):
 
 
 def describe_grid(g: Grid) -> str:
-    """One line: name, cells (product of parameter value counts x N values), estimators, seeds."""
-    if getattr(g, "kind", None) == "elbo":
-        from .vi.config import describe
-        return describe(g)
-    cells = math.prod(len(values) for _, values in g.params) * len(g.n_samples)
-    params = " ".join(f"{name}={_values(values)}" for name, values in g.params)
+    """One line: name, what the kind runs (cells, problem, N), estimators, seeds, backend."""
+    from .kinds import KINDS
+
     n = len(g.seeds)
     which = f"0..{n - 1}" if g.seeds == tuple(range(n)) else _values(g.seeds)
     seed_text = f"{n} seed{'s' if n != 1 else ''} ({which})"
-    return (f"{g.path}: OK: {g.name}: {cells} cells; {g.distribution}/{g.cost} {params}; "
-            f"wrt {','.join(g.wrt)}; N={_values(g.n_samples)}; "
+    return (f"{g.path}: OK: {g.name}: {KINDS[g.kind].describe(g)}; "
             f"estimators {', '.join(e.label for e in g.estimators)}; {seed_text}; "
             f"backend {g.backend}")
 
@@ -182,48 +178,25 @@ def _values(values) -> str:
     return text[0] if len(text) == 1 else "[" + ",".join(text) + "]"
 
 
-@main.command("list", short_help="List distributions, costs, estimators and backends.")
+@main.command("list", short_help="List problem kinds, families, costs, estimators, backends.")
 def list_command():
-    """List the registered distributions, costs, estimators and backends.
+    """List the problem kinds with their families, costs or targets and estimators, and the
+    backends.
 
     \b
     Example:
       harness list
     """
-    click.echo("distributions:")
-    for name, d in registry.DISTRIBUTIONS.items():
-        click.echo(f"  {name:16} params: {', '.join(d.params)}; "
-                   f"components: {', '.join(d.components)}  {d.description}")
-    click.echo("costs:")
-    for name, c in registry.COSTS.items():
-        params = ", ".join(c.params) if c.params else "-"
-        diff = "differentiable" if c.derivative is not None else "not differentiable"
-        click.echo(f"  {name:16} params: {params}; {diff}  {c.description}")
-    click.echo("estimators:")
-    for name, e in registry.ESTIMATORS.items():
-        options = getattr(e, "options", {}) or {}
-        opt = "".join(f"; option {k}: {'|'.join(map(registry.option_text, v))}"
-                      for k, v in options.items())
-        click.echo(f"  {name:16} needs_derivative: {str(e.needs_derivative).lower()}; "
-                   f"evals_per_sample: {e.evals_per_sample}{opt}  {e.description}")
-    from .vi.estimators import ESTIMATORS as VI_ESTIMATORS
-    from .vi.families import FAMILIES
-    from .vi.targets import TARGETS
+    from .kinds import KINDS
 
-    click.echo("elbo targets (problem: {kind: elbo, target: ...}):")
-    for name, t in TARGETS.items():
-        click.echo(f"  {name:24} keys: {', '.join(t.keys)}  {t.description}")
-    click.echo("elbo families:")
-    for name, f in FAMILIES.items():
-        click.echo(f"  {name:24} q keys: mu, {f.scale_key}  {f.description}")
-    click.echo("elbo estimators:")
-    for name, e in VI_ESTIMATORS.items():
-        opt = "".join(f"; option {k}: {'|'.join(v)}" for k, v in e.options.items())
-        click.echo(f"  {name:24} needs grad log g: {str(e.needs_gradient).lower()}{opt}  "
-                   f"{e.description}")
+    for name, kind in KINDS.items():
+        click.echo(f"kind {name}: {kind.description}")
+        for line in kind.listing():
+            click.echo(f"  {line}")
     click.echo("backends:")
     for name in registry.BACKENDS:
-        click.echo(f"  {name}")
+        runs = ", ".join(k for k, kind in KINDS.items() if name in kind.backends)
+        click.echo(f"  {name:16} kinds: {runs}")
 
 
 @main.command()

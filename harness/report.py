@@ -43,12 +43,14 @@ from matplotlib.figure import Figure
 
 from . import __version__
 from .errors import ResultsError
+from .kinds import KINDS
 from .results import atomic_write_bytes, read_results
 
-# Columns that identify a problem point (everything but N, estimator and component).
-POINT_COLUMNS = ["problem", "distribution", "cost", "mu", "sigma", "k"]
-SWEEPABLE = ["mu", "sigma", "k"]
+# Columns that identify a problem point (everything but N, estimator and component): the
+# kind and its ``point`` label, written by the kind at compute time.
+POINT_COLUMNS = ["problem", "point"]
 MAX_FACET_POINTS = 6
+MAX_FACET_COMPONENTS = 8   # more components (a high-dimensional ELBO): tables, no panels
 Z_FLAG = 4.0   # |z| above this is highlighted in the table
 DPI = 110
 
@@ -64,10 +66,12 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     point and N (files from another grid in the same directory).
     """
     keys = [*POINT_COLUMNS, "param", "n_samples", "estimator"]
-    df = df.copy()
-    groups = df.groupby(keys, dropna=False, sort=False)  # dropna=False: k is NaN for square
+    df = df[df["step"].isna()].copy()          # estimate rows (not optimisation traces)
+    groups = df.groupby(keys, dropna=False, sort=False)
     df["_dev4"] = (df["estimate"] - groups["estimate"].transform("mean")) ** 4
+    carried = {c: (c, "first") for c in sweep_columns(df)}
     out = df.groupby(keys, dropna=False, sort=False).agg(
+        **carried,
         seeds=("estimate", "size"),
         cells=("cell", "nunique"),
         cell=("cell", "first"),
@@ -108,6 +112,13 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns=["_e", "_c"]).reset_index(drop=True)
 
 
+def sweep_columns(df: pd.DataFrame) -> list[str]:
+    """The numeric point columns the kinds present in ``df`` declare sweepable."""
+    names = dict.fromkeys(c for k in dict.fromkeys(df["problem"]) if k in KINDS
+                          for c in KINDS[k].sweep_columns)
+    return [c for c in names if c in df.columns and df[c].notna().any()]
+
+
 def fitted_slope(n, var) -> float:
     """Least-squares slope of log10(var) vs log10(n) over positive finite values (NaN if < 2)."""
     n, var = np.asarray(n, dtype=float), np.asarray(var, dtype=float)
@@ -119,14 +130,14 @@ def fitted_slope(n, var) -> float:
 
 def _points(summary: pd.DataFrame) -> pd.DataFrame:
     """The distinct problem points, in summary order, with a short ``label``."""
-    points = summary[POINT_COLUMNS].drop_duplicates().reset_index(drop=True)
-    varying = [c for c in POINT_COLUMNS if points[c].nunique(dropna=False) > 1]
+    sweep = sweep_columns(summary)
+    points = summary[POINT_COLUMNS + sweep].drop_duplicates(POINT_COLUMNS).reset_index(drop=True)
+    varying = [c for c in sweep if points[c].nunique(dropna=False) > 1]
 
     def label(row) -> str:
-        if varying:
+        if varying and points["problem"].nunique() == 1:
             return ", ".join(_fmt_param(c, row[c]) for c in varying)
-        params = [_fmt_param(c, row[c]) for c in SWEEPABLE if not _isnan(row[c])]
-        return f"{row['distribution']}, {row['cost']}: " + ", ".join(params)
+        return row["point"]
 
     points["label"] = [label(row) for _, row in points.iterrows()]
     points.attrs["varying"] = varying
@@ -152,7 +163,7 @@ def _select(summary: pd.DataFrame, point: pd.Series) -> pd.Series:
 
 # ---------------------------------------------------------------------------------- figures
 
-def _palette(estimators) -> dict:
+def palette(estimators) -> dict:
     return dict(zip(estimators, sns.color_palette("colorblind", len(estimators))))
 
 
@@ -173,7 +184,7 @@ def _log_if_positive(ax, axis: str, values) -> None:
 
 
 def _variance_vs_n(summary, points, components, estimators, title) -> Figure:
-    colours = _palette(estimators)
+    colours = palette(estimators)
     fig, axes = _new_figure(len(points), len(components))
     for i, point in points.iterrows():
         at_point = summary[_select(summary, point)]
@@ -204,7 +215,7 @@ def _variance_vs_n(summary, points, components, estimators, title) -> Figure:
 
 
 def _mean_vs_n(summary, points, components, estimators, title) -> Figure:
-    colours = _palette(estimators)
+    colours = palette(estimators)
     fig, axes = _new_figure(len(points), len(components))
     for i, point in points.iterrows():
         at_point = summary[_select(summary, point)]
@@ -238,7 +249,7 @@ def _panel_title(comp, point, n_points) -> str:
 
 def _sweep_axes(points) -> tuple[str, list[str]]:
     """The swept parameter for the x axis (most distinct values) and the other varying ones."""
-    varying = [c for c in points.attrs["varying"] if c in SWEEPABLE]
+    varying = points.attrs["varying"]
     if not varying:  # only distribution/cost vary: nothing numeric to put on x
         raise ResultsError("results mix distributions or costs in one directory "
                            "(fix: run each grid into its own --out directory)")
@@ -254,7 +265,7 @@ def _at_largest_n(summary) -> pd.DataFrame:
 def _vs_parameter(summary, points, components, estimators, what, title) -> Figure:
     """``what`` = "var" or "mean" at the largest N against the swept parameter."""
     x, others = _sweep_axes(points)
-    colours = _palette(estimators)
+    colours = palette(estimators)
     top = _at_largest_n(summary)
     rows = [()] if not others else list(dict.fromkeys(
         tuple(r) for r in points[others].itertuples(index=False)))
@@ -303,7 +314,7 @@ def _span(values) -> float:
     return float(np.ptp(values)) if values.size else 0.0
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
 
 
@@ -361,7 +372,8 @@ def _cell_html(value, fmt: str, column: str) -> str:
 
 def _table_html(rows: pd.DataFrame, extra: list[str]) -> str:
     """An HTML table of summary rows; ``extra`` point columns are shown first."""
-    cols = [(c, c, "{:g}") for c in extra] + TABLE_COLUMNS
+    cols = [(c, c, "{:g}" if pd.api.types.is_numeric_dtype(rows[c]) else "{}")
+            for c in extra] + TABLE_COLUMNS
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in cols)
     body, previous_n = [], None
     for _, row in rows.iterrows():
@@ -374,11 +386,21 @@ def _table_html(rows: pd.DataFrame, extra: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def html_table(rows: pd.DataFrame, cols) -> str:
+    """An HTML table of ``rows``; ``cols`` = [(column, header, format)], "{}" for text."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in cols)
+    body = []
+    for _, row in rows.iterrows():
+        body.append("<tr>" + "".join(_cell_html(row[c], fmt, c) for c, _, fmt in cols)
+                    + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _img_html(path: Path, alt: str) -> str:
+def img_html(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
             f'data-file="{html.escape(path.name)}"></figure>')
@@ -386,20 +408,22 @@ def _img_html(path: Path, alt: str) -> str:
 
 def _header_html(df, summary, run_dir: Path, created: str) -> str:
     experiments = ", ".join(dict.fromkeys(df["experiment"]))
-    seeds = sorted(summary["seeds"].unique())
+    seeds = sorted(df.groupby("cell")["seed"].nunique().unique())
     seeds_text = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}"
     per_cell = df.groupby("cell")["seconds"].first()
-    sources = (summary[["estimator", "param", "exact_source"]].drop_duplicates()
-               .apply(lambda r: f"{r['estimator']}/{r['param']}: {r['exact_source']}", axis=1))
+    sources = [f"{e}/{c}: {s}" for e, c, s in summary[["estimator", "param", "exact_source"]]
+               .drop_duplicates().itertuples(index=False)][:40]
     writers = ", ".join(df.attrs.get("harness_versions", [])) or "?"
     items = [
         ("experiment", experiments),
         ("run directory", str(run_dir)),
-        ("cells", f"{df['cell'].nunique()} ({_plural(len(_points(summary)), 'problem point')} "
-                  f"x {_plural(summary['n_samples'].nunique(), 'value')} of N)"),
+        ("problem", ", ".join(f"{k}: {KINDS[k].description}" if k in KINDS else k
+                              for k in dict.fromkeys(df["problem"]))),
+        ("cells", f"{df['cell'].nunique()} ({_plural(df['point'].nunique(), 'problem point')} "
+                  f"x {_plural(df['n_samples'].nunique(), 'value')} of N)"),
         ("seeds per cell", seeds_text),
-        ("N", ", ".join(str(n) for n in sorted(summary["n_samples"].unique()))),
-        ("estimators", ", ".join(dict.fromkeys(summary["estimator"]))),
+        ("N", ", ".join(str(n) for n in sorted(df["n_samples"].unique()))),
+        ("estimators", ", ".join(dict.fromkeys(df["estimator"]))),
         ("backend", ", ".join(dict.fromkeys(df["backend"]))),
         ("compute time", f"{per_cell.sum():.1f} s (sum over cells)"),
         ("exact references", "; ".join(dict.fromkeys(sources))),
@@ -429,28 +453,66 @@ variance. Slopes are least-squares fits of log<sub>10</sub> var against log<sub>
 def build_report(run_dir) -> Path:
     """Write ``run_dir/report/`` (PNGs, summary.csv, index.html); returns the index.html path.
 
+    One page for every kind: the header, the variance and mean figures and the seed-000
+    tables of the estimate rows, then each problem kind's own section (``report_section``).
     Raises ``ResultsError`` (via ``read_results``) if the run has no readable results.
     """
     run_dir = Path(run_dir)
     df = read_results(run_dir)
-    if (df["problem"] == "elbo").all():       # ELBO runs (issue 5): harness.vi.report
-        from .vi.report import build_elbo_report
-        return build_elbo_report(run_dir, df)
     summary = summarise(df)
-    points = _points(summary)
-    components = list(dict.fromkeys(summary["param"]))
-    estimators = list(dict.fromkeys(summary["estimator"]))
     experiment = ", ".join(dict.fromkeys(df["experiment"]))
-    seeds = int(summary["seeds"].max())
 
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (*out.glob("*_vs_*.png"), *out.glob("study_*")):  # of an earlier report
+    for stale in (*out.glob("*.png"), *out.glob("study_*")):  # of an earlier report
         stale.unlink()
 
+    figures, tables = [], []
+    if not summary.empty:
+        figures, tables = _estimate_figures(summary, experiment, out)
+        summary.to_csv(out / "summary.csv", index=False)
+    sections = []
+    for name in dict.fromkeys(df["problem"]):
+        if name in KINDS:
+            kind_figures, kind_html = KINDS[name].report_section(df, summary, out)
+            sections.append((kind_figures, kind_html))
+
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    parts = [_header_html(df, summary, run_dir, created)]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+    for name, caption in figures:
+        parts.append(img_html(out / name, caption))
+        parts.append(f'<p class="note">{html.escape(caption)}</p>')
+    for kind_figures, kind_html in sections:
+        for name, caption in kind_figures:
+            parts.append(img_html(out / name, caption))
+            parts.append(f'<p class="note">{html.escape(caption)}</p>')
+        parts.append(kind_html)
+    parts += tables
+
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(experiment)}: harness report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}"
+            f"<p class=\"note\">Generated by harness {__version__} from {run_dir / 'results'} "
+            f"on {created}.</p></body></html>\n")
+    index = out / "index.html"
+    atomic_write_bytes(index, lambda fh: fh.write(page.encode("utf-8")))
+    return index
+
+
+def _estimate_figures(summary, experiment: str, out: Path):
+    """The variance and mean figures of the estimate rows and the seed-000 tables:
+    ([(png name, caption)], [html parts])."""
+    points = _points(summary)
+    components = list(dict.fromkeys(summary["param"]))
+    estimators = list(dict.fromkeys(summary["estimator"]))
+    seeds = int(summary["seeds"].max())
     sweep = len(points) > MAX_FACET_POINTS
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-        if sweep:
+        if len(components) > MAX_FACET_COMPONENTS:
+            figures = []
+        elif sweep:
             x, _ = _sweep_axes(points)
             figures = [
                 (f"variance_vs_{x}.png",
@@ -479,31 +541,21 @@ def build_report(run_dir) -> Path:
                  "gradient dashed."),
             ]
         for name, fig, _ in figures:
-            _save(fig, out / name)
-    study_html = ""
-    if sweep:  # variance-vs-parameter study figures and best-estimator table (issue 4)
-        from .report_study import study_section
-        study_figures, study_html = study_section(df, out)
-        figures += [(name, None, caption) for name, caption in study_figures]
+            save_figure(fig, out / name)
 
-    summary.to_csv(out / "summary.csv", index=False)
-
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    parts = [_header_html(df, summary, run_dir, created), "<h2>Figures</h2>"]
-    for name, _, caption in figures:
-        parts.append(_img_html(out / name, caption))
-        parts.append(f'<p class="note">{html.escape(caption)}</p>')
-    parts.append(study_html)
-    parts.append("<h2>Seed-000 table: estimates across seeds vs exact values</h2>")
-    parts.append(NOTES)
+    parts = ["<h2>Seed-000 table: estimates across seeds vs exact values</h2>", NOTES]
     if sweep:
         parts.append(f'<p class="note">{len(points)} problem points: the table shows the '
                      f"largest N only; summary.csv has every N.</p>")
         top = _at_largest_n(summary)
-        varying = [c for c in points.attrs["varying"] if c in SWEEPABLE]
         for comp in components:
             parts.append(f"<h3>gradient wrt {html.escape(comp)}</h3>")
-            parts.append(_table_html(top[top["param"] == comp], varying))
+            parts.append(_table_html(top[top["param"] == comp], points.attrs["varying"]))
+    elif len(components) > 8:       # many components (an ELBO in high dimension): one table
+        for _, point in points.iterrows():
+            at_point = summary[_select(summary, point)]
+            parts.append(f"<h3>{html.escape(point['label'])}</h3>")
+            parts.append(_table_html(at_point, ["param"]))
     else:
         for _, point in points.iterrows():
             at_point = summary[_select(summary, point)]
@@ -513,12 +565,4 @@ def build_report(run_dir) -> Path:
                     title += f"; {point['label']}"
                 parts.append(f"<h3>{html.escape(title)}</h3>")
                 parts.append(_table_html(at_point[at_point["param"] == comp], []))
-
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(experiment)}: harness report</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}"
-            f"<p class=\"note\">Generated by harness {__version__} from {run_dir / 'results'} "
-            f"on {created}.</p></body></html>\n")
-    index = out / "index.html"
-    atomic_write_bytes(index, lambda fh: fh.write(page.encode("utf-8")))
-    return index
+    return [(name, caption) for name, _, caption in figures], parts

@@ -36,7 +36,9 @@ DPI = 110
 
 def swept_parameter(df: pd.DataFrame):
     """The problem parameter with the most distinct values (None if none varies)."""
-    counts = {p: df[p].nunique() for p in ("mu", "sigma", "k") if p in df and df[p].notna().any()}
+    from .kinds.expectation import parameter_columns
+
+    counts = {p: df[p].nunique() for p in parameter_columns() if p in df and df[p].notna().any()}
     best = max(counts, key=counts.get, default=None)
     return best if best is not None and counts[best] > 1 else None
 

@@ -22,8 +22,8 @@ File key-value metadata (all values UTF-8 strings):
 from __future__ import annotations
 
 import json
-import math
 import os
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -33,52 +33,54 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import ResultsError
-from .exact import reference
-from .registry import resolve
 
-# 2: ELBO problems (issue 5): distribution/cost nullable, and the columns from ``target`` on
-SCHEMA_VERSION = 2
+# 3: one model of a study (problem kinds): ``problem`` holds the kind (``expectation`` for
+#    the former ``gaussian_cost``), ``distribution`` the family for every kind (ELBO: diag |
+#    full, formerly ``family``), a ``point`` label and ``step`` column for every kind, and a
+#    column per registered family / cost parameter.  Version-2 files are still read.
+# 2: ELBO problems (issue 5).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
-# Problem parameters that have a column; a cell may leave some out (NaN), e.g. ``k`` for a
-# cost without a shape parameter.  A new parameter needs a new column and a version bump.
-PARAM_COLUMNS = ("mu", "sigma", "k")
-
-SCHEMA = pa.schema(
-    [
-        pa.field("experiment", pa.string(), nullable=False),
-        pa.field("cell", pa.string(), nullable=False),
-        pa.field("estimator", pa.string(), nullable=False),   # EstimatorSpec.label
-        pa.field("problem", pa.string(), nullable=False),
-        pa.field("distribution", pa.string()),                # null for ELBO problems
-        pa.field("cost", pa.string()),                        # null for ELBO problems
-        pa.field("mu", pa.float64()),
-        pa.field("sigma", pa.float64()),
-        pa.field("k", pa.float64()),                          # NaN when the cost has no k
-        pa.field("param", pa.string(), nullable=False),       # gradient component
-        pa.field("n_samples", pa.int64(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("estimate", pa.float64()),
-        pa.field("sample_var", pa.float64()),
-        pa.field("exact_grad", pa.float64()),
-        pa.field("exact_var", pa.float64()),
-        pa.field("exact_source", pa.string(), nullable=False),  # closed_form|quadrature|none
-        pa.field("evals_per_sample", pa.int64(), nullable=False),
-        pa.field("backend", pa.string(), nullable=False),
-        pa.field("seconds", pa.float64()),                    # wall time of the whole cell
-        # ELBO problems (problem == "elbo", harness.vi); null for Gaussian-cost rows
-        pa.field("target", pa.string()),                      # log g: gaussian, ...
-        pa.field("family", pa.string()),                      # q family: diag | full
-        pa.field("dim", pa.int64()),                          # dimension d of z
-        pa.field("target_params", pa.string()),               # e.g. "a=1 omega=3"
-        pa.field("mode", pa.string()),                        # estimate | optimize
-        pa.field("step", pa.int64()),                         # optimize: the recorded step
-        pa.field("elbo", pa.float64()),                       # MC estimate of the ELBO
-        pa.field("exact_elbo", pa.float64()),                 # closed form, NaN if unknown
-        pa.field("dist_opt", pa.float64()),                   # |theta - theta*|, NaN if unknown
-        pa.field("grad_var_mean", pa.float64()),              # per-sample gradient variance,
-        pa.field("grad_var_max", pa.float64()),               # mean / max over components
-    ]
+# Columns every kind fills (or leaves null); each kind adds its own (ProblemKind.columns).
+COMMON_FIELDS = (
+    pa.field("experiment", pa.string(), nullable=False),
+    pa.field("cell", pa.string(), nullable=False),
+    pa.field("problem", pa.string(), nullable=False),         # the problem kind
+    pa.field("point", pa.string()),                           # the problem point, in words
+    pa.field("distribution", pa.string()),                    # the family q
+    pa.field("estimator", pa.string(), nullable=False),       # EstimatorSpec.label
+    pa.field("param", pa.string(), nullable=False),           # gradient component
+    pa.field("n_samples", pa.int64(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("step", pa.int64()),                             # optimisation traces: the step
+    pa.field("estimate", pa.float64()),
+    pa.field("sample_var", pa.float64()),
+    pa.field("exact_grad", pa.float64()),
+    pa.field("exact_var", pa.float64()),
+    pa.field("exact_source", pa.string(), nullable=False),  # closed_form|quadrature|none
+    pa.field("evals_per_sample", pa.int64(), nullable=False),
+    pa.field("backend", pa.string(), nullable=False),
+    pa.field("seconds", pa.float64()),                        # wall time of the whole cell
 )
+
+
+@cache
+def schema() -> pa.Schema:
+    """The canonical schema: the common columns, then every registered kind's own."""
+    from .kinds import KINDS
+
+    fields = list(COMMON_FIELDS)
+    for kind in KINDS.values():
+        fields += [f for f in kind.columns if f.name not in {g.name for g in fields}]
+    return pa.schema(fields)
+
+
+def __getattr__(name):
+    if name == "SCHEMA":          # computed on first use: the kinds import this module
+        return schema()
+    raise AttributeError(name)
+
 
 META_SCHEMA_VERSION = b"harness.schema_version"
 META_VERSION = b"harness.version"
@@ -107,81 +109,92 @@ def temp_files(results_dir) -> list[Path]:
     return sorted(Path(results_dir).glob(f".*{TMP_MARKER}*"))
 
 
-def cell_table(cell, estimate, sample_var, seconds: float) -> pa.Table:
-    """The rows of one computed cell, cast to ``SCHEMA``.
+def estimate_columns(cell, *, components, estimate, sample_var, exact_grad, exact_var,
+                     exact_source, evals_per_sample) -> dict:
+    """The rows of an estimate cell: one per (seed, estimator, component), in that C order.
 
-    ``estimate`` and ``sample_var`` are float arrays of shape
-    ``(len(cell.seeds), len(cell.estimators), len(cell.wrt))`` as returned by the kernel.
-    Rows are ordered by seed, then estimator, then component (C order of those arrays).
-    The exact columns come from ``harness.exact.reference`` for each (estimator, component).
+    ``estimate``, ``sample_var``: shape (seeds, estimators, components) from a kernel;
+    ``exact_grad``, ``exact_var``, ``exact_source``: shape (estimators, components);
+    ``evals_per_sample``: one int per estimator.  Every kind's estimate rows come from here.
     """
     estimate = np.asarray(estimate, dtype=np.float64)
     sample_var = np.asarray(sample_var, dtype=np.float64)
-    n_seeds, n_est, n_comp = len(cell.seeds), len(cell.estimators), len(cell.wrt)
+    n_seeds, n_est, n_comp = len(cell.seeds), len(cell.estimators), len(components)
     shape = (n_seeds, n_est, n_comp)
     if estimate.shape != shape or sample_var.shape != shape:
         raise ValueError(
             f"cell {cell.id}: kernel returned shapes {estimate.shape} and {sample_var.shape}, "
-            f"expected (seeds, estimators, components) = {shape}"
-        )
-    params = dict(cell.params)
-    unknown = sorted(set(params) - set(PARAM_COLUMNS))
-    if unknown:
-        raise ValueError(f"cell {cell.id}: parameters {unknown} have no column in SCHEMA")
-    mu, sigma = params["mu"], params["sigma"]
-    k = params.get("k", 0.0)  # the kernels and exact references take k = 0 when unused
-
-    # Per (estimator, component) references, shape (E, C), then repeated for every seed.
-    exact_grad = np.empty((n_est, n_comp))
-    exact_var = np.empty((n_est, n_comp))
-    source = np.empty((n_est, n_comp), dtype=object)
-    for e, spec in enumerate(cell.estimators):
-        for c, comp in enumerate(cell.wrt):
-            exact_grad[e, c], exact_var[e, c], source[e, c] = reference(
-                spec, comp, cell.cost, mu, sigma, k
-            )
-    evals = np.array([resolve(spec).evals_per_sample for spec in cell.estimators],
-                     dtype=np.int64)
-
-    n = n_seeds * n_est * n_comp
+            f"expected (seeds, estimators, components) = {shape}")
+    exact_source = np.array(exact_source, dtype=object).reshape(n_est, n_comp)
     labels = np.array([spec.label for spec in cell.estimators], dtype=object)
-    columns = {
-        "experiment": [cell.experiment] * n,
-        "cell": [cell.id] * n,
+    return {
         "estimator": np.tile(np.repeat(labels, n_comp), n_seeds),
-        "problem": [cell.problem] * n,
-        "distribution": [cell.distribution] * n,
-        "cost": [cell.cost] * n,
-        "mu": np.full(n, mu, dtype=np.float64),
-        "sigma": np.full(n, sigma, dtype=np.float64),
-        "k": np.full(n, params.get("k", math.nan), dtype=np.float64),
-        "param": np.tile(np.array(cell.wrt, dtype=object), n_seeds * n_est),
-        "n_samples": np.full(n, cell.n_samples, dtype=np.int64),
+        "param": np.tile(np.array(components, dtype=object), n_seeds * n_est),
         "seed": np.repeat(np.asarray(cell.seeds, dtype=np.int64), n_est * n_comp),
         "estimate": estimate.ravel(),
         "sample_var": sample_var.ravel(),
-        "exact_grad": np.tile(exact_grad.ravel(), n_seeds),
-        "exact_var": np.tile(exact_var.ravel(), n_seeds),
-        "exact_source": np.tile(source.ravel(), n_seeds),
-        "evals_per_sample": np.tile(np.repeat(evals, n_comp), n_seeds),
-        "backend": [cell.backend] * n,
-        "seconds": np.full(n, seconds, dtype=np.float64),
+        "exact_grad": np.tile(np.asarray(exact_grad, np.float64).reshape(-1), n_seeds),
+        "exact_var": np.tile(np.asarray(exact_var, np.float64).reshape(-1), n_seeds),
+        "exact_source": np.tile(exact_source.ravel(), n_seeds),
+        "evals_per_sample": np.tile(np.repeat(np.asarray(evals_per_sample, np.int64), n_comp),
+                                    n_seeds),
     }
-    columns["mode"] = ["estimate"] * n
-    arrays = [pa.array(columns[f.name], type=f.type) if f.name in columns
-              else pa.nulls(n, f.type) for f in SCHEMA]
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def cell_table(cell, columns: dict) -> pa.Table:
+    """The rows of one computed cell, cast to the schema: the kind's ``columns`` (from
+    ``ProblemKind.compute``) plus the columns every cell has; absent columns are null."""
+    n = len(columns["estimator"])
+    rows = {"experiment": [cell.experiment] * n, "cell": [cell.id] * n,
+            "problem": [cell.kind] * n, "backend": [cell.backend] * n,
+            "n_samples": np.full(n, cell.n_samples, dtype=np.int64), **columns}
+    fields = schema()
+    unknown = sorted(set(rows) - set(fields.names))
+    if unknown:
+        raise ValueError(f"cell {cell.id}: columns {unknown} are not in the results schema")
+    for name, values in rows.items():
+        if len(values) != n:
+            raise ValueError(f"cell {cell.id}: column {name} has {len(values)} rows, not {n}")
+    arrays = [pa.array(rows[f.name], type=f.type) if f.name in rows else pa.nulls(n, f.type)
+              for f in fields]
+    return pa.Table.from_arrays(arrays, schema=fields)
 
 
 def conform(table: pa.Table) -> pa.Table:
-    """``table`` with exactly the columns of ``SCHEMA``, in its order and types.
+    """``table`` with exactly the columns of the schema, in its order and types.
 
     Raises ``ValueError`` if a column is missing (that is a bug in the caller, not user error).
     """
-    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    fields = schema()
+    missing = [name for name in fields.names if name not in table.column_names]
     if missing:
         raise ValueError(f"results table lacks columns {missing}")
-    return table.select(SCHEMA.names).cast(SCHEMA)
+    return table.select(fields.names).cast(fields)
+
+
+def _upgrade_v2(df):
+    """Rows of a version-2 file in version-3 terms (version 2 predates problem kinds: its
+    ``gaussian_cost`` rows are the expectation kind's, its ELBO rows kept the family in
+    ``family``)."""
+    df = df.copy()
+    df["problem"] = df["problem"].replace({"gaussian_cost": "expectation"})
+    elbo = df["problem"] == "elbo"
+    df.loc[elbo, "distribution"] = df.loc[elbo, "family"]
+    labels = []
+    for _, row in df.iterrows():
+        if row["problem"] == "elbo":
+            text = f"{row['target']}, {row['family']}, d={row['dim']}"
+            labels.append(text + (f": {row['target_params']}" if row["target_params"] else ""))
+        else:
+            params = ", ".join(f"{n}={row[n]:g}" for n in ("mu", "sigma", "k")
+                               if row[n] == row[n])
+            labels.append(f"{row['distribution']}, {row['cost']}: {params}")
+    df["point"] = labels
+    fields = schema()
+    for f in fields:
+        if f.name not in df.columns:
+            df[f.name] = None
+    return pa.Table.from_pandas(df[fields.names], schema=fields, preserve_index=False)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -265,12 +278,12 @@ def finished_cells(run_dir) -> set[str]:
 
 
 def read_results(run_dir):
-    """All rows of a run as a pandas DataFrame with the columns and types of ``SCHEMA``.
+    """All rows of a run as a pandas DataFrame with the columns and types of the schema.
 
-    Reads ``run_dir/results/*.parquet`` (hidden files skipped) with ``SCHEMA`` given
-    explicitly, so every file is cast to one schema.  ``df.attrs`` holds ``schema_version``,
+    Reads ``run_dir/results/*.parquet`` (hidden files skipped), each file cast to the one
+    schema (version-2 files upgraded).  ``df.attrs`` holds ``schema_version``,
     ``harness_versions`` (of the writers) and ``files``.  Raises ``ResultsError`` if the
-    directory is missing or empty, or a file is unreadable or has another schema version.
+    directory is missing or empty, or a file is unreadable or of an unknown schema version.
     """
     run_dir = Path(run_dir)
     results = _results_dir(run_dir)
@@ -281,7 +294,7 @@ def read_results(run_dir):
     files = _result_files(results)
     if not files:
         raise ResultsError(f"{results}: no result files (fix: {rerun} to compute them)")
-    writers = set()
+    writers, current, old = set(), [], []
     for path in files:
         try:
             meta = file_metadata(path)
@@ -290,15 +303,20 @@ def read_results(run_dir):
             raise ResultsError(f"{path}: not a readable results file ({first}) "
                                f"(fix: delete it and {rerun})") from None
         version = meta.get(META_SCHEMA_VERSION, b"?").decode(errors="replace")
-        if version != str(SCHEMA_VERSION):
+        if version not in {str(v) for v in READABLE_VERSIONS}:
             raise ResultsError(
                 f"{path}: results schema version {version}, this harness ({__version__}) reads "
-                f"version {SCHEMA_VERSION} (fix: {rerun} to recompute it, or read it with the "
-                f"harness version that wrote it)"
+                f"versions {', '.join(map(str, READABLE_VERSIONS))} (fix: {rerun} to recompute "
+                f"it, or read it with the harness version that wrote it)"
             )
+        (current if version == str(SCHEMA_VERSION) else old).append(path)
         writers.add(meta.get(META_VERSION, b"?").decode(errors="replace"))
-    dataset = ds.dataset([str(p) for p in files], schema=SCHEMA, format="parquet")
-    df = dataset.to_table().to_pandas()
+    tables = []
+    if current:
+        tables.append(ds.dataset([str(p) for p in current], schema=schema(),
+                                 format="parquet").to_table())
+    tables += [_upgrade_v2(pq.read_table(p).to_pandas()) for p in old]
+    df = pa.concat_tables(tables).to_pandas() if len(tables) > 1 else tables[0].to_pandas()
     df.attrs.update(schema_version=SCHEMA_VERSION, harness_versions=sorted(writers),
                     files=len(files))
     return df

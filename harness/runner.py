@@ -1,133 +1,34 @@
-"""Grid expansion, cell ids, and the resumable run loop.
+"""The resumable run loop: one for every problem kind.
 
-A *cell* is one point of a grid's sweep: one value of every problem parameter and one N,
-with all of the grid's estimators, components and seeds (they share one kernel call, so
-estimators see common random numbers).  Its id is a hash of its resolved configuration, so
-a rerun of the same grid finds the cells already computed and skips them.
+A *cell* (``harness.model.Cell``) is one point of a grid's sweep: one problem point and one
+N, with all of the grid's estimators, components and seeds (they share one kernel call, so
+estimators see common random numbers).  The grid's problem kind expands it into cells and
+computes each; this module only skips finished cells, writes each cell's rows atomically and
+shows progress.  A cell's id is a hash of its resolved configuration, so a rerun of the same
+grid finds the cells already computed and skips them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import itertools
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .errors import BackendError
+from .kinds import KINDS
+from .model import Cell, config_id
 from .registry import BACKENDS
 from .results import atomic_write_bytes, cell_table, finished_cells, temp_files, write_cell
 
-# The objective family: E_q[cost(x)] for a Gaussian q.  Future ELBO targets get their own name.
-PROBLEM = "gaussian_cost"
-
-
-def config_id(config: dict) -> str:
-    """A cell's id: first 16 hex digits of sha256 of the canonical JSON of its resolved
-    configuration (the same config always gives the same id, any change a new one)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                           allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One unit of work and one results file.
-
-    ``params`` is ``((name, value), ...)`` in the grid's order (distribution params, then
-    cost params); ``estimators`` holds ``EstimatorSpec``-like objects (``name``, ``options``,
-    ``label``).  Values are normalised on construction (floats, ints, tuples), so ``k = -3``
-    and ``k = -3.0`` give the same cell and the same id.
-    """
-
-    experiment: str
-    distribution: str
-    cost: str
-    params: tuple
-    wrt: tuple
-    estimators: tuple
-    n_samples: int
-    seeds: tuple
-    backend: str = "cpu"
-
-    def __post_init__(self):
-        norm = object.__setattr__
-        norm(self, "params", tuple((str(n), float(v)) for n, v in self.params))
-        norm(self, "wrt", tuple(str(c) for c in self.wrt))
-        norm(self, "estimators", tuple(self.estimators))
-        norm(self, "n_samples", int(self.n_samples))
-        norm(self, "seeds", tuple(int(s) for s in self.seeds))
-
-    @property
-    def problem(self) -> str:
-        return PROBLEM
-
-    @property
-    def param_dict(self) -> dict[str, float]:
-        return dict(self.params)
-
-    def to_dict(self) -> dict:
-        """The resolved configuration: plain JSON types, stored in the file metadata."""
-        return {
-            "experiment": self.experiment,
-            "problem": self.problem,
-            "distribution": self.distribution,
-            "cost": self.cost,
-            "params": dict(self.params),
-            "wrt": list(self.wrt),
-            "estimators": [
-                {"name": e.name, "options": {str(k): v for k, v in e.options}, "label": e.label}
-                for e in self.estimators
-            ],
-            "n_samples": self.n_samples,
-            "seeds": list(self.seeds),
-            "backend": self.backend,
-        }
-
-    @property
-    def id(self) -> str:
-        return config_id(self.to_dict())
-
-    @property
-    def samples(self) -> int:
-        """Draws of the cell: N per seed (shared by all estimators and components)."""
-        return self.n_samples * len(self.seeds)
+__all__ = ["Cell", "RunSummary", "compute_cell", "config_id", "expand_cells", "run_grid"]
 
 
 def expand_cells(grid) -> list[Cell]:
-    """One cell per point of ``product(*param values) x n_samples``, N varying fastest.
-
-    The order is the grid's order (parameters in ``grid.params`` order, values as listed),
-    so it is deterministic.  Duplicate points (e.g. ``k: [0, 0.0]``) give one cell.
-    """
-    if getattr(grid, "kind", None) == "elbo":      # ELBO problems: harness.vi.runner
-        from .vi.runner import expand_cells as expand_elbo_cells
-        return expand_elbo_cells(grid)
-    names = [name for name, _ in grid.params]
-    cells, seen = [], set()
-    for values in itertools.product(*(vals for _, vals in grid.params)):
-        for n in grid.n_samples:
-            cell = Cell(
-                experiment=grid.name,
-                distribution=grid.distribution,
-                cost=grid.cost,
-                params=tuple(zip(names, values)),
-                wrt=grid.wrt,
-                estimators=grid.estimators,
-                n_samples=n,
-                seeds=grid.seeds,
-                backend=grid.backend,
-            )
-            if cell.id not in seen:
-                seen.add(cell.id)
-                cells.append(cell)
-    return cells
+    """The grid's cells, in the kind's deterministic order (duplicate points give one cell)."""
+    return KINDS[grid.kind].cells(grid)
 
 
 @dataclass(frozen=True)
@@ -164,16 +65,16 @@ def format_count(x: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def _kernel(backend: str):
-    """The backend's ``estimate`` function, looked up at call time (tests replace it)."""
+def require_backend(backend: str) -> None:
+    """Fail early (one-line BackendError) if ``backend`` cannot run here, e.g. cuda without a
+    GPU, before anything is created."""
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r} is not available (fix: use one of: "
                            f"{', '.join(BACKENDS)})")
     module = importlib.import_module(f"harness.backends.{backend}")
     require = getattr(module, "require", None)
     if require is not None:
-        require()  # e.g. cuda without a GPU: a one-line BackendError saying what to do
-    return module.estimate
+        require()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -198,18 +99,8 @@ def _remove_stale_temp_files(*directories: Path) -> None:
 
 
 def compute_cell(cell: Cell):
-    """Run the backend kernel on one cell; returns ``(estimate, sample_var, seconds)``.
-
-    The arrays have shape ``(len(cell.seeds), len(cell.estimators), len(cell.wrt))``.
-    """
-    estimate = _kernel(cell.backend)
-    p = cell.param_dict
-    k = p.get("k", 0.0)  # every kernel takes k; costs without one ignore it
-    start = time.perf_counter()
-    est, var = estimate(cell.distribution, cell.cost, list(cell.estimators),
-                        cell.wrt, p["mu"], p["sigma"], k, cell.n_samples,
-                        np.asarray(cell.seeds, dtype=np.int64))
-    return est, var, time.perf_counter() - start
+    """Compute one cell with its problem kind; returns its rows as a ``pyarrow.Table``."""
+    return cell_table(cell, KINDS[cell.kind].compute(cell))
 
 
 def run_grid(grid, out_dir, force: bool = False, progress=None) -> RunSummary:
@@ -222,7 +113,7 @@ def run_grid(grid, out_dir, force: bool = False, progress=None) -> RunSummary:
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    _kernel(grid.backend)  # fail early (BackendError) before creating anything
+    require_backend(grid.backend)
     results_dir = out_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(out_dir, results_dir)
@@ -239,12 +130,7 @@ def run_grid(grid, out_dir, force: bool = False, progress=None) -> RunSummary:
     show = sys.stderr.isatty() if progress is None else bool(progress)
     with _Progress(grid.name, todo, len(cells) - len(todo), enabled=show) as bar:
         for cell in todo:
-            if hasattr(cell, "compute_table"):     # ELBO cells build their own rows
-                table = cell.compute_table()
-            else:
-                est, var, seconds = compute_cell(cell)
-                table = cell_table(cell, est, var, seconds)
-            write_cell(results_dir, cell, table)
+            write_cell(results_dir, cell, compute_cell(cell))
             bar.advance(cell)
 
     return RunSummary(

@@ -1,9 +1,8 @@
-"""Grid files for ELBO problems (``problem: {kind: elbo, ...}``): YAML in, :class:`ElboGrid` out.
+"""The ELBO kind's part of a grid file (``problem: {kind: elbo, ...}``, ``mode``, ``optimizer``).
 
-``harness.config.parse_grid`` hands a document whose ``problem`` has ``kind: elbo`` to
-:func:`parse_elbo`; everything else (YAML loading, the one-line ConfigError with
-file:line: key: message (fix: ...), ``name``, ``n_samples``, ``seeds``, ``backend``) is
-shared with the Gaussian-cost grids.  Format::
+``harness.config.parse_grid`` reads the common keys (``name``, ``estimators``, ``n_samples``,
+``seeds``, ``backend``) and calls :func:`parse` (``harness.kinds.elbo.KIND.parse``) for the
+rest, with the same one-line errors (file:line: key: message (fix: ...)).  Format::
 
     name: vi_gaussian
     problem:
@@ -33,17 +32,13 @@ lr, steps, samples, schedule constant|cosine, record_every, var_samples).
 from __future__ import annotations
 
 import itertools
-import pathlib
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from .. import config as base
-from ..config import EstimatorSpec, _describe, _is_bool, _or_none, _plain, _show, _Value
+from ..config import Value, describe_value, or_none, show
 from .api import OptimizerSpec
-from .estimators import ESTIMATORS
 from .families import FAMILIES
 from .targets import TARGETS
 
@@ -73,6 +68,16 @@ class QSpec:
         if family == "diag":
             return mu, np.diag(np.exp(np.array(self.scale, float)))
         return mu, np.array(self.scale, float)
+
+    @classmethod
+    def from_json(cls, q) -> QSpec:
+        """The inverse of :meth:`to_json` (cells store q as JSON)."""
+        if isinstance(q, str):
+            return cls(q)
+        if not isinstance(q["mu"], list):
+            return cls("scalar", (q["mu"],), (q["scale"],))
+        return cls("explicit", tuple(q["mu"]),
+                   tuple(tuple(r) if isinstance(r, list) else r for r in q["scale"]))
 
     def to_json(self):
         if self.kind in ("standard", "optimum"):
@@ -104,32 +109,23 @@ class ElboPoint:
 
 
 @dataclass(frozen=True)
-class ElboGrid:
-    kind: str
-    name: str
-    path: pathlib.Path
-    source_text: str
+class ElboProblem:
+    """The ``problem`` of an ELBO grid (with its top-level ``mode`` and ``optimizer``)."""
+
     target: str
     points: tuple[ElboPoint, ...]
     modes: tuple[str, ...]                     # ("estimate",), ("optimize",) or both
-    estimators: tuple[EstimatorSpec, ...]
-    n_samples: tuple[int, ...]                 # estimate mode (optimize: ())
     optimizer: OptimizerSpec | None
-    seeds: tuple[int, ...]
-    backend: str
 
 
-TOP_KEYS = ("name", "problem", "mode", "estimators", "n_samples", "optimizer", "seeds",
-            "backend")
+# the ELBO kind's own top-level keys (harness.model.ProblemKind.top_level_keys)
+TOP_LEVEL_KEYS = ("mode", "optimizer")
 
 
-def parse_elbo(doc: CommentedMap, r, text: str, path: pathlib.Path) -> ElboGrid:
-    top = _Value(doc, 1, "")
-    r.reject_unknown(doc, "", TOP_KEYS)
-    fields: dict[str, Any] = {"path": path, "source_text": text, "kind": "elbo"}
-    fields.update(base._read_name(r, r.entry(doc, "name", ""), fields) if "name" in doc
-                  else {"name": path.stem})
-    fields.update(_read_problem(r, r.entry(doc, "problem", "")))
+def parse(r, doc: CommentedMap, common: dict) -> ElboProblem:
+    """Read ``problem``, ``mode`` and ``optimizer``; check them against the common keys."""
+    top = Value(doc, 1, "")
+    fields = _read_problem(r, r.entry(doc, "problem", ""))
     modes = ("estimate",)
     if "mode" in doc:
         items = r.items(r.entry(doc, "mode", ""), "mode")
@@ -137,49 +133,37 @@ def parse_elbo(doc: CommentedMap, r, text: str, path: pathlib.Path) -> ElboGrid:
         r.no_duplicates(items, modes, "mode")
         modes = tuple(m for m in ("estimate", "optimize") if m in modes)
     fields["modes"] = modes
-    if "estimators" not in doc:
-        r.missing(top, "estimators")
-    fields["estimators"] = _read_estimators(r, r.entry(doc, "estimators", ""))
     if "estimate" in modes:
-        if "n_samples" not in doc:
+        if not common["n_samples"]:
             r.missing(top, "n_samples")
-        fields.update(base._read_n_samples(r, r.entry(doc, "n_samples", ""), fields))
-    else:
-        if "n_samples" in doc:
-            r.fail("n_samples is only used with mode: estimate", doc.lc.key("n_samples")[0] + 1,
-                   "n_samples", fix="give the samples per step as optimizer.samples")
-        fields["n_samples"] = ()
+    elif common["n_samples"]:
+        r.fail("n_samples is only used with mode: estimate", doc.lc.key("n_samples")[0] + 1,
+               "n_samples", fix="give the samples per step as optimizer.samples")
     if "optimize" in modes:
         if "optimizer" not in doc:
             r.missing(top, "optimizer", fix="add optimizer: {name: adam, lr: 0.01, steps: 1000, "
                                             "samples: 10}")
         fields["optimizer"] = _read_optimizer(r, r.entry(doc, "optimizer", ""),
-                                              fields["estimators"])
+                                              common["estimators"])
+        if common["backend"] != "cpu":
+            v = r.entry(doc, "backend", "")
+            r.fail(f"backend {common['backend']!r} does not run ELBO optimisation", v.line,
+                   v.key, fix="use backend: cpu for mode: optimize")
     else:
         if "optimizer" in doc:
             r.fail("optimizer is only used with mode: optimize", doc.lc.key("optimizer")[0] + 1,
                    "optimizer", fix="add 'mode: optimize' or remove the optimizer")
         fields["optimizer"] = None
-    _check_exact_optimal(r, doc, fields)
-    if "seeds" not in doc:
-        r.missing(top, "seeds")
-    fields.update(base._read_seeds(r, r.entry(doc, "seeds", ""), fields))
-    fields["backend"] = "cpu"
-    if "backend" in doc:
-        v = r.entry(doc, "backend", "")
-        fields.update(base._read_backend(r, v, fields))
-        if fields["backend"] != "cpu":  # ELBO kernels exist for the CPU only
-            r.fail(f"backend {fields['backend']!r} does not run ELBO problems yet", v.line,
-                   v.key, fix="use backend: cpu (or remove the key)")
-    return ElboGrid(**fields)
+    _check_exact_optimal(r, doc, {**fields, "estimators": common["estimators"]})
+    return ElboProblem(**fields)
 
 
 # --------------------------------------------------------------------------- problem
 
-def _read_problem(r, v: _Value) -> dict:
+def _read_problem(r, v: Value) -> dict:
     m = r.mapping(v, "kind, target, family, q and the target's parameters")
     if "target" not in m:
-        r.missing(v, "target", fix=f"add 'target: <name>' with one of: {_or_none(TARGETS)}")
+        r.missing(v, "target", fix=f"add 'target: <name>' with one of: {or_none(TARGETS)}")
     tname = r.choice(r.entry(m, "target", v.key), TARGETS, "target")
     target = TARGETS[tname]
     def hint(key: str) -> str | None:
@@ -205,12 +189,12 @@ def _read_problem(r, v: _Value) -> dict:
             if key == "s":
                 for it, x in zip(items, vals):
                     if x <= 0:
-                        r.fail(f"must be > 0, got {_show(x)}", it.line, it.key,
+                        r.fail(f"must be > 0, got {show(x)}", it.line, it.key,
                                fix="s is a scale: use a positive value")
         r.no_duplicates(items, vals, "value")
         axes[key] = vals
     if "family" not in m:
-        r.missing(v, "family", fix=f"add 'family: <name>' with one of: {_or_none(FAMILIES)}")
+        r.missing(v, "family", fix=f"add 'family: <name>' with one of: {or_none(FAMILIES)}")
     fitems = r.items(r.entry(m, "family", v.key), "family")
     families = [r.choice(it, FAMILIES, "family") for it in fitems]
     r.no_duplicates(fitems, families, "family")
@@ -271,16 +255,16 @@ def _read_problem(r, v: _Value) -> dict:
     return {"target": tname, "points": tuple(points)}
 
 
-def _vector(r, v: _Value) -> list[float]:
+def _vector(r, v: Value) -> list[float]:
     if not isinstance(v.value, CommentedSeq):
-        r.fail(f"expected a list of numbers, got {_describe(v.value)}", v.line, v.key,
+        r.fail(f"expected a list of numbers, got {describe_value(v.value)}", v.line, v.key,
                fix="write e.g. [0.0, 1.0]")
     return [r.number(it) for it in r.items(v, "number")]
 
 
-def _matrix(r, v: _Value, d: int, what: str, shape_from: _Value) -> list[list[float]]:
+def _matrix(r, v: Value, d: int, what: str, shape_from: Value) -> list[list[float]]:
     if not isinstance(v.value, CommentedSeq):
-        r.fail(f"expected a {d} x {d} matrix (a list of rows), got {_describe(v.value)}",
+        r.fail(f"expected a {d} x {d} matrix (a list of rows), got {describe_value(v.value)}",
                v.line, v.key, fix="write e.g. [[1.0, 0.0], [0.0, 1.0]]")
     rows = r.items(v, "row")
     if len(rows) != d:
@@ -296,7 +280,7 @@ def _matrix(r, v: _Value, d: int, what: str, shape_from: _Value) -> list[list[fl
     return out
 
 
-def _check_cov(r, v: _Value, cov):
+def _check_cov(r, v: Value, cov):
     a = np.array(cov)
     if not np.allclose(a, a.T, rtol=0, atol=1e-12 * max(1.0, np.abs(a).max())):
         i, j = np.argwhere(~np.isclose(a, a.T, rtol=0, atol=1e-12))[0]
@@ -308,7 +292,7 @@ def _check_cov(r, v: _Value, cov):
                fix="use a positive-definite covariance, e.g. increase the diagonal")
 
 
-def _read_q(r, m, v: _Value, families, dims, tname) -> QSpec:
+def _read_q(r, m, v: Value, families, dims, tname) -> QSpec:
     if "q" not in m:
         return QSpec("standard")
     qv = r.entry(m, "q", v.key)
@@ -337,7 +321,7 @@ def _read_q(r, m, v: _Value, families, dims, tname) -> QSpec:
         sv = r.entry(q, "scale", qv.key)
         scale = r.number(sv)
         if scale <= 0:
-            r.fail(f"must be > 0, got {_show(scale)}", sv.line, sv.key, fix="use a positive scale")
+            r.fail(f"must be > 0, got {show(scale)}", sv.line, sv.key, fix="use a positive scale")
         return QSpec("scalar", (mu,), (scale,))
     mu = _vector(r, mu_v)
     if len(families) != 1:
@@ -376,39 +360,7 @@ def _read_q(r, m, v: _Value, families, dims, tname) -> QSpec:
     return QSpec("explicit", tuple(mu), tuple(tuple(row) for row in L))
 
 
-# --------------------------------------------------------------------------- estimators
-
-def _read_estimators(r, v: _Value) -> tuple[EstimatorSpec, ...]:
-    items = r.items(v, "estimator")
-    specs = [_read_estimator(r, it) for it in items]
-    r.no_duplicates(items, [s.label for s in specs], "estimator")
-    return tuple(specs)
-
-
-def _read_estimator(r, v: _Value) -> EstimatorSpec:
-    if isinstance(v.value, str):
-        name = r.choice(v, ESTIMATORS, "ELBO estimator")
-        return EstimatorSpec(name)
-    if not isinstance(v.value, CommentedMap):
-        r.fail(f"expected an estimator name or mapping, got {_describe(v.value)}", v.line,
-               v.key, fix=f"use one of: {_or_none(ESTIMATORS)}")
-    m = v.value
-    if "name" not in m:
-        r.missing(v, "name", fix="write {name: <estimator>, <option>: <value>}")
-    name = r.choice(r.entry(m, "name", v.key), ESTIMATORS, "ELBO estimator")
-    allowed = ESTIMATORS[name].options
-    r.reject_unknown(m, v.key, ["name", *allowed],
-                     lambda key: None if allowed else f"remove it: estimator {name} has no options")
-    options = []
-    for key in sorted(k for k in m if k != "name"):
-        ov = r.entry(m, key, v.key)
-        value = _plain(ov.value)
-        if _is_bool(ov.value) or value not in allowed[key]:
-            r.fail(f"invalid value {_show(ov.value)} for option {key} of {name}", ov.line,
-                   ov.key, fix=f"use one of: {_or_none(map(str, allowed[key]))}")
-        options.append((str(key), value))
-    return EstimatorSpec(name, tuple(options))
-
+# --------------------------------------------------------------------------- checks
 
 def _check_exact_optimal(r, doc, fields):
     """score_function[baseline=exact_optimal] needs the exact b* (quadrature) at every point,
@@ -444,7 +396,7 @@ _OPT_KEYS = {
 }
 
 
-def _read_optimizer(r, v: _Value, estimators) -> OptimizerSpec:
+def _read_optimizer(r, v: Value, estimators) -> OptimizerSpec:
     m = r.mapping(v, "name, lr, steps, samples, schedule, record_every, var_samples")
     r.reject_unknown(m, v.key, _OPT_KEYS)
     out = {}
@@ -459,7 +411,7 @@ def _read_optimizer(r, v: _Value, estimators) -> OptimizerSpec:
         else:
             x = r.number(ev)
             if x <= 0:
-                r.fail(f"must be > 0, got {_show(x)}", ev.line, ev.key, fix="use a positive rate")
+                r.fail(f"must be > 0, got {show(x)}", ev.line, ev.key, fix="use a positive rate")
             out[key] = x
     spec = OptimizerSpec(**out)
     if spec.samples < 2 and any(e.label == "score_function[baseline=mean]" for e in estimators):
@@ -473,22 +425,20 @@ def _read_optimizer(r, v: _Value, estimators) -> OptimizerSpec:
     return spec
 
 
-def describe(g: ElboGrid) -> str:
-    """One line for ``harness validate``."""
-    n = len(g.seeds)
-    pts = len(g.points)
-    fams = ",".join(dict.fromkeys(p.family for p in g.points))
-    dims = ",".join(str(d) for d in dict.fromkeys(p.dim for p in g.points))
+def describe(grid) -> str:
+    """What an ELBO grid runs, for ``harness validate``."""
+    p = grid.problem
+    pts = len(p.points)
+    fams = ",".join(dict.fromkeys(pt.family for pt in p.points))
+    dims = ",".join(str(d) for d in dict.fromkeys(pt.dim for pt in p.points))
     what, cells = [], 0
-    if "estimate" in g.modes:
-        what.append(f"N={list(g.n_samples)}")
-        cells += pts * len(g.n_samples)
-    if "optimize" in g.modes:
-        o = g.optimizer
+    if "estimate" in p.modes:
+        what.append(f"N={list(grid.n_samples)}")
+        cells += pts * len(grid.n_samples)
+    if "optimize" in p.modes:
+        o = p.optimizer
         what.append(f"optimize {o.name} lr={o.lr:g} {o.schedule} steps={o.steps} "
                     f"samples/step={o.samples}")
-        cells += pts * len(g.estimators)
-    what = "; ".join(what)
-    return (f"{g.path}: OK: {g.name}: {cells} cells; elbo target {g.target} family {fams} "
-            f"dim {dims}; {what}; estimators {', '.join(e.label for e in g.estimators)}; "
-            f"{n} seed{'s' if n != 1 else ''}; backend {g.backend}")
+        cells += pts * len(grid.estimators)
+    return (f"{cells} cells; elbo target {p.target} family {fams} dim {dims}; "
+            f"{'; '.join(what)}")

@@ -1,19 +1,18 @@
-"""Report of an ELBO run (``problem == "elbo"``), built only from the stored results.
+"""The ELBO kind's section of the report (``harness.kinds.elbo.KIND.report_section``).
 
-``harness.report.build_report`` hands ELBO runs here.  Writes into ``run_dir/report/``:
+The common page (``harness.report``) already shows the per-component z-tables of the
+estimate rows.  This section adds, from the stored results only, into ``run_dir/report/``:
 
 estimate mode
-  ``variance_vs_n.png``    per problem point: the across-seed variance of the N-sample
-                           gradient estimate, averaged over components, vs N (log-log) per
-                           estimator; exact per-sample variance / N dashed where known;
-  ``variance_vs_dim.png``  (with several dimensions) N x the across-seed variance at the
-                           largest N, averaged over components, vs d, per estimator and
-                           family, exact dashed;
-  ``summary.csv``          one row per (point, component, N, estimator): mean, var across
-                           seeds, SE, z-scores against the exact gradient and variance.
+  ``elbo_variance_vs_n.png``   per problem point: the across-seed variance of the N-sample
+                               gradient estimate, averaged over components, vs N (log-log) per
+                               estimator; exact per-sample variance / N dashed where known;
+  ``elbo_variance_vs_dim.png`` (with several dimensions) N x the across-seed variance at the
+                               largest N, averaged over components, vs d, exact dashed;
 optimize mode
   ``elbo_vs_step.png``     the ELBO (exact where known, else the recorded estimate) vs step:
-                           median over seeds and the 10-90% band, per estimator;
+                           median over seeds and the 10-90% band, per estimator; the optimum
+                           ELBO* as a line where the target knows it;
   ``grad_var_vs_step.png`` the per-sample gradient variance at the current lambda (mean over
                            components; median and band over seeds) vs step;
   ``dist_vs_step.png``     distance to the known optimum vs step (where known);
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import html
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -33,37 +31,14 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from .. import __version__
-from ..report import CSS, _img_html, _save
-from ..results import atomic_write_bytes
+from ..report import html_table, palette, save_figure
 
-POINT = ["target", "family", "dim", "target_params"]
-
-
-def _palette(estimators):
-    colours = sns.color_palette("tab10", max(len(estimators), 3))
-    return {e: colours[i % len(colours)] for i, e in enumerate(estimators)}
+# the columns that identify an ELBO problem point (``point`` is its label)
+POINT = ["point", "target", "distribution", "dim"]
 
 
 def _label(row) -> str:
-    extra = f", {row['target_params']}" if row["target_params"] else ""
-    return f"{row['target']}, {row['family']}, d = {int(row['dim'])}{extra}"
-
-
-def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    keys = [*POINT, "cell", "param", "n_samples", "estimator"]
-    g = df.groupby(keys, sort=False)
-    out = g.agg(seeds=("estimate", "size"), mean=("estimate", "mean"),
-                var=("estimate", "var"), mean_sample_var=("sample_var", "mean"),
-                exact_grad=("exact_grad", "first"), exact_var=("exact_var", "first"),
-                exact_source=("exact_source", "first")).reset_index()
-    r = out["seeds"].astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["se_mean"] = np.sqrt(out["var"] / r)
-        out["z_mean"] = (out["mean"] - out["exact_grad"]) / out["se_mean"]
-        out["exact_var_n"] = out["exact_var"] / out["n_samples"]
-        out["var_ratio"] = out["var"] / out["exact_var_n"]
-    return out
+    return row["point"]
 
 
 def _per_point(summary: pd.DataFrame) -> pd.DataFrame:
@@ -90,7 +65,7 @@ def _figure(n_panels: int, width=4.2, height=3.4):
 def _variance_vs_n(per: pd.DataFrame, estimators, title) -> Figure:
     points = per[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
     fig, axes = _figure(len(points))
-    pal = _palette(estimators)
+    pal = palette(estimators)
     for ax, (_, pt) in zip(axes, points.iterrows()):
         sel = per[(per[POINT] == pt[POINT]).all(axis=1)]
         for e in estimators:
@@ -112,12 +87,14 @@ def _variance_vs_n(per: pd.DataFrame, estimators, title) -> Figure:
 
 def _variance_vs_dim(per: pd.DataFrame, estimators, title) -> Figure:
     largest = per[per["n_samples"] == per.groupby([*POINT])["n_samples"].transform("max")]
-    groups = largest[["target", "family"]].drop_duplicates().sort_values(["target", "family"])
+    groups = largest[["target", "distribution"]].drop_duplicates().sort_values(
+        ["target", "distribution"])
     groups = groups.reset_index(drop=True)
     fig, axes = _figure(len(groups))
-    pal = _palette(estimators)
+    pal = palette(estimators)
     for ax, (_, g) in zip(axes, groups.iterrows()):
-        sel = largest[(largest["target"] == g["target"]) & (largest["family"] == g["family"])]
+        sel = largest[(largest["target"] == g["target"])
+                      & (largest["distribution"] == g["distribution"])]
         for e in estimators:
             s = sel[sel["estimator"] == e].sort_values("dim")
             if s.empty:
@@ -133,7 +110,7 @@ def _variance_vs_dim(per: pd.DataFrame, estimators, title) -> Figure:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("dimension d")
         ax.set_ylabel("N x var across seeds (mean comps)")
-        ax.set_title(f"{g['target']}, {g['family']}", fontsize=9)
+        ax.set_title(f"{g['target']}, {g['distribution']}", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
     return fig
@@ -155,7 +132,7 @@ def trace_summary(df: pd.DataFrame) -> pd.DataFrame:
 def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, log: bool):
     points = ts[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
     fig, axes = _figure(len(points))
-    pal = _palette(estimators)
+    pal = palette(estimators)
     for ax, (_, pt) in zip(axes, points.iterrows()):
         sel = ts[(ts[POINT] == pt[POINT]).all(axis=1)]
         for e in estimators:
@@ -175,55 +152,35 @@ def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, lo
     return fig
 
 
-def _table(rows: pd.DataFrame, cols) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in cols)
-    body = []
-    for _, row in rows.iterrows():
-        cells = []
-        for c, _, fmt in cols:
-            v = row[c]
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                cells.append("<td>&ndash;</td>")
-            else:
-                cls = ' class="text"' if fmt == "{}" else ""
-                v = int(v) if fmt == "{:d}" else v
-                cells.append(f"<td{cls}>{html.escape(fmt.format(v))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def build_elbo_report(run_dir, df: pd.DataFrame) -> Path:
-    run_dir = Path(run_dir)
-    out = run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*_vs_*.png"):
-        stale.unlink()
-    experiment = ", ".join(dict.fromkeys(df["experiment"]))
+def section(df: pd.DataFrame, summary: pd.DataFrame, out: Path):
+    """The ELBO figures and tables: ([(png name, caption)], html)."""
     estimators = list(dict.fromkeys(df["estimator"]))
+    experiment = ", ".join(dict.fromkeys(df["experiment"]))
     figures, tables = [], []
-    est_rows = df[df["mode"] == "estimate"]
     opt_rows = df[df["mode"] == "optimize"]
+    points = df[POINT].drop_duplicates("point")
+    est_summary = summary.merge(points, on=["point"], suffixes=("", "_point")) \
+        if not summary.empty else summary
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
-        if not est_rows.empty:
-            summary = summarise(est_rows)
-            summary.to_csv(out / "summary.csv", index=False)
-            per = _per_point(summary)
-            seeds = int(summary["seeds"].max())
-            figures.append(("variance_vs_n.png", _variance_vs_n(
+        if not est_summary.empty:
+            if "dim_point" in est_summary:
+                est_summary = est_summary.drop(columns="dim").rename(columns={"dim_point": "dim"})
+            per = _per_point(est_summary)
+            seeds = int(est_summary["seeds"].max())
+            figures.append(("elbo_variance_vs_n.png", _variance_vs_n(
                 per, estimators, f"{experiment}: gradient variance across {seeds} seeds"),
                 "Variance across seeds of the N-sample ELBO gradient estimate, averaged over "
-                "gradient components (markers); exact per-sample variance / N dashed (closed "
-                "form, or exact quadrature for the score function where d <= 9; for the "
-                "mean and optimal baselines their N -> infinity limits).  reparam_sampled_entropy "
-                "equals reparam up to rounding (its line lies under reparam's)."))
+                "gradient components (markers); exact per-sample variance / N dashed where an "
+                "independent reference exists (for the mean and optimal baselines their "
+                "N -> infinity limits).  reparam_sampled_entropy equals reparam up to "
+                "rounding (its line lies under reparam's)."))
             if per["dim"].nunique() > 1:
-                figures.append(("variance_vs_dim.png", _variance_vs_dim(
+                figures.append(("elbo_variance_vs_dim.png", _variance_vs_dim(
                     per, estimators, f"{experiment}: per-sample variance vs dimension"),
                     "N x variance across seeds at the largest N (an estimate of the per-sample "
                     "variance), averaged over components, against the dimension d; exact "
                     "dashed."))
-            cols = [("target", "target", "{}"), ("target_params", "parameters", "{}"),
-                    ("family", "family", "{}"), ("dim", "d", "{:d}"), ("n_samples", "N", "{:d}"),
+            cols = [("point", "problem point", "{}"), ("n_samples", "N", "{:d}"),
                     ("estimator", "estimator", "{}"), ("components", "components", "{:d}"),
                     ("var", "var across seeds (mean)", "{:.4g}"),
                     ("exact_var_n", "exact var / N (mean)", "{:.4g}"),
@@ -231,8 +188,8 @@ def build_elbo_report(run_dir, df: pd.DataFrame) -> Path:
                     ("per_sample", "within-seed var (mean)", "{:.4g}"),
                     ("exact_var", "exact var per sample (mean)", "{:.4g}"),
                     ("max_abs_z", "max |z mean|", "{:.2f}")]
-            tables.append(("Gradient estimates vs exact values (averaged over components)",
-                           _table(per, cols)))
+            tables.append(("ELBO gradient estimates vs exact values (averaged over components)",
+                           html_table(per, cols)))
         if not opt_rows.empty:
             ts = trace_summary(opt_rows)
             ts.to_csv(out / "trace_summary.csv", index=False)
@@ -254,34 +211,15 @@ def build_elbo_report(run_dir, df: pd.DataFrame) -> Path:
                     f"{experiment}: distance to the known optimum", True),
                     "Euclidean distance in parameter space to the known optimum."))
             last = ts[ts["step"] == ts.groupby([*POINT, "estimator"])["step"].transform("max")]
-            cols = [("target", "target", "{}"), ("target_params", "parameters", "{}"),
-                    ("family", "family", "{}"), ("dim", "d", "{:d}"),
-                    ("estimator", "estimator", "{}"),
+            cols = [("point", "problem point", "{}"), ("estimator", "estimator", "{}"),
                     ("step", "final step", "{:d}"),
                     ("elbo_median", "ELBO median", "{:.5g}"), ("elbo_q10", "q10", "{:.5g}"),
                     ("elbo_q90", "q90", "{:.5g}"),
                     ("grad_var_mean_median", "grad var (mean comps)", "{:.4g}"),
                     ("grad_var_max_median", "grad var (max comps)", "{:.4g}"),
                     ("dist_opt_median", "dist to optimum", "{:.3g}")]
-            tables.append(("End of optimisation (medians over seeds)", _table(last, cols)))
+            tables.append(("End of optimisation (medians over seeds)", html_table(last, cols)))
         for name, fig, _ in figures:
-            _save(fig, out / name)
-
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    grid_path = run_dir / "grid.yaml"
-    grid = grid_path.read_text() if grid_path.is_file() else "(grid.yaml not found)"
-    parts = [f"<h1>{html.escape(experiment)}</h1>",
-             f"<p class=\"note\">ELBO study; {df['cell'].nunique()} cells; estimators "
-             f"{html.escape(', '.join(estimators))}; harness {__version__}; created {created}."
-             "</p>", f"<h2>Grid</h2><pre>{html.escape(grid)}</pre>", "<h2>Figures</h2>"]
-    for name, _, caption in figures:
-        parts.append(_img_html(out / name, caption))
-        parts.append(f'<p class="note">{html.escape(caption)}</p>')
-    for title, table in tables:
-        parts.append(f"<h2>{html.escape(title)}</h2>{table}")
-    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
-            f"{html.escape(experiment)}</title><style>{CSS}</style></head><body>"
-            + "".join(parts) + "</body></html>")
-    index = out / "index.html"
-    atomic_write_bytes(index, lambda fh: fh.write(page.encode("utf-8")))
-    return index
+            save_figure(fig, out / name)
+    parts = "".join(f"<h2>{html.escape(title)}</h2>{table}" for title, table in tables)
+    return [(name, caption) for name, _, caption in figures], parts

@@ -1,0 +1,257 @@
+"""Problem kind ``expectation``: the gradient of E_q[f(x)] for a distribution q(x; theta)
+and a cost f(x; k).
+
+Grid part (``problem`` and ``wrt``)::
+
+    problem:
+      kind: expectation            # optional: the default kind
+      distribution: normal         # a family of harness.registry.FAMILIES
+      cost: quadratic              # a cost of harness.registry.COSTS, or a user-written cost
+      mu: 2.0                      # the family's and the cost's parameters; each may be a list
+      sigma: 1.0
+      k: [-3, 0, 3]
+    wrt: [mu, sigma]               # gradient components; default: every family parameter
+
+A cell is one point of the product of the parameter lists and one N.  Its kernel call is
+``harness.backends.<backend>.estimate``; its exact references ``harness.exact.reference``.
+Rows: one per (seed, estimator, component), with a column per problem parameter.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from ruamel.yaml.comments import CommentedMap
+
+from .. import registry
+from ..config import Value, read_numbers, union
+from ..model import Cell, ProblemKind
+from ..results import estimate_columns
+
+NAME = "expectation"
+
+
+def _estimators():
+    return registry.ESTIMATORS
+
+
+# ------------------------------------------------------------------------------- grid part
+
+@dataclass(frozen=True)
+class ExpectationProblem:
+    """The ``problem`` of an expectation grid: ``params`` is ((name, (values, ...)), ...) in
+    family-then-cost order (each list a sweep axis); ``wrt`` the gradient components in the
+    family's order."""
+
+    distribution: str
+    cost: str
+    params: tuple[tuple[str, tuple[float, ...]], ...]
+    wrt: tuple[str, ...]
+
+
+def parse(r, doc, common) -> ExpectationProblem:
+    v = r.entry(doc, "problem", "")
+    m = r.mapping(v, "distribution, cost and their parameters")
+    families, costs = registry.DISTRIBUTIONS, registry.COSTS
+    chosen = {}
+    for key, table, what in (("distribution", families, "distribution"), ("cost", costs, "cost")):
+        if key in m:
+            chosen[key] = r.choice(r.entry(m, key, v.key), table, what)
+
+    # Until both are known, any registered parameter name is plausible.
+    family_params = (families[chosen["distribution"]].params if "distribution" in chosen
+                     else union(d.params for d in families.values()))
+    cost_params = (costs[chosen["cost"]].params if "cost" in chosen
+                   else union(c.params for c in costs.values()))
+
+    def hint(key: str) -> str | None:
+        takers = [n for n, c in costs.items() if key in c.params]
+        if "cost" in chosen and takers:
+            return (f"cost {chosen['cost']} takes no {key}; "
+                    f"remove it or use cost: {' or '.join(takers)}")
+        return None
+
+    r.reject_unknown(m, v.key, ("kind", "distribution", "cost") + tuple(family_params)
+                     + tuple(cost_params), hint)
+    for key, table in (("distribution", families), ("cost", costs)):
+        if key not in chosen:
+            r.missing(v, key, fix=f"add '{key}: <name>' with one of: {', '.join(table)}")
+
+    family, cost = families[chosen["distribution"]], costs[chosen["cost"]]
+    params = []
+    for p in family.params + cost.params:
+        if p not in m:
+            r.missing(v, p, fix=f"add '{p}: <number>' (or a list of numbers)")
+        positive = p in family.positive or p in cost.positive
+        fix = (f"{p} is a scale: use a positive value" if p in family.positive
+               else f"cost {cost.name} needs {p} > 0")
+        params.append((p, read_numbers(r, m, p, v, positive=positive, fix=fix)))
+
+    wrt = family.components
+    if "wrt" in doc:
+        wv = r.entry(doc, "wrt", "")
+        items = r.items(wv, "gradient component")
+        names = [r.choice(item, family.components, "gradient component") for item in items]
+        r.no_duplicates(items, names, "component")
+        # Canonical (family) order, so [sigma, mu] and [mu, sigma] are the same cell.
+        wrt = tuple(c for c in family.components if c in names)
+
+    _check_estimators(r, doc, common["estimators"], cost)
+    if not common["n_samples"]:
+        r.missing(Value(doc, 1, ""), "n_samples")
+    return ExpectationProblem(family.name, cost.name, tuple(params), tuple(wrt))
+
+
+def _check_estimators(r, doc, estimators, cost) -> None:
+    """Reject an estimator that cannot work with this cost, at its line in the file."""
+    if not isinstance(doc.get("estimators"), (list, CommentedMap, str)):
+        return
+    items = r.items(r.entry(doc, "estimators", ""), "estimator")
+    for item, spec in zip(items, estimators):
+        if registry.ESTIMATORS[spec.name].needs_derivative and cost.derivative is None:
+            usable = [n for n, e in registry.ESTIMATORS.items() if not e.needs_derivative]
+            smooth = [n for n, c in registry.COSTS.items() if c.derivative is not None]
+            r.fail(f"{spec.name} needs the derivative of the cost, but cost {cost.name} is "
+                   f"not differentiable", item.line, item.key,
+                   fix=f"use {', '.join(usable)}, or a differentiable cost "
+                       f"({', '.join(smooth)})")
+
+
+def describe(grid) -> str:
+    p = grid.problem
+    cells = math.prod(len(values) for _, values in p.params) * len(grid.n_samples)
+    params = " ".join(f"{name}={_values(values)}" for name, values in p.params)
+    return (f"{cells} cells; {p.distribution}/{p.cost} {params}; wrt {','.join(p.wrt)}; "
+            f"N={_values(grid.n_samples)}")
+
+
+def _values(values) -> str:
+    text = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    if len(text) > 6:
+        text = text[:3] + ["..."] + text[-2:]
+    return text[0] if len(text) == 1 else "[" + ",".join(text) + "]"
+
+
+# ----------------------------------------------------------------------------- expansion
+
+def cells(grid) -> list[Cell]:
+    """One cell per point of ``product(*param values) x n_samples``, N varying fastest, in
+    the grid's order.  Duplicate points give one cell."""
+    p = grid.problem
+    names = [name for name, _ in p.params]
+    out, seen = [], set()
+    for values in itertools.product(*(vals for _, vals in p.params)):
+        point = {"distribution": p.distribution, "cost": p.cost,
+                 "params": {n: float(x) for n, x in zip(names, values)}, "wrt": list(p.wrt)}
+        for n in grid.n_samples:
+            cell = Cell(NAME, grid.name, point, grid.estimators, n, grid.seeds, grid.backend)
+            if cell.id not in seen:
+                seen.add(cell.id)
+                out.append(cell)
+    return out
+
+
+def point_label(point) -> str:
+    """``normal, quadratic: mu=2, sigma=1, k=0.5``."""
+    params = ", ".join(f"{n}={x:g}" for n, x in point["params"].items())
+    return f"{point['distribution']}, {point['cost']}: {params}"
+
+
+# ---------------------------------------------------------------------------- computation
+
+def compute(cell: Cell) -> dict:
+    """Run the backend kernel on one cell and attach the exact references."""
+    from ..exact import reference
+
+    point = cell.point
+    backend = importlib.import_module(f"harness.backends.{cell.backend}")
+    wrt = tuple(point["wrt"])
+    start = time.perf_counter()
+    p = point["params"]  # TEMP: old backend signature until the axes branch lands
+    est, var = backend.estimate(point["distribution"], point["cost"], list(cell.estimators),
+                                wrt, p["mu"], p["sigma"], p.get("k", 0.0), cell.n_samples,
+                                np.asarray(cell.seeds, dtype=np.int64))
+    seconds = time.perf_counter() - start
+    refs = [[reference(e.label, comp, point["cost"], p["mu"], p["sigma"], p.get("k", 0.0))
+             for comp in wrt] for e in cell.estimators]
+    columns = estimate_columns(
+        cell, components=wrt, estimate=est, sample_var=var,
+        exact_grad=[[g for g, _, _ in row] for row in refs],
+        exact_var=[[v for _, v, _ in row] for row in refs],
+        exact_source=[[s for _, _, s in row] for row in refs],
+        evals_per_sample=[registry.resolve(e).evals_per_sample for e in cell.estimators])
+    n = len(columns["estimator"])
+    columns.update({"distribution": [point["distribution"]] * n, "cost": [point["cost"]] * n,
+                    "point": [point_label(point)] * n, "seconds": np.full(n, seconds)})
+    for name in parameter_columns():
+        columns[name] = np.full(n, point["params"].get(name, math.nan))
+    return columns
+
+
+def parameter_columns() -> tuple[str, ...]:
+    """Every registered family and cost parameter: one float64 results column each (NaN
+    where a cell's problem has no such parameter)."""
+    return union([d.params for d in registry.DISTRIBUTIONS.values()]
+                 + [c.params for c in registry.COSTS.values()])
+
+
+# -------------------------------------------------------------------------------- report
+
+def report_section(df, summary, out_dir):
+    """The variance study against a swept parameter (Mohamed et al. 2020, Section 3), when
+    a run sweeps more points than the common page draws as panels."""
+    from ..report import MAX_FACET_POINTS
+    from ..report_study import study_section
+
+    rows = df[df["problem"] == NAME]
+    if rows["point"].nunique() <= MAX_FACET_POINTS:
+        return [], ""
+    return study_section(rows, out_dir)
+
+
+def listing() -> list[str]:
+    lines = ["distributions:"]
+    for name, d in registry.DISTRIBUTIONS.items():
+        lines.append(f"  {name:16} params: {', '.join(d.params)}; "
+                     f"components: {', '.join(d.components)}  {d.description}")
+    lines.append("costs:")
+    for name, c in registry.COSTS.items():
+        params = ", ".join(c.params) if c.params else "-"
+        diff = "differentiable" if c.derivative is not None else "not differentiable"
+        lines.append(f"  {name:16} params: {params}; {diff}  {c.description}")
+    lines.append("estimators:")
+    for name, e in registry.ESTIMATORS.items():
+        options = getattr(e, "options", {}) or {}
+        opt = "".join(f"; option {k}: {'|'.join(map(registry.option_text, v))}"
+                      for k, v in options.items())
+        lines.append(f"  {name:16} needs_derivative: {str(e.needs_derivative).lower()}; "
+                     f"evals_per_sample: {e.evals_per_sample}{opt}  {e.description}")
+    return lines
+
+
+def _columns() -> tuple:
+    return (pa.field("cost", pa.string()),
+            *(pa.field(name, pa.float64()) for name in parameter_columns()))
+
+
+KIND = ProblemKind(
+    name=NAME,
+    description="d/dtheta E_q[f(x)] for a distribution q(x; theta) and a cost f(x; k)",
+    estimators=registry.ESTIMATORS,
+    top_level_keys=("wrt",),
+    backends=("cpu", "cuda"),
+    parse=parse,
+    describe=describe,
+    cells=cells,
+    compute=compute,
+    report_section=report_section,
+    listing=listing,
+    columns=_columns(),
+    sweep_columns=parameter_columns(),
+)

@@ -1,0 +1,152 @@
+"""The model of a study that every layer shares: a grid, its cells, and the problem kinds.
+
+A *study* is a grid file.  Its ``problem`` names a **problem kind** (``kind: expectation``,
+the default: the gradient of E_q[f(x)] for a distribution q and a cost f; ``kind: elbo``: the
+gradient of an ELBO for a variational family and a target), and the common keys say which
+estimators, sample sizes N, seeds and backend to run.  The pipeline is the same for every
+kind and knows none of them by name::
+
+    grid.yaml --config.load_grid--> Grid --kind.cells--> [Cell]
+    Cell --kind.compute--> result columns --results.cell_table--> one Parquet file per cell
+    results/ --report.build_report--> one HTML page (common sections + the kind's section)
+
+A kind is a :class:`ProblemKind` record registered in :data:`harness.kinds.KINDS`; it owns
+its part of the grid schema, its cell expansion, its kernel call and exact references, its
+result columns and its report section.  Distribution families, costs / targets and
+estimators are the kind's own plug-ins (``harness.registry`` for the expectation kind,
+``harness.vi`` for the ELBO kind).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import registry
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """An estimator by registry name, with its options sorted by option name."""
+
+    name: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``"score_function"`` or ``"score_function[baseline=mean]"`` (results column)."""
+        return registry.label(self.name, self.options)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "options": {str(k): v for k, v in self.options},
+                "label": self.label}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid file: the common keys, and the kind's own ``problem`` spec."""
+
+    kind: str                              # a key of harness.kinds.KINDS
+    name: str
+    path: Path
+    source_text: str                       # the YAML as read (copied to the run directory)
+    problem: Any                           # the kind's frozen problem spec
+    estimators: tuple[EstimatorSpec, ...]
+    n_samples: tuple[int, ...]             # may be () where the kind does not need N
+    seeds: tuple[int, ...]
+    backend: str
+
+
+def config_id(config: dict) -> str:
+    """First 16 hex digits of the sha256 of a configuration's canonical JSON."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, eq=False)
+class Cell:
+    """One unit of work: a problem point, a sample size, every estimator and every seed.
+
+    ``point`` is the kind's resolved problem point in plain JSON types (it is stored in the
+    result file's metadata and hashed into ``id``); ``samples`` is the number of draws the
+    cell computes (for progress and summaries; not part of the id).  All estimators of a cell
+    see the same random numbers (common random numbers).
+    """
+
+    kind: str
+    experiment: str
+    point: Mapping[str, Any]
+    estimators: tuple
+    n_samples: int
+    seeds: tuple
+    backend: str = "cpu"
+    samples: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "n_samples", int(self.n_samples))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "estimators", tuple(self.estimators))
+        if not self.samples:
+            object.__setattr__(self, "samples", self.n_samples * len(self.seeds))
+
+    def to_dict(self) -> dict:
+        """The resolved configuration: plain JSON types, stored in the file metadata."""
+        return {
+            "experiment": self.experiment,
+            "problem": self.kind,
+            **self.point,
+            "estimators": [e.to_dict() for e in self.estimators],
+            "n_samples": self.n_samples,
+            "seeds": list(self.seeds),
+            "backend": self.backend,
+        }
+
+    @property
+    def id(self) -> str:
+        return config_id(self.to_dict())
+
+    def __eq__(self, other):
+        return isinstance(other, Cell) and self.id == other.id
+
+    def __hash__(self):
+        return hash(self.id)
+
+
+@dataclass(frozen=True)
+class ProblemKind:
+    """A problem kind: everything the pipeline asks of one, as plain functions.
+
+    ``parse(reader, doc, common) -> problem spec``: read ``doc["problem"]`` and the kind's
+        own top-level keys (``top_level_keys``) with the ``harness.config.Reader`` (every
+        error one line with file, line, key and fix); ``common`` holds the common keys
+        already read (``estimators``, ``n_samples``, ``seeds``, ``backend``).  Also checks
+        what only the kind knows (an estimator that cannot work with this problem).
+    ``describe(grid) -> str``: what the grid would run, for ``harness validate``.
+    ``cells(grid) -> list[Cell]``: the expansion, in a deterministic order.
+    ``compute(cell) -> dict``: run the cell; result columns (name -> one value per row) as
+        ``harness.results.estimate_columns`` builds them, plus the kind's own columns.
+    ``columns``: the kind's own result columns (``pyarrow.Field``s), part of the schema.
+    ``report_section(df, summary, out_dir) -> list[(title, html)]``: the kind's part of
+        the report page (figures embedded), from stored results only.
+    ``listing() -> list[str]``: lines for ``harness list``.
+    """
+
+    name: str
+    description: str
+    estimators: Mapping[str, Any]          # name -> record with ``options`` (option -> values)
+    top_level_keys: tuple[str, ...]
+    backends: tuple[str, ...]
+    parse: Callable
+    describe: Callable
+    cells: Callable
+    compute: Callable
+    report_section: Callable
+    listing: Callable
+    columns: tuple = field(default_factory=tuple)
+    # numeric columns a study may sweep (drawn against in the report)
+    sweep_columns: tuple[str, ...] = ()
