@@ -160,7 +160,8 @@ def _optimal_elbo(pt) -> float:
     from .targets import TARGETS
 
     params = {}
-    for part in (pt["target_params"] or "").split():
+    label = pt["target_params"] if isinstance(pt["target_params"], str) else ""
+    for part in label.split():
         key, sep, value = part.partition("=")
         if not sep:
             return math.nan
