@@ -35,6 +35,10 @@ The three 1-D moments E[h(a)], E[h'(a)], E[h''(a)] of each a_n ~ N(m, sd^2):
   the tails are < 5e-18), each by LEGENDRE_NODES (200) Gauss-Legendre nodes (measured
   error < 1.5e-13 against adaptive quadrature for sd in [0.5, 200]).
 
+Checked in tests/test_vi_logistic_exact.py: the moments against adaptive quadrature, the
+gradient against central differences of this ELBO (max |fd - grad| 1.9e-8 at N(0, I),
+where |grad| reaches 218; 1e-9 near the optimum) and against a NumPy Monte Carlo.
+
 Minibatches (``batch: B``) do not change these values: the minibatch target is an
 unbiased estimate of the full-data log g, so the exact ELBO and gradient are the
 full-data ones.
@@ -48,7 +52,10 @@ polynomial moments for the scale components), which the 1-D reduction does not g
 Optimum: L-BFGS (``scipy.optimize.minimize``, L-BFGS-B) on the exact -ELBO and its exact
 gradient; diag in theta = (mu, log_sigma) from N(0, I); full in (mu, L with log-diagonal)
 from the diag optimum.  Cached per family (the data are fixed).  Measured (shipped data,
-N(0, I) prior): ELBO* = -67.4634 (diag), see ``optimum`` for the full family.
+N(0, I) prior): diag ELBO* = -67.463367, max |grad| there 7e-8, |mu*| = 4.687,
+max_i |mu*_i| = 1.585, sigma* in [0.278, 0.659]; full ELBO* = -55.465137, max |grad| 1.5e-7,
+|mu*| = 4.366, diag(L*) in [0.281, 0.892].  The gradient at the optimum is at the rounding
+level of the quadrature sums (|ELBO| ~ 67), where L-BFGS's line search stops.
 """
 
 from __future__ import annotations
@@ -218,7 +225,10 @@ def shipped() -> LogisticELBO:
 
 @cache
 def _optimum(family: int):
-    mu, C, res = shipped().optimum(family)
+    if family == F_DIAG:
+        mu, C, res = shipped().optimum(F_DIAG)
+    else:
+        mu, C, res = shipped()._fit_full(*_optimum(F_DIAG)[:2])
     mu.setflags(write=False)
     C.setflags(write=False)
     return mu, C, float(-res.fun)
