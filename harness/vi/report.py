@@ -129,7 +129,42 @@ def trace_summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns=lambda c: c.replace("elbo_shown", "elbo"))
 
 
-def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, log: bool):
+def _optimal_elbo(pt) -> float:
+    """ELBO* of a point's target and family, recomputed from the target's exact optimum
+    (NaN where the target has none or its parameters are not in the label, e.g. an
+    explicit mean and cov)."""
+    from .families import FAMILIES
+    from .targets import TARGETS
+
+    params = {}
+    label = pt["target_params"] if isinstance(pt["target_params"], str) else ""
+    for part in label.split():
+        key, sep, value = part.partition("=")
+        if not sep:
+            return math.nan
+        for cast in (int, float, str):
+            try:
+                params[key] = cast(value)
+                break
+            except ValueError:
+                pass
+    target = TARGETS.get(pt["target"])
+    family = FAMILIES.get(pt["family"])
+    if target is None or family is None:
+        return math.nan
+    try:
+        data = target.build(params, int(pt["dim"]))
+    except (KeyError, ValueError, TypeError):
+        return math.nan
+    if data.optimum is None or data.exact_elbo is None:
+        return math.nan
+    return float(data.exact_elbo(family.code, *data.optimum(family.code)))
+
+
+def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, log: bool,
+                  optimum: bool = False):
+    """``optimum``: draw each point's ELBO* (``_optimal_elbo``) as a dashed line and zoom
+    the y axis onto the approach to it."""
     points = ts[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
     fig, axes = _figure(len(points))
     pal = palette(estimators)
@@ -142,6 +177,13 @@ def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, lo
             ax.plot(s["step"], s[f"{col}_median"], color=pal[e], label=e, lw=1.4)
             ax.fill_between(s["step"], s[f"{col}_q10"], s[f"{col}_q90"], color=pal[e],
                             alpha=0.2, lw=0)
+        best = _optimal_elbo(pt) if optimum else math.nan
+        if math.isfinite(best):
+            ax.axhline(best, color="black", ls="--", lw=1, label=f"ELBO* = {best:.6g}")
+            final = sel[sel["step"] == sel["step"].max()][f"{col}_q10"]
+            gap = float(np.nanmax(best - final)) if final.notna().any() else 0.0
+            span = max(5.0 * gap, 1.0)
+            ax.set_ylim(best - span, best + 0.15 * span)
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("step")
@@ -195,10 +237,12 @@ def section(df: pd.DataFrame, summary: pd.DataFrame, out: Path):
             ts.to_csv(out / "trace_summary.csv", index=False)
             figures.append(("elbo_vs_step.png", _trace_figure(
                 ts, "elbo", "ELBO (exact where known)", estimators,
-                f"{experiment}: ELBO during optimisation", False),
+                f"{experiment}: ELBO during optimisation", False, optimum=True),
                 "ELBO at the recorded steps: median over seeds (line) and 10-90% band; the "
                 "exact ELBO of the current q where the target has a closed form, otherwise "
-                "the estimate from the recorded fresh samples."))
+                "the estimate from the recorded fresh samples.  Where the target's exact "
+                "optimum is known, its ELBO* is the dashed line (recomputed from the target) "
+                "and the y axis is zoomed onto the approach to it."))
             figures.append(("grad_var_vs_step.png", _trace_figure(
                 ts, "grad_var_mean", "grad variance per sample (mean comps)",
                 estimators, f"{experiment}: gradient variance during optimisation", True),
