@@ -164,8 +164,9 @@ def test_run_and_report_end_to_end(tmp_path):
 
 def test_estimate_columns_match_the_library(tmp_path):
     """The stored estimates are exactly the library's (same seeds, same streams)."""
-    from harness.vi import api
     from harness.vi.runner import expand_cells
+
+    from harness.vi import api
 
     text = SMALL.replace("mode: [estimate, optimize]", "mode: estimate")
     text = "\n".join(line for line in text.splitlines() if not line.startswith("optimizer"))

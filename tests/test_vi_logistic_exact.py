@@ -234,19 +234,17 @@ def test_trace_records_distance_to_the_optimum():
     assert tr["exact_elbo"][:, 0] == pytest.approx(api.exact_elbo(p))
 
 
-def test_report_trace_figure_draws_the_optimal_elbo():
-    """The ELBO trace figure's dashed ELBO* line: recomputed from the target per point."""
-    import pandas as pd
+def test_optimal_elbo_column_is_the_targets_optimum():
+    """The ELBO kind records ELBO* (the report's dashed line in the ELBO trace figure) from
+    the target's exact optimum: the logistic-regression optimum, 0 for a gaussian target
+    (q = target), NaN where the target knows no optimum."""
+    from harness.kinds.elbo import optimal_elbo
 
-    from harness.vi import report
+    def at(target, family, params, dim):
+        return api.Problem.make(target, family, params, dim=dim)
 
-    def pt(target, family, dim, label):
-        return pd.Series({"target": target, "family": family, "dim": dim,
-                          "target_params": label})
-
-    assert report._optimal_elbo(pt("logistic_regression", "diag", D, "batch=32")) == \
+    assert optimal_elbo(at("logistic_regression", "diag", {"batch": 32}, D)) == \
         pytest.approx(le.optimal_elbo(le.F_DIAG), abs=1e-12)
-    assert report._optimal_elbo(pt("gaussian", "full", 3, "target_seed=3")) == \
+    assert optimal_elbo(at("gaussian", "full", {"target_seed": 3}, 3)) == \
         pytest.approx(0.0, abs=1e-12)
-    assert math.isnan(report._optimal_elbo(pt("gaussian", "full", 3, "mean,cov given")))
-    assert math.isnan(report._optimal_elbo(pt("ripple", "diag", 2, "a=1 omega=3")))
+    assert math.isnan(optimal_elbo(at("ripple", "diag", {"a": 1.0, "omega": 3.0}, 2)))

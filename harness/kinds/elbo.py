@@ -119,6 +119,7 @@ def compute(cell: Cell) -> dict:
         }
         for key in ("elbo", "exact_elbo", "dist_opt", "grad_var_mean", "grad_var_max"):
             columns[key] = trace[key].ravel()
+        columns["optimal_elbo"] = np.full(n, optimal_elbo(problem))
     n = len(columns["estimator"])
     point = cell.point
     columns.update({
@@ -129,6 +130,15 @@ def compute(cell: Cell) -> dict:
         "seconds": np.full(n, time.perf_counter() - start),
     })
     return columns
+
+
+def optimal_elbo(problem: api.Problem) -> float:
+    """ELBO* = the exact ELBO at the target's exact optimum for the family (NaN where the
+    target knows neither)."""
+    target, code = problem.target, problem.family.code
+    if target.optimum is None or target.exact_elbo is None:
+        return float("nan")
+    return float(target.exact_elbo(code, *target.optimum(code)))
 
 
 # -------------------------------------------------------------------------------- report
@@ -175,6 +185,7 @@ KIND = ProblemKind(
         pa.field("elbo", pa.float64()),                       # MC estimate of the ELBO
         pa.field("exact_elbo", pa.float64()),                 # closed form, NaN if unknown
         pa.field("dist_opt", pa.float64()),                   # |theta - theta*|, NaN if unknown
+        pa.field("optimal_elbo", pa.float64()),               # ELBO* at the optimum, if known
         pa.field("grad_var_mean", pa.float64()),              # per-sample gradient variance,
         pa.field("grad_var_max", pa.float64()),               # mean / max over components
     ),

@@ -298,7 +298,7 @@ def _read_q(r, m, v: Value, families, dims, tname) -> QSpec:
     qv = r.entry(m, "q", v.key)
     if isinstance(qv.value, str):
         kind = r.choice(qv, ("standard", "optimum"), "q")
-        if kind == "optimum" and tname != "gaussian":
+        if kind == "optimum" and not TARGETS[tname].has_optimum:
             r.fail(f"target {tname} has no known optimum", qv.line, qv.key,
                    fix="use q: standard or give mu and the scale")
         return QSpec(kind)

@@ -126,45 +126,16 @@ def trace_summary(df: pd.DataFrame) -> pd.DataFrame:
         for name, p in q.items():
             parts.append(g.quantile(p).rename(f"{col}_{name}"))
     out = pd.concat(parts, axis=1).reset_index()
+    # ELBO* of each point (NaN where the target knows no optimum), for the ELBO figure
+    best = df.groupby("point", sort=False)["optimal_elbo"].first()
+    out["optimal_elbo"] = out["point"].map(best)
     return out.rename(columns=lambda c: c.replace("elbo_shown", "elbo"))
-
-
-def _optimal_elbo(pt) -> float:
-    """ELBO* of a point's target and family, recomputed from the target's exact optimum
-    (NaN where the target has none or its parameters are not in the label, e.g. an
-    explicit mean and cov)."""
-    from .families import FAMILIES
-    from .targets import TARGETS
-
-    params = {}
-    label = pt["target_params"] if isinstance(pt["target_params"], str) else ""
-    for part in label.split():
-        key, sep, value = part.partition("=")
-        if not sep:
-            return math.nan
-        for cast in (int, float, str):
-            try:
-                params[key] = cast(value)
-                break
-            except ValueError:
-                pass
-    target = TARGETS.get(pt["target"])
-    family = FAMILIES.get(pt["family"])
-    if target is None or family is None:
-        return math.nan
-    try:
-        data = target.build(params, int(pt["dim"]))
-    except (KeyError, ValueError, TypeError):
-        return math.nan
-    if data.optimum is None or data.exact_elbo is None:
-        return math.nan
-    return float(data.exact_elbo(family.code, *data.optimum(family.code)))
 
 
 def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, log: bool,
                   optimum: bool = False):
-    """``optimum``: draw each point's ELBO* (``_optimal_elbo``) as a dashed line and zoom
-    the y axis onto the approach to it."""
+    """``optimum``: draw each point's ELBO* (the ``optimal_elbo`` column) as a dashed line
+    and zoom the y axis onto the approach to it."""
     points = ts[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
     fig, axes = _figure(len(points))
     pal = palette(estimators)
@@ -177,7 +148,7 @@ def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, lo
             ax.plot(s["step"], s[f"{col}_median"], color=pal[e], label=e, lw=1.4)
             ax.fill_between(s["step"], s[f"{col}_q10"], s[f"{col}_q90"], color=pal[e],
                             alpha=0.2, lw=0)
-        best = _optimal_elbo(pt) if optimum else math.nan
+        best = float(sel["optimal_elbo"].iloc[0]) if optimum else math.nan
         if math.isfinite(best):
             ax.axhline(best, color="black", ls="--", lw=1, label=f"ELBO* = {best:.6g}")
             final = sel[sel["step"] == sel["step"].max()][f"{col}_q10"]
@@ -241,7 +212,7 @@ def section(df: pd.DataFrame, summary: pd.DataFrame, out: Path):
                 "ELBO at the recorded steps: median over seeds (line) and 10-90% band; the "
                 "exact ELBO of the current q where the target has a closed form, otherwise "
                 "the estimate from the recorded fresh samples.  Where the target's exact "
-                "optimum is known, its ELBO* is the dashed line (recomputed from the target) "
+                "optimum is known, its ELBO* is the dashed line (the optimal_elbo column) "
                 "and the y axis is zoomed onto the approach to it."))
             figures.append(("grad_var_vs_step.png", _trace_figure(
                 ts, "grad_var_mean", "grad variance per sample (mean comps)",

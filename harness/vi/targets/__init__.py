@@ -37,6 +37,7 @@ class Target:
     build: Callable              # (params: dict, dim: int | None) -> TargetData
     fixed_dim: int | None = None
     description: str = ""
+    has_optimum: bool = False    # its TargetData knows the exact optimum (``q: optimum``)
 
 
 from . import banana, gaussian, logistic_regression, ripple  # noqa: E402

@@ -92,4 +92,5 @@ def build(params: dict, dim) -> TargetData:
 
 
 TARGET = Target("gaussian", kernels.T_GAUSSIAN, ("mean", "cov", "target_seed", "dim"), build,
-                description="N(mean, cov): closed-form ELBO, gradient and variances")
+                description="N(mean, cov): closed-form ELBO, gradient and variances",
+                has_optimum=True)

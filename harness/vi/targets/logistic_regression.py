@@ -69,4 +69,5 @@ def build(params: dict, dim=None) -> TargetData:
 
 
 TARGET = Target("logistic_regression", kernels.T_LOGISTIC, ("batch",), build, fixed_dim=DIM,
-                description="Bayesian logistic regression, breast cancer data (569 x 31)")
+                description="Bayesian logistic regression, breast cancer data (569 x 31)",
+                has_optimum=True)
