@@ -464,7 +464,8 @@ def build_report(run_dir) -> Path:
 
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (*out.glob("*.png"), *out.glob("study_*")):  # of an earlier report
+    # of an earlier report (a set: study_*.png matches both patterns)
+    for stale in {*out.glob("*.png"), *out.glob("study_*")}:
         stale.unlink()
 
     figures, tables = [], []
