@@ -134,8 +134,13 @@ def _points(summary: pd.DataFrame) -> pd.DataFrame:
     points = summary[POINT_COLUMNS + sweep].drop_duplicates(POINT_COLUMNS).reset_index(drop=True)
     varying = [c for c in sweep if points[c].nunique(dropna=False) > 1]
 
+    # Short labels from the swept values only where they tell the points apart (a grid may
+    # also sweep values that are not columns, e.g. an ELBO's family or target seed).
+    short = (bool(varying) and points["problem"].nunique() == 1
+             and not points.duplicated(varying).any())
+
     def label(row) -> str:
-        if varying and points["problem"].nunique() == 1:
+        if short:
             return ", ".join(_fmt_param(c, row[c]) for c in varying)
         return row["point"]
 
@@ -561,9 +566,12 @@ def _estimate_figures(summary, experiment: str, out: Path):
         for _, point in points.iterrows():
             at_point = summary[_select(summary, point)]
             for comp in components:
+                rows = at_point[at_point["param"] == comp]
+                if rows.empty:      # not a component of this point (an ELBO of lower dim)
+                    continue
                 title = f"gradient wrt {comp}"
                 if len(points) > 1:
                     title += f"; {point['label']}"
                 parts.append(f"<h3>{html.escape(title)}</h3>")
-                parts.append(_table_html(at_point[at_point["param"] == comp], []))
+                parts.append(_table_html(rows, []))
     return [(name, caption) for name, _, caption in figures], parts
