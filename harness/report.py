@@ -134,18 +134,20 @@ def _points(summary: pd.DataFrame) -> pd.DataFrame:
     points = summary[POINT_COLUMNS + sweep].drop_duplicates(POINT_COLUMNS).reset_index(drop=True)
     varying = [c for c in sweep if points[c].nunique(dropna=False) > 1]
 
-    # Short labels from the swept values only where they tell the points apart (a grid may
-    # also sweep values that are not columns, e.g. an ELBO's family or target seed).
-    short = (bool(varying) and points["problem"].nunique() == 1
-             and not points.duplicated(varying).any())
+    # Short labels (and figures against a swept value) only where the swept values tell the
+    # points apart (a grid may also sweep values that are not columns, e.g. an ELBO's family
+    # or target seed).
+    identified = (bool(varying) and points["problem"].nunique() == 1
+                  and not points.duplicated(varying).any())
 
     def label(row) -> str:
-        if short:
+        if identified:
             return ", ".join(_fmt_param(c, row[c]) for c in varying)
         return row["point"]
 
     points["label"] = [label(row) for _, row in points.iterrows()]
     points.attrs["varying"] = varying
+    points.attrs["identified"] = identified
     return points
 
 
@@ -514,7 +516,9 @@ def _estimate_figures(summary, experiment: str, out: Path):
     components = list(dict.fromkeys(summary["param"]))
     estimators = list(dict.fromkeys(summary["estimator"]))
     seeds = int(summary["seeds"].max())
-    sweep = len(points) > MAX_FACET_POINTS
+    # Many points against their swept value, if the swept values tell them apart; else
+    # one row of panels per point.
+    sweep = len(points) > MAX_FACET_POINTS and points.attrs["identified"]
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
         if len(components) > MAX_FACET_COMPONENTS:
             figures = []

@@ -215,3 +215,21 @@ def test_exact_optimal_baseline_where_infeasible_is_a_config_error(problem, extr
         parse_grid(grid, "g.yaml")
     msg = str(err.value)
     assert "estimators[1]" in msg and words in msg and "\n" not in msg, msg
+
+
+def test_report_of_many_points_that_no_numeric_column_tells_apart(tmp_path):
+    """7 target seeds at one dim: more points than the page draws as panels by default, but
+    no numeric column to draw them against.  The report shows every point, one per row."""
+    from harness.report import build_report
+    from harness.runner import run_grid
+
+    seeds = list(range(1, 8))
+    grid = parse_grid(f"problem: {{kind: elbo, target: gaussian, target_seed: {seeds}, "
+                      "dim: 1, family: diag}\nestimators: [reparam]\nn_samples: [10, 20]\n"
+                      "seeds: 3\n", tmp_path / "g.yaml")
+    run_grid(grid, tmp_path, progress=False)
+    page = build_report(tmp_path).read_text()
+    assert re.findall(r'data-file="([^"]+)"', page)[:2] == ["variance_vs_n.png", "mean_vs_n.png"]
+    titles = re.findall(r"<h3>([^<]*)</h3>", page.split("Seed-000 table")[1])
+    assert titles == [f"gradient wrt {c}; gaussian, diag, d=1: target_seed={s}"
+                      for s in seeds for c in ("mu[0]", "log_sigma[0]")]
