@@ -134,13 +134,20 @@ def _points(summary: pd.DataFrame) -> pd.DataFrame:
     points = summary[POINT_COLUMNS + sweep].drop_duplicates(POINT_COLUMNS).reset_index(drop=True)
     varying = [c for c in sweep if points[c].nunique(dropna=False) > 1]
 
+    # Short labels (and figures against a swept value) only where the swept values tell the
+    # points apart (a grid may also sweep values that are not columns, e.g. an ELBO's family
+    # or target seed).
+    identified = (bool(varying) and points["problem"].nunique() == 1
+                  and not points.duplicated(varying).any())
+
     def label(row) -> str:
-        if varying and points["problem"].nunique() == 1:
+        if identified:
             return ", ".join(_fmt_param(c, row[c]) for c in varying)
         return row["point"]
 
     points["label"] = [label(row) for _, row in points.iterrows()]
     points.attrs["varying"] = varying
+    points.attrs["identified"] = identified
     return points
 
 
@@ -464,7 +471,8 @@ def build_report(run_dir) -> Path:
 
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (*out.glob("*.png"), *out.glob("study_*")):  # of an earlier report
+    # of an earlier report (a set: study_*.png matches both patterns)
+    for stale in {*out.glob("*.png"), *out.glob("study_*")}:
         stale.unlink()
 
     figures, tables = [], []
@@ -508,7 +516,9 @@ def _estimate_figures(summary, experiment: str, out: Path):
     components = list(dict.fromkeys(summary["param"]))
     estimators = list(dict.fromkeys(summary["estimator"]))
     seeds = int(summary["seeds"].max())
-    sweep = len(points) > MAX_FACET_POINTS
+    # Many points against their swept value, if the swept values tell them apart; else
+    # one row of panels per point.
+    sweep = len(points) > MAX_FACET_POINTS and points.attrs["identified"]
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
         if len(components) > MAX_FACET_COMPONENTS:
             figures = []
@@ -560,9 +570,12 @@ def _estimate_figures(summary, experiment: str, out: Path):
         for _, point in points.iterrows():
             at_point = summary[_select(summary, point)]
             for comp in components:
+                rows = at_point[at_point["param"] == comp]
+                if rows.empty:      # not a component of this point (an ELBO of lower dim)
+                    continue
                 title = f"gradient wrt {comp}"
                 if len(points) > 1:
                     title += f"; {point['label']}"
                 parts.append(f"<h3>{html.escape(title)}</h3>")
-                parts.append(_table_html(at_point[at_point["param"] == comp], []))
+                parts.append(_table_html(rows, []))
     return [(name, caption) for name, _, caption in figures], parts

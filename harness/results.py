@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import ResultsError
+from .model import config_id
 
 # 3: one model of a study (problem kinds): ``problem`` holds the kind (``expectation`` for
 #    the former ``gaussian_cost``), ``distribution`` the family for every kind (ELBO: diag |
@@ -197,6 +198,14 @@ def _upgrade_v2(df):
     return pa.Table.from_pandas(df[fields.names], schema=fields, preserve_index=False)
 
 
+def _upgrade_v2_config(config: dict) -> dict:
+    """A version-2 file's cell configuration in version-3 terms, i.e. the configuration (and
+    so the id) of the cell that recomputes it: only the kind's name changed
+    (``gaussian_cost`` -> ``expectation``); ELBO cells kept their configuration and id."""
+    problem = config.get("problem")
+    return {**config, "problem": "expectation" if problem == "gaussian_cost" else problem}
+
+
 def _fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable.  Not possible on every platform (e.g. Windows).
     try:
@@ -275,6 +284,26 @@ def finished_cells(run_dir) -> set[str]:
     if not results.is_dir():
         return set()
     return {p.stem for p in _result_files(results) if _schema_version(p) == SCHEMA_VERSION}
+
+
+def superseded_files(run_dir) -> dict[str, Path]:
+    """Files of an older readable schema version whose cell has another id today, keyed by
+    that id.  Rerunning the grid computes that cell into ``<id>.parquet``; the runner then
+    removes the old file, which would otherwise hold a second copy of the cell's rows."""
+    results = _results_dir(run_dir)
+    out = {}
+    for path in _result_files(results) if results.is_dir() else []:
+        version = _schema_version(path)
+        if version == SCHEMA_VERSION or version not in READABLE_VERSIONS:
+            continue
+        try:
+            config = json.loads(file_metadata(path)[META_CELL])
+        except (KeyError, ValueError, OSError, pa.ArrowException):
+            continue
+        cell_id = config_id(_upgrade_v2_config(config))
+        if cell_id != path.stem:
+            out[cell_id] = path
+    return out
 
 
 def read_results(run_dir):

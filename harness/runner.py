@@ -21,7 +21,14 @@ from .errors import BackendError
 from .kinds import KINDS
 from .model import Cell, config_id
 from .registry import BACKENDS
-from .results import atomic_write_bytes, cell_table, finished_cells, temp_files, write_cell
+from .results import (
+    atomic_write_bytes,
+    cell_table,
+    finished_cells,
+    superseded_files,
+    temp_files,
+    write_cell,
+)
 
 __all__ = ["Cell", "RunSummary", "compute_cell", "config_id", "expand_cells", "run_grid"]
 
@@ -124,13 +131,21 @@ def run_grid(grid, out_dir, force: bool = False, progress=None) -> RunSummary:
     done = set() if force else finished_cells(out_dir)
     todo = [c for c in cells if c.id not in done]
     ids = {c.id for c in cells}
+    # Files an older harness wrote for cells of this grid under another id: each is removed
+    # once its cell is in the current format (now, if it already is; after computing it).
+    superseded = {i: p for i, p in superseded_files(out_dir).items() if i in ids}
     other = sum(1 for p in results_dir.glob("*.parquet")
-                if not p.name.startswith((".", "_")) and p.stem not in ids)
+                if not p.name.startswith((".", "_")) and p.stem not in ids
+                and p not in superseded.values())
+    for cell_id in done & superseded.keys():
+        superseded.pop(cell_id).unlink(missing_ok=True)
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
     with _Progress(grid.name, todo, len(cells) - len(todo), enabled=show) as bar:
         for cell in todo:
             write_cell(results_dir, cell, compute_cell(cell))
+            if cell.id in superseded:
+                superseded.pop(cell.id).unlink(missing_ok=True)
             bar.advance(cell)
 
     return RunSummary(

@@ -298,3 +298,48 @@ def test_list_shows_estimator_options(monkeypatch):
     result = invoke("list")
     assert result.exit_code == 0, result.output
     assert "option baseline: none|loo" in result.stdout
+
+
+def test_list_shows_every_problem_kind_and_what_runs_it():
+    from harness.kinds import KINDS
+    from harness.vi.estimators import ESTIMATORS as ELBO_ESTIMATORS
+    from harness.vi.families import FAMILIES
+    from harness.vi.targets import TARGETS
+
+    result = invoke("list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    kinds = [ln for ln in lines if ln.startswith("kind ")]
+    assert kinds == [f"kind {name}: {kind.description}" for name, kind in KINDS.items()]
+    # Each kind's own section (between its line and the next kind's) lists its plug-ins.
+    start = lines.index(kinds[1])
+    elbo_section = "\n".join(lines[start:lines.index("backends:")])
+    for name in [*TARGETS, *FAMILIES, *ELBO_ESTIMATORS]:
+        assert f"    {name} " in elbo_section, name
+    for name in registry.COSTS:
+        assert f"    {name} " not in elbo_section, name
+    backends = lines[lines.index("backends:") + 1:]
+    for name in registry.BACKENDS:
+        line = next(ln for ln in backends if ln.split()[0] == name)
+        runs = [k for k, kind in KINDS.items() if name in kind.backends]
+        assert line.endswith(f"kinds: {', '.join(runs)}"), line
+
+
+def test_validate_an_elbo_grid(tmp_path):
+    from harness.config import load_grid
+    from harness.runner import expand_cells
+
+    path = tmp_path / "vi.yaml"
+    path.write_text("problem:\n  kind: elbo\n  target: ripple\n  dim: [2, 3]\n  family: diag\n"
+                    "mode: [estimate, optimize]\nestimators: [reparam, stl]\n"
+                    "n_samples: [10, 100]\noptimizer: {steps: 20}\nseeds: 3\n",
+                    encoding="utf-8")
+    result = invoke("validate", path)
+    assert result.exit_code == 0, result.output
+    cells = expand_cells(load_grid(path))
+    assert len(cells) == 2 * 2 + 2 * 2        # (dims x N) estimate + (dims x estimators)
+    line = result.stdout.strip()
+    for fragment in (f"{path}: OK: vi: {len(cells)} cells; elbo target ripple family diag "
+                     "dim 2,3; N=[10, 100]; optimize adam", "estimators reparam, stl",
+                     "3 seeds (0..2)", "backend cpu"):
+        assert fragment in line, (fragment, line)

@@ -13,6 +13,7 @@ import pytest
 from harness import registry
 from harness.config import EstimatorSpec, Grid, load_grid, parse_grid
 from harness.errors import ConfigError
+from harness.kinds.expectation import ExpectationProblem
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "reparam_trick.yaml"
@@ -42,6 +43,8 @@ def plain_types(value):
             yield from plain_types(v)
     elif isinstance(value, EstimatorSpec):
         yield from plain_types((value.name, value.options))
+    elif dataclasses.is_dataclass(value):      # the kind's problem spec
+        yield from plain_types(tuple(getattr(value, f.name) for f in dataclasses.fields(value)))
     else:
         yield value
 
@@ -49,13 +52,16 @@ def plain_types(value):
 def test_example_parses_to_the_issue_grid():
     grid = load_grid(EXAMPLE)
     assert grid == Grid(
+        kind="expectation",
         name="reparam_trick",
         path=EXAMPLE,
         source_text=EXAMPLE.read_text(encoding="utf-8"),
-        distribution="normal",
-        cost="square",
-        params=(("mu", (2.0,)), ("sigma", (1.0,))),
-        wrt=("mu",),
+        problem=ExpectationProblem(
+            distribution="normal",
+            cost="square",
+            params=(("mu", (2.0,)), ("sigma", (1.0,))),
+            wrt=("mu",),
+        ),
         estimators=(EstimatorSpec("score_function"), EstimatorSpec("pathwise")),
         n_samples=(10, 100, 1000, 10000, 100000),
         seeds=tuple(range(1000)),
@@ -65,8 +71,7 @@ def test_example_parses_to_the_issue_grid():
 
 def test_parsed_values_are_plain_python_types():
     grid = load_grid(EXAMPLE)
-    for field in ("name", "distribution", "cost", "params", "wrt", "estimators",
-                  "n_samples", "seeds", "backend"):
+    for field in ("kind", "name", "problem", "estimators", "n_samples", "seeds", "backend"):
         for leaf in plain_types(getattr(grid, field)):
             assert type(leaf) in (str, int, float), (field, type(leaf))
     hash(grid)   # frozen and hashable all the way down
@@ -81,7 +86,7 @@ def test_grid_is_frozen():
 def test_defaults_name_from_stem_wrt_all_backend_cpu(tmp_path):
     grid = load_grid(write(tmp_path, MINIMAL, "my_study.yaml"))
     assert grid.name == "my_study"
-    assert grid.wrt == ("mu", "sigma")
+    assert grid.problem.wrt == ("mu", "sigma")
     assert grid.backend == "cpu"
     assert grid.path == tmp_path / "my_study.yaml"
     assert grid.source_text == MINIMAL
@@ -89,7 +94,7 @@ def test_defaults_name_from_stem_wrt_all_backend_cpu(tmp_path):
 
 def test_scalars_become_one_tuples():
     grid = parse_grid(MINIMAL, "g.yaml")
-    assert grid.params == (("mu", (2.0,)), ("sigma", (1.0,)))
+    assert grid.problem.params == (("mu", (2.0,)), ("sigma", (1.0,)))
     assert grid.n_samples == (100,)
     assert grid.estimators == (EstimatorSpec("score_function"),)
 
@@ -99,7 +104,7 @@ def test_numbers_as_users_write_them():
         "  sigma: 1.0\n", "  sigma: 1.0\n  k: [-3, 0.5]\n").replace(
         "n_samples: 100", "n_samples: [1e3, 1e6, 2000, 1.0e+2]")
     grid = parse_grid(text, "g.yaml")
-    params = dict(grid.params)
+    params = dict(grid.problem.params)
     # One float column, not a mix of ints and floats.
     assert params["k"] == (-3.0, 0.5)
     assert all(type(x) is float for x in params["k"])
@@ -111,7 +116,7 @@ def test_params_in_fixed_order_distribution_then_cost():
     text = MINIMAL.replace("cost: square", "cost: quadratic").replace(
         "  mu: 2.0\n", "  k: [-3, 0, 3]\n  mu: [0.5, 2]\n")
     grid = parse_grid(text, "g.yaml")
-    assert grid.params == (("mu", (0.5, 2.0)), ("sigma", (1.0,)), ("k", (-3.0, 0.0, 3.0)))
+    assert grid.problem.params == (("mu", (0.5, 2.0)), ("sigma", (1.0,)), ("k", (-3.0, 0.0, 3.0)))
 
 
 def test_seeds_count_and_explicit_list():
@@ -125,9 +130,9 @@ def test_seeds_count_and_explicit_list():
 
 
 def test_wrt_scalar_and_canonical_order():
-    assert parse_grid(MINIMAL + "wrt: sigma\n", "g.yaml").wrt == ("sigma",)
+    assert parse_grid(MINIMAL + "wrt: sigma\n", "g.yaml").problem.wrt == ("sigma",)
     # Order does not change the cell: components come in the distribution's order.
-    assert parse_grid(MINIMAL + "wrt: [sigma, mu]\n", "g.yaml").wrt == ("mu", "sigma")
+    assert parse_grid(MINIMAL + "wrt: [sigma, mu]\n", "g.yaml").problem.wrt == ("mu", "sigma")
 
 
 def test_estimator_mappings_and_labels():
@@ -236,3 +241,58 @@ def test_exp_cost_needs_positive_k(k):
     assert message.startswith("g.yaml:6: problem.k") and "must be > 0" in message
     assert "cost exp needs k > 0" in message
     parse_grid(text.replace(f"k: {k}", "k: [0.1, 10]"), "g.yaml")  # positive values pass
+
+
+# ------------------------------------------------------------------------- problem kinds
+
+def test_kind_defaults_to_expectation_and_may_be_named():
+    from harness.runner import expand_cells
+
+    default = parse_grid(MINIMAL, "g.yaml")
+    named = parse_grid(MINIMAL.replace("problem:\n", "problem:\n  kind: expectation\n"), "g.yaml")
+    assert default.kind == named.kind == "expectation"
+    assert default.problem == named.problem
+    # The same study: the same cells, so a rerun after adding the key skips them all.
+    assert [c.id for c in expand_cells(default)] == [c.id for c in expand_cells(named)]
+
+
+@pytest.mark.parametrize("extra, key, owner", [
+    ("mode: estimate\n", "mode", "elbo"),
+    ("optimizer: {lr: 0.1}\n", "optimizer", "elbo"),
+])
+def test_a_key_of_another_kind_names_its_kind(extra, key, owner):
+    with pytest.raises(ConfigError) as info:
+        parse_grid(MINIMAL + extra, "g.yaml")
+    assert (info.value.line, info.value.key) == (9, key)
+    assert info.value.fix == f"{key} belongs to problem kind {owner}"
+
+
+def test_wrt_in_an_elbo_grid_names_its_kind():
+    text = ("problem: {kind: elbo, target: ripple, dim: 2, family: diag}\n"
+            "estimators: [reparam]\nn_samples: 10\nseeds: 2\nwrt: [mu]\n")
+    with pytest.raises(ConfigError) as info:
+        parse_grid(text, "g.yaml")
+    assert (info.value.line, info.value.key) == (5, "wrt")
+    assert info.value.fix == "wrt belongs to problem kind expectation"
+
+
+def test_estimators_come_from_the_kinds_registry():
+    # reparam is an ELBO estimator, not an expectation one (and the reverse).
+    with pytest.raises(ConfigError) as info:
+        parse_grid(MINIMAL.replace("[score_function]", "[reparam]"), "g.yaml")
+    assert info.value.key == "estimators[0]" and "unknown estimator 'reparam'" in str(info.value)
+    elbo = ("problem: {kind: elbo, target: ripple, dim: 2, family: diag}\n"
+            "estimators: [pathwise]\nn_samples: 10\nseeds: 2\n")
+    with pytest.raises(ConfigError) as info:
+        parse_grid(elbo, "g.yaml")
+    assert info.value.key == "estimators[0]" and "unknown estimator 'pathwise'" in str(info.value)
+
+
+def test_a_backend_the_kind_does_not_run():
+    text = ("problem: {kind: elbo, target: ripple, dim: 2, family: diag}\n"
+            "estimators: [reparam]\nn_samples: 10\nseeds: 2\nbackend: cuda\n")
+    with pytest.raises(ConfigError) as info:
+        parse_grid(text, "g.yaml")
+    assert (info.value.line, info.value.key) == (5, "backend")
+    assert "does not run elbo problems" in str(info.value) and info.value.fix == "use backend: cpu"
+    assert parse_grid(MINIMAL + "backend: cuda\n", "g.yaml").backend == "cuda"

@@ -1,6 +1,6 @@
 """The report: files, embedded images, and numbers that agree with a direct computation.
 
-Runs use a stand-in kernel (``fake_estimate``: right means and variances on average,
+Runs use a stand-in kernel (``helpers.fake_estimate``: right means and variances on average,
 deterministic per seed); ``test_report_of_a_real_run`` needs the real harness.backends.cpu.
 """
 
@@ -8,17 +8,14 @@ import base64
 import re
 import sys
 import time
-import types
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import exact_reference, expectation_grid, fake_backend
 
 import harness
-from harness.config import EstimatorSpec, Grid
 from harness.errors import ResultsError
-from harness.exact import reference
 from harness.report import MAX_FACET_POINTS, build_report, fitted_slope, summarise
 from harness.results import read_results
 from harness.runner import run_grid
@@ -26,33 +23,16 @@ from harness.runner import run_grid
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_estimate(distribution, cost, estimators, components, mu, sigma, k, n_samples, seeds):
-    """(estimate, sample_var) of shape (seeds, estimators, components), exact on average."""
-    shape = (len(seeds), len(estimators), len(components))
-    exact = np.array([[reference(e, c, cost, mu, sigma, k)[:2] for c in components]
-                      for e in estimators])
-    est, var = np.empty(shape), np.empty(shape)
-    for i, seed in enumerate(seeds):
-        rng = np.random.default_rng([int(seed), int(n_samples)])
-        est[i] = exact[..., 0] + np.sqrt(exact[..., 1] / n_samples) * rng.standard_normal(shape[1:])
-        var[i] = exact[..., 1] * rng.chisquare(n_samples - 1, shape[1:]) / (n_samples - 1)
-    return est, var
-
-
 @pytest.fixture(autouse=True)
 def fake_kernel(monkeypatch):
-    module = types.ModuleType("harness.backends.cpu")
-    module.estimate = fake_estimate
-    monkeypatch.setitem(sys.modules, "harness.backends.cpu", module)
+    monkeypatch.setitem(sys.modules, "harness.backends.cpu", fake_backend())
 
 
 def make_grid(name="report_test", cost="square", params=(("mu", (2.0,)), ("sigma", (1.0,))),
-              n_samples=(10, 100, 1000), seeds=tuple(range(200)), wrt=("mu", "sigma")) -> Grid:
-    return Grid(name=name, path=Path(f"{name}.yaml"),
-                source_text=f"name: {name}\nproblem:\n  cost: {cost}  # <grid text>\n",
-                distribution="normal", cost=cost, params=params, wrt=wrt,
-                estimators=(EstimatorSpec("score_function"), EstimatorSpec("pathwise")),
-                n_samples=n_samples, seeds=seeds, backend="cpu")
+              n_samples=(10, 100, 1000), seeds=tuple(range(200)), wrt=("mu", "sigma")):
+    return expectation_grid(
+        name=name, cost=cost, params=params, wrt=wrt, n_samples=n_samples, seeds=seeds,
+        source_text=f"name: {name}\nproblem:\n  cost: {cost}  # <grid text>\n")
 
 
 def embedded_images(page: str) -> dict[str, bytes]:
@@ -121,8 +101,10 @@ def test_report_table_agrees_with_a_direct_pandas_computation(tmp_path):
         np.testing.assert_allclose(merged[column], merged[f"{column}_direct"], rtol=1e-9,
                                    err_msg=column)
     # Exact values in the table are harness.exact's.
+    params = {"mu": 2.0, "sigma": 1.5, "k": -1.0}
     for row in table.itertuples():
-        grad, var, source = reference(row.estimator, row.param, "quadratic", 2.0, 1.5, -1.0)
+        grad, var, source = exact_reference(row.estimator, row.param, "normal", "quadratic",
+                                            params)
         assert (row.exact_grad, row.exact_var, row.exact_source) == (grad, var, source)
     # The page shows the same numbers (formatted).
     page = index.read_text()

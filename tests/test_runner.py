@@ -1,6 +1,6 @@
 """The runner: cells and ids, grid expansion, skip / force, interruption, progress.
 
-Most tests replace the kernel with ``fake_estimate`` (installed as the module
+Most tests replace the kernel with ``helpers.fake_backend`` (installed as the module
 ``harness.backends.cpu`` in ``sys.modules``), so they test the runner alone and run fast.
 ``test_run_grid_with_the_real_kernel`` needs the real ``harness.backends.cpu``.
 """
@@ -11,17 +11,16 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import QUADRATIC, expectation_grid, fake_backend
 
 import harness
-from harness.config import EstimatorSpec, Grid
+from harness.config import EstimatorSpec
 from harness.errors import BackendError
-from harness.exact import reference
 from harness.results import finished_cells, read_results, temp_files
 from harness.runner import Cell, RunSummary, expand_cells, format_count, run_grid
 
@@ -29,56 +28,20 @@ REPO = Path(harness.__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 
-def fake_estimate(distribution, cost, estimators, components, mu, sigma, k, n_samples, seeds,
-                  delay=0.0):
-    """Stand-in kernel: deterministic per (seed, N), right mean and variance on average.
-
-    Returns ``(estimate, sample_var)`` of shape (seeds, estimators, components) like the real
-    kernel: estimate ~ exact + sqrt(exact_var / N) z, sample_var ~ exact_var chi2_{N-1}/(N-1).
-    """
-    time.sleep(delay)
-    shape = (len(seeds), len(estimators), len(components))
-    est, var = np.empty(shape), np.empty(shape)
-    exact = np.array([[reference(e, c, cost, mu, sigma, k)[:2] for c in components]
-                      for e in estimators])                      # (E, C, 2)
-    for i, seed in enumerate(np.asarray(seeds)):
-        rng = np.random.default_rng([int(seed), int(n_samples)])
-        z = rng.standard_normal(shape[1:])
-        chi2 = rng.chisquare(n_samples - 1, shape[1:]) / (n_samples - 1)
-        est[i] = exact[..., 0] + np.sqrt(exact[..., 1] / n_samples) * z
-        var[i] = exact[..., 1] * chi2
-    return est, var
-
-
-def fake_backend(delay=0.0, calls=None):
-    module = types.ModuleType("harness.backends.cpu")
-
-    def estimate(*args):
-        if calls is not None:
-            calls.append(args)
-        return fake_estimate(*args, delay=delay)
-
-    module.estimate = estimate
-    return module
-
-
 @pytest.fixture
 def calls(monkeypatch):
-    """Install the fake kernel; the list records the arguments of every kernel call."""
+    """Install the fake kernel; the list records every kernel call (``helpers.KernelCall``)."""
     recorded = []
     monkeypatch.setitem(sys.modules, "harness.backends.cpu", fake_backend(calls=recorded))
     return recorded
 
 
-def make_grid(name="unit", params=(("mu", (2.0,)), ("sigma", (1.0,)), ("k", (-3.0, 0.0))),
-              cost="quadratic", n_samples=(10, 100), seeds=tuple(range(20)), wrt=("mu", "sigma"),
-              estimators=("score_function", "pathwise"), backend="cpu") -> Grid:
-    return Grid(
-        name=name, path=Path(f"{name}.yaml"), source_text=f"name: {name}\n# test grid\n",
-        distribution="normal", cost=cost, params=params, wrt=wrt,
-        estimators=tuple(EstimatorSpec(e) for e in estimators),
-        n_samples=n_samples, seeds=seeds, backend=backend,
-    )
+def make_grid(name="unit", params=QUADRATIC, cost="quadratic", n_samples=(10, 100),
+              seeds=tuple(range(20)), wrt=("mu", "sigma"),
+              estimators=("score_function", "pathwise"), backend="cpu"):
+    return expectation_grid(name=name, cost=cost, params=params, wrt=wrt,
+                            estimators=estimators, n_samples=n_samples, seeds=seeds,
+                            backend=backend)
 
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
@@ -94,9 +57,12 @@ def test_cell_id_is_stable_and_depends_on_everything_resolved():
     cell = expand_cells(grid)[0]
     assert len(cell.id) == 16 and int(cell.id, 16) >= 0
     assert cell.id == expand_cells(grid)[0].id
+    point = cell.point
     variants = [
         dict(experiment="other"), dict(n_samples=11), dict(seeds=cell.seeds[:-1]),
-        dict(wrt=("mu",)), dict(backend="cuda"), dict(params=(("mu", 2.5), *cell.params[1:])),
+        dict(point={**point, "wrt": ["mu"]}), dict(backend="cuda"),
+        dict(point={**point, "params": {**point["params"], "mu": 2.5}}),
+        dict(point={**point, "cost": "square"}), dict(kind="elbo"),
         dict(estimators=(EstimatorSpec("score_function", (("baseline", "loo"),)),)),
     ]
     ids = {cell.id}
@@ -104,21 +70,34 @@ def test_cell_id_is_stable_and_depends_on_everything_resolved():
         fields = {**cell.__dict__, **change}
         ids.add(Cell(**fields).id)
     assert len(ids) == len(variants) + 1
+    # The sample count is bookkeeping (progress), not configuration: the id ignores it.
+    assert Cell(**{**cell.__dict__, "samples": 7}).id == cell.id
 
 
 def test_cell_normalises_values_and_serialises():
-    cell = Cell(experiment="e", distribution="normal", cost="quadratic",
-                params=[("mu", 2), ("sigma", 1), ("k", -3)], wrt=["mu"],
+    cell = Cell(kind="expectation", experiment="e",
+                point={"distribution": "normal", "cost": "quadratic",
+                       "params": {"mu": 2.0, "sigma": 1.0, "k": -3.0}, "wrt": ["mu"]},
                 estimators=[EstimatorSpec("pathwise")], n_samples=np.int64(100),
                 seeds=np.arange(3), backend="cpu")
-    assert cell.params == (("mu", 2.0), ("sigma", 1.0), ("k", -3.0))
-    assert all(type(v) is float for _, v in cell.params)
+    assert cell.n_samples == 100 and type(cell.n_samples) is int
     assert cell.seeds == (0, 1, 2) and type(cell.seeds[0]) is int
+    assert cell.estimators == (EstimatorSpec("pathwise"),)
+    assert cell.samples == 100 * 3
     d = cell.to_dict()
     assert d["params"] == {"mu": 2.0, "sigma": 1.0, "k": -3.0}
     assert d["estimators"] == [{"name": "pathwise", "options": {}, "label": "pathwise"}]
-    assert d["problem"] == "gaussian_cost" and d["n_samples"] == 100
+    assert d["problem"] == "expectation" and d["n_samples"] == 100
     hash(cell)  # frozen and hashable
+
+
+def test_integer_grid_values_give_the_float_cell():
+    # The kind normalises the point: k = -3 and k = -3.0 are the same cell and the same id.
+    as_int = make_grid(params=(("mu", (2,)), ("sigma", (1,)), ("k", (-3,))))
+    as_float = make_grid(params=(("mu", (2.0,)), ("sigma", (1.0,)), ("k", (-3.0,))))
+    cells = expand_cells(as_int)
+    assert [c.id for c in cells] == [c.id for c in expand_cells(as_float)]
+    assert all(type(v) is float for v in cells[0].point["params"].values())
 
 
 def test_expand_cells_is_the_product_in_grid_order():
@@ -127,11 +106,12 @@ def test_expand_cells_is_the_product_in_grid_order():
     cells = expand_cells(grid)
     assert len(cells) == 2 * 1 * 3 * 3
     assert len({c.id for c in cells}) == len(cells)
-    got = [(c.param_dict["mu"], c.param_dict["k"], c.n_samples) for c in cells]
+    got = [(c.point["params"]["mu"], c.point["params"]["k"], c.n_samples) for c in cells]
     expected = [(mu, k, n) for mu in (0.5, 2.0) for k in (-3.0, 0.0, 3.0) for n in (10, 100, 1000)]
     assert got == expected
     assert [c.id for c in cells] == [c.id for c in expand_cells(grid)]
     assert all(c.seeds == grid.seeds and c.estimators == grid.estimators for c in cells)
+    assert all(c.kind == "expectation" and c.experiment == grid.name for c in cells)
 
 
 def test_expand_cells_drops_duplicate_points():
@@ -151,12 +131,14 @@ def test_run_skip_force(tmp_path, calls):
     first = read_results(tmp_path)
     assert len(first) == 4 * 20 * 2 * 2
     assert len(calls) == 4
-    # The kernel gets the names, the components, mu, sigma, k, N and int64 seeds.
-    dist, cost, ests, comps, mu, sigma, k, n, seeds = calls[0]
+    # The kernel gets the names, the components, the parameters, N and int64 seeds.
+    call = calls[0]
     # (estimators as EstimatorSpec-like objects: the backend resolves their options)
-    assert (dist, cost, [e.label for e in ests], tuple(comps), mu, sigma, k, n) == (
-        "normal", "quadratic", ["score_function", "pathwise"], ("mu", "sigma"), 2.0, 1.0, -3.0, 10)
-    assert seeds.dtype == np.int64 and list(seeds) == list(range(20))
+    assert (call.family, call.cost, [e.label for e in call.estimators], call.components,
+            call.params, call.n_samples) == (
+        "normal", "quadratic", ["score_function", "pathwise"], ("mu", "sigma"),
+        {"mu": 2.0, "sigma": 1.0, "k": -3.0}, 10)
+    assert call.seeds.dtype == np.int64 and list(call.seeds) == list(range(20))
 
     again = run_grid(grid, tmp_path, progress=False)
     assert (again.computed, again.skipped, again.samples) == (0, 4, 0)
@@ -177,13 +159,14 @@ def test_rerun_completes_a_partial_run(tmp_path, calls):
     assert finished_cells(tmp_path) == {cells[0].id, cells[1].id}
     summary = run_grid(grid, tmp_path, progress=False)
     assert (summary.computed, summary.skipped) == (2, 2)
-    assert [c[6] for c in calls[-2:]] == [0.0, 0.0]  # only the k = 0 cells were computed
+    assert [c.params["k"] for c in calls[-2:]] == [0.0, 0.0]  # only the k = 0 cells ran
 
 
-def test_cost_without_k_passes_k_zero(tmp_path, calls):
+def test_cost_without_k_passes_no_k(tmp_path, calls):
     grid = make_grid(cost="square", params=(("mu", (2.0,)), ("sigma", (1.0,))), n_samples=(10,))
     run_grid(grid, tmp_path, progress=False)
-    assert calls[0][6] == 0.0
+    # A number the kernel can take (0.0 in the old signature, absent in the new), never NaN.
+    assert calls[0].params.get("k", 0.0) == 0.0
     assert read_results(tmp_path)["k"].isna().all()
 
 

@@ -1,6 +1,7 @@
 """ELBO grids: config validation (one-line errors with file:line: key), run -> report."""
 
 import pathlib
+import re
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,9 @@ seeds: 20
 
 def test_good_grid_parses():
     g = parse_grid(GOOD, "g.yaml")
-    assert g.kind == "elbo" and g.modes == ("estimate",) and g.n_samples == (10, 1000)
-    (p,) = g.points
+    assert g.kind == "elbo" and g.problem.modes == ("estimate",) and g.n_samples == (10, 1000)
+    assert g.problem.target == "gaussian" and g.problem.optimizer is None
+    (p,) = g.problem.points
     assert (p.target, p.family, p.dim) == ("gaussian", "full", 3)
     assert [e.label for e in g.estimators] == ["reparam", "stl", "score_function[baseline=mean]"]
     mu, C = p.q.resolve(p.family, p.dim, None)
@@ -41,7 +43,7 @@ def test_good_grid_parses():
 
 def test_gaussian_cost_grids_unaffected():
     g = load_grid(pathlib.Path(__file__).parent.parent / "examples" / "reparam_trick.yaml")
-    assert g.distribution == "normal" and not hasattr(g, "kind")
+    assert g.kind == "expectation" and g.problem.distribution == "normal"
 
 
 BAD = [
@@ -103,7 +105,8 @@ def test_optimizer_checks():
         parse_grid(base + "optimizer: {l_r: 0.1}\n", "g.yaml")
     g = parse_grid(base + "optimizer: {name: sgd, lr: 1e-2, steps: 1e3, schedule: cosine}\n",
                    "g.yaml")
-    assert g.optimizer.steps == 1000 and g.optimizer.name == "sgd" and g.n_samples == ()
+    o = g.problem.optimizer
+    assert o.steps == 1000 and o.name == "sgd" and o.schedule == "cosine" and g.n_samples == ()
 
 
 SMALL = """\
@@ -134,14 +137,17 @@ def test_run_and_report_end_to_end(tmp_path):
     assert "20 cells (20 computed" in r.output
     df = read_results(out)
     assert set(df["mode"]) == {"estimate", "optimize"}
-    assert df["distribution"].isna().all() and df["mu"].isna().all()
+    assert set(df["problem"]) == {"elbo"} and df["point"].notna().all()
+    # distribution is the variational family; the expectation kind's columns stay empty
+    assert set(df["distribution"]) == {"diag", "full"}
+    assert df["cost"].isna().all() and df["mu"].isna().all() and df["k"].isna().all()
     est = df[df["mode"] == "estimate"]
     # rows: seeds x estimators x components, components per point: d + (d or d(d+1)/2)
     per_point = {(1, "diag"): 2, (1, "full"): 2, (2, "diag"): 4, (2, "full"): 5}
     for (dim, fam), comps in per_point.items():
-        sel = est[(est["dim"] == dim) & (est["family"] == fam)]
+        sel = est[(est["dim"] == dim) & (est["distribution"] == fam)]
         assert len(sel) == 2 * 6 * 3 * comps
-    assert set(est[(est["dim"] == 2) & (est["family"] == "full")]["param"]) == {
+    assert set(est[(est["dim"] == 2) & (est["distribution"] == "full")]["param"]) == {
         "mu[0]", "mu[1]", "L[0,0]", "L[1,0]", "L[1,1]"}
     assert est["exact_grad"].notna().all() and est["exact_var"].notna().all()
     opt = df[df["mode"] == "optimize"]
@@ -154,29 +160,45 @@ def test_run_and_report_end_to_end(tmp_path):
     assert "(0 computed, 20 skipped)" in r.output
     r = runner.invoke(main, ["report", str(out)])
     assert r.exit_code == 0, r.output
-    for name in ("index.html", "variance_vs_n.png", "variance_vs_dim.png", "elbo_vs_step.png",
-                 "grad_var_vs_step.png", "dist_vs_step.png", "summary.csv",
-                 "trace_summary.csv"):
+    # the common page's per-component figures, then the ELBO section's
+    figures = ["variance_vs_n.png", "mean_vs_n.png", "elbo_variance_vs_n.png",
+               "elbo_variance_vs_dim.png", "elbo_vs_step.png", "grad_var_vs_step.png",
+               "dist_vs_step.png"]
+    for name in ("index.html", "summary.csv", "trace_summary.csv", *figures):
         assert (out / "report" / name).is_file(), name
     page = (out / "report" / "index.html").read_text()
-    assert page.count("data:image/png;base64") == 5
+    assert re.findall(r'<img src="data:image/png;base64,[^"]+" alt="[^"]*" data-file="([^"]+)"',
+                      page) == figures
+    # The seed-000 tables: one per point and component of that point, each titled by both
+    # (diag and full points of one dim are different points), none empty.
+    seed000 = page.split("Seed-000 table")[1]
+    titles = re.findall(r"<h3>([^<]*)</h3>", seed000)
+    expected = [f"gradient wrt {c}; gaussian, {fam}, d={dim}: target_seed=3"
+                for (dim, fam), comps in per_point.items()
+                for c in sorted(set(est[(est["dim"] == dim) & (est["distribution"] == fam)]
+                                    ["param"]))]
+    assert sorted(titles) == sorted(expected)
+    assert seed000.count("<tbody><tr") == len(titles)    # every table has rows
 
 
 def test_estimate_columns_match_the_library(tmp_path):
     """The stored estimates are exactly the library's (same seeds, same streams)."""
-    from harness.vi.runner import expand_cells
-
+    from harness.kinds.elbo import problem_of
+    from harness.runner import compute_cell, expand_cells
     from harness.vi import api
+
 
     text = SMALL.replace("mode: [estimate, optimize]", "mode: estimate")
     text = "\n".join(line for line in text.splitlines() if not line.startswith("optimizer"))
     g = parse_grid(text, "g.yaml")
     cell = expand_cells(g)[-1]
-    table = cell.compute_table().to_pandas()
-    prob = cell.build_problem()
+    assert (cell.point["dim"], cell.point["family"], cell.n_samples) == (2, "full", 100)
+    table = compute_cell(cell).to_pandas()
+    prob = problem_of(cell)
     est, var, _ = api.estimate(prob, [(e.name, e.options) for e in cell.estimators],
                                cell.n_samples, cell.seeds)
     np.testing.assert_array_equal(table["estimate"].to_numpy(), est.ravel())
+    np.testing.assert_array_equal(table["sample_var"].to_numpy(), var.ravel())
 
 
 @pytest.mark.parametrize("problem,extra,words", [
@@ -194,3 +216,21 @@ def test_exact_optimal_baseline_where_infeasible_is_a_config_error(problem, extr
         parse_grid(grid, "g.yaml")
     msg = str(err.value)
     assert "estimators[1]" in msg and words in msg and "\n" not in msg, msg
+
+
+def test_report_of_many_points_that_no_numeric_column_tells_apart(tmp_path):
+    """7 target seeds at one dim: more points than the page draws as panels by default, but
+    no numeric column to draw them against.  The report shows every point, one per row."""
+    from harness.report import build_report
+    from harness.runner import run_grid
+
+    seeds = list(range(1, 8))
+    grid = parse_grid(f"problem: {{kind: elbo, target: gaussian, target_seed: {seeds}, "
+                      "dim: 1, family: diag}\nestimators: [reparam]\nn_samples: [10, 20]\n"
+                      "seeds: 3\n", tmp_path / "g.yaml")
+    run_grid(grid, tmp_path, progress=False)
+    page = build_report(tmp_path).read_text()
+    assert re.findall(r'data-file="([^"]+)"', page)[:2] == ["variance_vs_n.png", "mean_vs_n.png"]
+    titles = re.findall(r"<h3>([^<]*)</h3>", page.split("Seed-000 table")[1])
+    assert titles == [f"gradient wrt {c}; gaussian, diag, d=1: target_seed={s}"
+                      for s in seeds for c in ("mu[0]", "log_sigma[0]")]

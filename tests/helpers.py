@@ -1,0 +1,121 @@
+"""Shared test helpers: expectation grids built in code, and a stand-in for the expectation
+kind's kernel (``harness.backends.cpu``), so pipeline tests run without compiling anything.
+
+The backend's and ``harness.exact``'s call signatures are known in two places only:
+:func:`kernel_call` (reads a backend ``estimate`` call by name) and :func:`exact_reference`.
+TEMP: the backend is moving from ``estimate(distribution, cost, estimators, components, mu,
+sigma, k, n_samples, seeds)`` to ``estimate(family, cost, estimators, components, params,
+n_samples, seeds)`` and ``reference`` from ``(estimator, component, cost, mu, sigma, k)`` to
+``(estimator, component, family, cost, params)``; when the call site in
+``harness/kinds/expectation.py`` switches, edit ``_estimate_signature`` + ``kernel_call`` and
+``exact_reference`` here (marked TEMP), and the fakes follow.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.exact import reference
+from harness.kinds.expectation import ExpectationProblem
+from harness.model import EstimatorSpec, Grid
+
+QUADRATIC = (("mu", (2.0,)), ("sigma", (1.0,)), ("k", (-3.0, 0.0)))
+
+
+def expectation_grid(name="unit", distribution="normal", cost="quadratic", params=QUADRATIC,
+                     wrt=("mu", "sigma"), estimators=("score_function", "pathwise"),
+                     n_samples=(10, 100), seeds=tuple(range(20)), backend="cpu",
+                     source_text=None) -> Grid:
+    """An expectation-kind ``Grid`` as ``harness.config`` would build it (``params`` in
+    family-then-cost order, each with its tuple of values)."""
+    return Grid(
+        kind="expectation", name=name, path=Path(f"{name}.yaml"),
+        source_text=source_text if source_text is not None else f"name: {name}\n# test grid\n",
+        problem=ExpectationProblem(distribution, cost, tuple(params), tuple(wrt)),
+        estimators=tuple(e if isinstance(e, EstimatorSpec) else EstimatorSpec(e)
+                         for e in estimators),
+        n_samples=tuple(n_samples), seeds=tuple(seeds), backend=backend,
+    )
+
+
+# ------------------------------------------------------------------- the kernel's interface
+
+def _estimate_signature(distribution, cost, estimators, components, mu, sigma, k, n_samples,
+                        seeds):
+    """TEMP: the backend's current ``estimate`` signature (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One backend ``estimate`` call, by name."""
+
+    family: str
+    cost: str
+    estimators: tuple          # EstimatorSpec-like
+    components: tuple
+    params: dict               # problem parameters, e.g. {"mu": 2.0, "sigma": 1.0, "k": 0.5}
+    n_samples: int
+    seeds: np.ndarray
+
+
+def kernel_call(*args, **kwargs) -> KernelCall:
+    """Read a backend ``estimate(...)`` call's arguments by name."""
+    a = inspect.signature(_estimate_signature).bind(*args, **kwargs).arguments
+    # TEMP: the new signature passes params as one dict: params = a["params"]
+    params = {"mu": a["mu"], "sigma": a["sigma"], "k": a["k"]}
+    return KernelCall(a["distribution"], a["cost"], tuple(a["estimators"]),
+                      tuple(a["components"]), params, a["n_samples"], a["seeds"])
+
+
+def exact_reference(estimator, component, family, cost, params) -> tuple[float, float, str]:
+    """``harness.exact.reference``: (exact_grad, exact_var, source) at a problem point."""
+    # TEMP: becomes reference(estimator, component, family, cost, params)
+    return reference(estimator, component, cost, params["mu"], params["sigma"],
+                     params.get("k", 0.0))
+
+
+# ------------------------------------------------------------------------------ the fake
+
+def fake_estimate(call: KernelCall) -> tuple[np.ndarray, np.ndarray]:
+    """Stand-in kernel: deterministic per (seed, N), right mean and variance on average.
+
+    Returns ``(estimate, sample_var)`` of shape (seeds, estimators, components) like the real
+    kernel: estimate ~ exact + sqrt(exact_var / N) z, sample_var ~ exact_var chi2_{N-1}/(N-1).
+    """
+    n = int(call.n_samples)
+    shape = (len(call.seeds), len(call.estimators), len(call.components))
+    exact = np.array([[exact_reference(e, c, call.family, call.cost, call.params)[:2]
+                       for c in call.components] for e in call.estimators])   # (E, C, 2)
+    est, var = np.empty(shape), np.empty(shape)
+    for i, seed in enumerate(np.asarray(call.seeds)):
+        rng = np.random.default_rng([int(seed), n])
+        z = rng.standard_normal(shape[1:])
+        chi2 = rng.chisquare(n - 1, shape[1:]) / (n - 1)
+        est[i] = exact[..., 0] + np.sqrt(exact[..., 1] / n) * z
+        var[i] = exact[..., 1] * chi2
+    return est, var
+
+
+def fake_backend(delay=0.0, calls=None, kernel=fake_estimate) -> types.ModuleType:
+    """A module to install as ``sys.modules["harness.backends.cpu"]``.
+
+    ``calls`` (a list) records every call as a :class:`KernelCall`; ``kernel(call)`` returns
+    the arrays; ``delay`` seconds are slept per call (for interruption tests).
+    """
+    module = types.ModuleType("harness.backends.cpu")
+
+    def estimate(*args, **kwargs):
+        call = kernel_call(*args, **kwargs)
+        if calls is not None:
+            calls.append(call)
+        time.sleep(delay)
+        return kernel(call)
+
+    module.estimate = estimate
+    return module
