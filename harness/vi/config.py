@@ -168,9 +168,9 @@ def parse_elbo(doc: CommentedMap, r, text: str, path: pathlib.Path) -> ElboGrid:
     if "backend" in doc:
         v = r.entry(doc, "backend", "")
         fields.update(base._read_backend(r, v, fields))
-        if fields["backend"] != "cpu":  # ELBO kernels exist for the CPU only
-            r.fail(f"backend {fields['backend']!r} does not run ELBO problems yet", v.line,
-                   v.key, fix="use backend: cpu (or remove the key)")
+        if fields["backend"] != "cpu" and "optimize" in modes:  # optimisation: CPU only
+            r.fail(f"backend {fields['backend']!r} runs ELBO problems in mode estimate only",
+                   v.line, v.key, fix="use backend: cpu for mode: optimize")
     return ElboGrid(**fields)
 
 
@@ -422,9 +422,9 @@ def _check_exact_optimal(r, doc, fields):
         r.fail("baseline exact_optimal is not available with mode: optimize (its exact b* "
                "changes with lambda at every step)", item.line, item.key,
                fix="use baseline: optimal (estimated from an independent stream)")
-    from .api import exact_bstar_unavailable
+    from .references import unavailable
     for pt in fields["points"]:
-        why = exact_bstar_unavailable(TARGETS[pt.target].code, pt.dim)
+        why = unavailable(TARGETS[pt.target].code, pt.dim)
         if why:
             r.fail(f"baseline exact_optimal at target {pt.target}, dim {pt.dim}: {why}",
                    item.line, item.key, fix="use baseline: optimal (estimated from an "

@@ -88,7 +88,7 @@ class ElboCell:
         prob = self.build_problem()
         if self.mode == "estimate":
             est, var, elbo = api.estimate(prob, [(e.name, e.options) for e in self.estimators],
-                                          self.n_samples, self.seeds)
+                                          self.n_samples, self.seeds, backend=self.backend)
             return self._estimate_table(prob, est, var, elbo, time.perf_counter() - start)
         (spec,) = self.estimators
         rec = api.optimize(prob, (spec.name, spec.options), self.optimizer, self.seeds)
@@ -117,8 +117,8 @@ class ElboCell:
             g, v, _, vsrc = api.reference(prob, (spec.name, spec.options))
             grads[e], evars[e], srcs[e] = g, v, vsrc
         labels = np.array([e.label for e in self.estimators], dtype=object)
-        # log g evaluations per sample (the registry's count: baseline=mean makes a second
-        # pass, baseline=optimal draws N extra samples from an independent stream)
+        # log g evaluations per sample (the registry's count: baseline=optimal draws N extra
+        # samples from the independent copy of the stream)
         evals = np.array([evals_of(e.name, e.options) for e in self.estimators],
                          dtype=np.int64)
         comps = np.array(prob.components(), dtype=object)
