@@ -251,9 +251,10 @@ def test_variance_references_are_independent_of_the_kernel(family):
 def test_references_never_run_kernel_code(monkeypatch):
     """With every way to the kernels blocked (the loaded module, and the plain import's
     jitted functions left uncompiled), the score-function references still compute."""
+    from numba.core.dispatcher import Dispatcher
+
     import harness.vi.kernels as plain
     from harness import kernel_cache
-    from numba.core.dispatcher import Dispatcher
 
     def blocked(*args, **kwargs):
         raise AssertionError("a reference ran kernel code")

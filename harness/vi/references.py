@@ -19,7 +19,8 @@ Definitions (eps ~ N(0, I_d), z = mu + C eps, target g = N(m, S), q = N(mu, C C^
   ``score_function`` (b = 0)      V_j  = E[(f s_j)^2] - c_j^2
   ``baseline=mean`` (N -> inf)    V_j  = E[((f - E f) s_j)^2] - c_j^2
   ``baseline=optimal`` (N -> inf) and ``exact_optimal``:
-                                  V*_j = E[((f - b*_j) s_j)^2] - c_j^2,  b*_j = E[f s_j^2] / E[s_j^2]
+                                  V*_j = E[((f - b*_j) s_j)^2] - c_j^2,
+                                  b*_j = E[f s_j^2] / E[s_j^2]
 
 Finite N (``finite_n``: the variance of the N-sample estimate and the expected within-seed
 sample variance, which the N -> infinity values above approach as O(1/N)):
