@@ -459,8 +459,9 @@ def test_bitwise_identical_for_one_and_two_threads():
     ("full", ("reparam", ()), 0.1, 3e-3),
     ("diag", ("reparam", ()), 0.1, 3e-3),
     ("diag", ("stl", ()), 0.1, 3e-3),    # the diag optimum is not the target: noise remains
-    # the score function is noisier: measured 0.2 / 6.6e-3
+    # the score function is noisier: measured 0.10 / 6.6e-3 (optimal), 0.10 / 7.7e-3 (mean)
     ("diag", ("score_function", (("baseline", "optimal"),)), 0.3, 0.02),
+    ("diag", ("score_function", (("baseline", "mean"),)), 0.3, 0.02),
 ])
 def test_optimisation_reaches_known_optimum(family, estimator, tol, elbo_tol):
     """Adam (lr 0.05, cosine decay, 1500 steps of 10 samples) from N(0, I) on the d = 3

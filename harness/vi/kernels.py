@@ -51,6 +51,12 @@ sequentially (``accumulate_chunk``) and chunks are merged in chunk order
 ``opt_kernel`` runs ``prange`` over seeds; each trajectory is sequential.  Memory never
 depends on N.
 
+Arguments shared by the functions: ``key0, key1`` the seed's Philox key (32-bit values in
+uint64; ``keys0, keys1`` per seed); ``tid`` the target code and ``ta, tm, ti`` its float
+vector, float matrix and int vector (``harness.vi.targets.TargetData``); ``family`` the
+family code; ``n_params`` = P; ``mu`` (d,), ``C`` (d, d) (``mus``, ``Cs`` per seed);
+``codes``, ``offsets`` (E,) the estimators and where their quantities start;
+``baselines`` (E P,) (per seed: (S, E P)); ``stream`` the main stream.
 Parameter vector layout (``theta``, also the order of gradient components): see
 ``harness.vi.families``.
 """
@@ -411,9 +417,11 @@ def grad_kernel(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family,
     lambda = (mus[s], Cs[s]); ``baselines[s]`` the seed's fixed baselines."""
     n_seeds, n_chunks = out.shape[0], out.shape[1]
     for job in prange(n_seeds * n_chunks):
-        # the body is one call: a small parallel region compiles much faster
+        # the body is one call: a small parallel region compiles much faster (and int64,
+        # as typed outside the parallel region: else the parfor's uint64 index compiles
+        # _chunk_job a second time)
         _chunk_job(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family, n_params,
-                   mus, Cs, codes, offsets, baselines, out, job)
+                   mus, Cs, codes, offsets, baselines, out, np.int64(job))
 
 
 @njit(cache=True)
