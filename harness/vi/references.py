@@ -32,8 +32,8 @@ sample variance, which the N -> infinity values above approach as O(1/N)):
       variance V*_j + (b^_j - b*_j)^2 E[s_j^2], and by the delta method for the ratio b^_j
       N Var[estimate] = E[sample var] = V*_j + E[(f - b*_j)^2 s_j^4] / (N E[s_j^2]) + O(1/N^2)
       (a large-N expansion: s_j^4 is heavy-tailed, and at N = 20 it overstated the measured
-      excess up to 3.6x on the d = 2 Gaussian target; at N = 2000, where the tests use it,
-      the excess itself is ~1% of V*_j)
+      excess up to 4.8x on the d = 2 Gaussian target; at N = 2000, where the tests use it,
+      the excess itself is 1-2% of V*_j)
 
 Quadrature: ``QUAD_NODES`` = 5 nodes per coordinate are exact for E[f^2 s^2] (f has degree
 2 and s_j degree <= 2 in each coordinate: degree <= 8 < 10); the finite-N term of
