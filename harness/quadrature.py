@@ -10,6 +10,8 @@ use it.
 - ``rayleigh_expect(h)``: E[h(W)], W ~ Rayleigh(1) = Weibull(2, sqrt 2) (density w e^{-w^2/2}
   on w > 0), by composite Gauss-Legendre on [0, 14] (the mass beyond 14 is e^{-98}).
 - ``unit_nodes()``: composite Gauss-Legendre on [0, 1], for E over U ~ Uniform(0, 1).
+- ``hermite_tensor(nodes, dim)``: E over eps ~ N(0, I_dim) by the tensor product of the
+  ``nodes``-point rule, in blocks (the ELBO references, ``harness.vi.references``).
 - ``values(fn, x, k)``: a jitted scalar cost evaluated on an array.
 """
 
@@ -55,6 +57,21 @@ def rayleigh_expect(h) -> float:
 
 def unit_nodes():
     return composite_legendre(0.0, 1.0, 64, 12)
+
+
+def hermite_tensor(nodes: int, dim: int, block: int = 20_000):
+    """The tensor-product Gauss-Hermite rule for E[h(eps)], eps ~ N(0, I_dim): yields
+    ``(eps, weights)`` blocks, ``eps`` of shape (b, dim), ``weights`` (b,), over all
+    ``nodes ** dim`` points (weights sum to 1).  Exact when h is a polynomial of degree
+    < 2 * nodes in each coordinate.  Point k has coordinate j at node (k // nodes**j) % nodes.
+    """
+    x, w = hermite_rule(nodes)
+    total = nodes ** dim
+    powers = nodes ** np.arange(dim)
+    for start in range(0, total, block):
+        flat = np.arange(start, min(start + block, total))
+        digits = (flat[:, None] // powers) % nodes
+        yield np.ascontiguousarray(x[digits]), w[digits].prod(axis=1)
 
 
 @njit

@@ -36,6 +36,8 @@ _SHIFT32 = np.uint64(32)
 _SHIFT21 = np.uint64(21)
 _TWO_M53 = 2.0**-53
 
+INDEPENDENT_STREAM_OFFSET = 2**31
+
 
 @njit(inline="always")
 def _round(c0, c1, c2, c3, k0, k1):

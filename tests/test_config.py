@@ -288,11 +288,26 @@ def test_estimators_come_from_the_kinds_registry():
     assert info.value.key == "estimators[0]" and "unknown estimator 'pathwise'" in str(info.value)
 
 
-def test_a_backend_the_kind_does_not_run():
+def test_a_backend_the_kind_does_not_run(monkeypatch):
+    """A kind lists the backends it runs on; any other is one line at the backend key."""
+    from harness.kinds import KINDS
+
     text = ("problem: {kind: elbo, target: ripple, dim: 2, family: diag}\n"
             "estimators: [reparam]\nn_samples: 10\nseeds: 2\nbackend: cuda\n")
+    assert parse_grid(text, "g.yaml").backend == "cuda"       # ELBO estimates run on cuda
+    assert parse_grid(MINIMAL + "backend: cuda\n", "g.yaml").backend == "cuda"
+    monkeypatch.setitem(KINDS, "elbo", dataclasses.replace(KINDS["elbo"], backends=("cpu",)))
     with pytest.raises(ConfigError) as info:
         parse_grid(text, "g.yaml")
     assert (info.value.line, info.value.key) == (5, "backend")
     assert "does not run elbo problems" in str(info.value) and info.value.fix == "use backend: cpu"
-    assert parse_grid(MINIMAL + "backend: cuda\n", "g.yaml").backend == "cuda"
+
+
+def test_elbo_optimisation_is_cpu_only():
+    text = ("problem: {kind: elbo, target: ripple, dim: 2, family: diag}\nmode: optimize\n"
+            "optimizer: {steps: 10}\nestimators: [reparam]\nseeds: 2\nbackend: cuda\n")
+    with pytest.raises(ConfigError) as info:
+        parse_grid(text, "g.yaml")
+    assert (info.value.line, info.value.key) == (6, "backend")
+    assert "mode estimate only" in str(info.value)
+    assert info.value.fix == "use backend: cpu for mode: optimize"

@@ -176,9 +176,10 @@ def test_run_grid_with_backend_cuda_end_to_end(tmp_path):
     assert np.isfinite(df["estimate"]).all()
 
 
-def test_elbo_grids_reject_backend_cuda(tmp_path):
-    """The ELBO (VI) problems have CPU kernels only: backend: cuda is a config error there,
-    never a CPU run labelled cuda."""
+def test_elbo_grids_reject_backend_cuda_in_optimisation_mode(tmp_path):
+    """ELBO optimisation runs on the CPU only: backend: cuda with mode: optimize is a
+    one-line config error (never a CPU run labelled cuda); estimate mode accepts it
+    (tests/test_vi_cuda.py)."""
     from harness.config import load_grid
     from harness.errors import ConfigError
 
@@ -187,5 +188,10 @@ def test_elbo_grids_reject_backend_cuda(tmp_path):
     lines = [line for line in text.splitlines() if not line.startswith("backend:")]
     grid = tmp_path / "vi.yaml"
     grid.write_text("\n".join(lines + ["backend: cuda"]) + "\n")
-    with pytest.raises(ConfigError, match="backend: .*does not run ELBO problems"):
+    with pytest.raises(ConfigError, match="backend: .*mode estimate only") as err:
         load_grid(grid)
+    assert "\n" not in str(err.value) and "(fix: use backend: cpu" in str(err.value)
+    lines = [line for line in lines if not line.startswith(("optimizer", "            record"))]
+    grid.write_text("\n".join(lines + ["backend: cuda"]).replace(
+        "mode: [estimate, optimize]", "mode: estimate") + "\n")
+    assert load_grid(grid).backend == "cuda"

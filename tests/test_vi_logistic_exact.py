@@ -26,7 +26,7 @@ from scipy import integrate
 from scipy.special import expit
 
 from harness.rng import normals
-from harness.vi import api, kernels
+from harness.vi import api, codes
 from harness.vi.api import OptimizerSpec, Problem
 from harness.vi.families import FAMILIES
 from harness.vi.targets import logistic_exact as le
@@ -178,10 +178,10 @@ def test_estimators_agree_with_exact_gradient(family, params, near):
     if near:
         C = le.optimum(le.F_DIAG)[1]
     p = Problem.make("logistic_regression", family, params, mu=mu, C=C)
-    codes = ESTIMATORS if not params else ESTIMATORS[:2]
-    est, var, elbo = api.estimate(p, [*codes, kernels.E_WRONG_NO_ENTROPY], N, range(R))
+    specs = ESTIMATORS if not params else ESTIMATORS[:2]
+    est, var, elbo = api.estimate(p, [*specs, codes.E_WRONG_NO_ENTROPY], N, range(R))
     worst = {}
-    for e, spec in enumerate(codes):
+    for e, spec in enumerate(specs):
         grad, exact_var, _, vsrc = api.reference(p, spec)
         assert vsrc == "none" and np.isnan(exact_var).all()
         z = (est[:, e].mean(axis=0) - grad) / np.sqrt(var[:, e].mean(axis=0) / (N * R))
@@ -199,7 +199,7 @@ def test_optimum_is_the_exact_elbo_maximum():
     """ELBO* (diag) = -67.4634 as the issue measured; |grad| at mu*, C* is at the rounding
     level of the quadrature (~1e-7) for both families; the full family's optimum is higher
     (it contains the diag one): measured -55.4651."""
-    assert (le.F_DIAG, le.F_FULL) == (kernels.F_DIAG, kernels.F_FULL)
+    assert (le.F_DIAG, le.F_FULL) == (codes.F_DIAG, codes.F_FULL)
     ex = le.shipped()
     best = {}
     for name in ("diag", "full"):

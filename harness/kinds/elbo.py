@@ -92,7 +92,8 @@ def compute(cell: Cell) -> dict:
     problem = problem_of(cell)
     specs = [(e.name, e.options) for e in cell.estimators]
     if cell.point["mode"] == "estimate":
-        est, var, elbo = api.estimate(problem, specs, cell.n_samples, cell.seeds)
+        est, var, elbo = api.estimate(problem, specs, cell.n_samples, cell.seeds,
+                                      backend=cell.backend)
         refs = [api.reference(problem, spec) for spec in specs]
         columns = estimate_columns(
             cell, components=problem.components(), estimate=est, sample_var=var,
@@ -170,7 +171,7 @@ KIND = ProblemKind(
     description="d/dlambda ELBO of a target g under a location-scale family q(z; lambda)",
     estimators=ESTIMATORS,
     top_level_keys=config.TOP_LEVEL_KEYS,
-    backends=("cpu",),
+    backends=("cpu", "cuda"),     # cuda: mode estimate only (harness.vi.config)
     parse=config.parse,
     describe=config.describe,
     cells=cells,

@@ -6,28 +6,34 @@
 
 ``estimate`` returns float64 arrays ``est[S, E, P]`` (the N-sample gradient estimate per
 seed, estimator and component), ``var[S, E, P]`` (within-seed per-sample variance,
-divisor N - 1) and ``elbo[S]`` (the N-sample mean of f = log g(z) - log q(z)).
+divisor N - 1; for accumulated estimators as ``harness.vi.estimators`` defines it) and
+``elbo[S]`` (the N-sample mean of f = log g(z) - log q(z)).  ``backend="cuda"`` computes
+the same cells with ``harness.vi.cuda`` (same streams and per-sample code).
+Estimators are given as names, ``(name, options)`` tuples, ``EstimatorSpec``s or kernel
+codes (``harness.vi.estimators.resolve``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 
-from ..backends.cpu import merge_chunks
-from ..errors import HarnessError
-from . import kernels
-from .estimators import ESTIMATORS, code_of
+from .. import kernel_cache
+from ..backends.cpu import chunking, merge_chunks
+from ..errors import BackendError, HarnessError
+from . import references
+from .codes import E_SCORE_EXACT_OPTIMAL, E_SCORE_MEAN
+from .estimators import ESTIMATORS, Variant, resolve
 from .families import FAMILIES, Family
 from .targets import TARGETS, TargetData
 
-MAX_CHUNKS = 64
-MIN_CHUNK = 1024           # samples per chunk
-QUAD_NODES = 5             # tensor Gauss-Hermite: exact for the Gaussian target's terms
-QUAD_MAX_POINTS = 2_000_000
+
+def kernels():
+    """The ELBO kernel module (``harness/vi/kernels.py``), imported through
+    ``harness.kernel_cache`` so that its numba cache follows every file it depends on."""
+    return kernel_cache.load_module("harness.vi.kernels")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,10 @@ class Problem:
     def dim(self) -> int:
         return self.target.dim
 
+    @property
+    def n_params(self) -> int:
+        return self.family.n_params(self.dim)
+
     def at(self, mu, C) -> Problem:
         return Problem(self.target, self.family, np.asarray(mu, float), np.asarray(C, float))
 
@@ -64,13 +74,6 @@ class Problem:
         return self.family.theta(self.mu, self.C)
 
 
-def chunking(n_samples: int) -> tuple[int, int]:
-    """(chunk, n_chunks): a function of N only, never of the thread count."""
-    n_chunks = max(1, min(MAX_CHUNKS, math.ceil(n_samples / MIN_CHUNK)))
-    chunk = math.ceil(n_samples / n_chunks)
-    return chunk, math.ceil(n_samples / chunk)
-
-
 def _keys(seeds):
     seeds = np.asarray(list(seeds), dtype=np.int64)
     if seeds.ndim != 1 or seeds.size == 0 or (seeds < 0).any():
@@ -79,17 +82,12 @@ def _keys(seeds):
     return u & np.uint64(0xFFFFFFFF), u >> np.uint64(32)
 
 
-def _codes(estimators) -> np.ndarray:
-    out = []
-    for e in estimators:
-        if isinstance(e, (int, np.integer)):
-            out.append(int(e))
-        elif isinstance(e, str):
-            out.append(code_of(e))
-        else:
-            name, options = e
-            out.append(code_of(name, options))
-    return np.asarray(out, dtype=np.int64)
+def layout(variants: list[Variant], n_params: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(codes[E], offsets[E], n_terms): the kernel's estimator codes, where each estimator's
+    quantities start, and their total number plus 1 (f, last)."""
+    sizes = [n_params * (v.n_moments or 1) for v in variants]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    return (np.array([v.code for v in variants], np.int64), offsets, int(sum(sizes)) + 1)
 
 
 def _per_seed(problem: Problem, n_seeds: int, mus=None, Cs=None):
@@ -97,167 +95,132 @@ def _per_seed(problem: Problem, n_seeds: int, mus=None, Cs=None):
     if mus is None:
         mus = np.broadcast_to(problem.mu, (n_seeds, d))
         Cs = np.broadcast_to(problem.C, (n_seeds, d, d))
-    # writable C copies: a read-only (broadcast) array is another numba type, i.e. another
+    # writable copies: a read-only (broadcast) array is another numba type, i.e. another
     # compilation of the kernel
     return np.array(mus, dtype=float, order="C"), np.array(Cs, dtype=float, order="C")
 
 
-def raw_moments(problem: Problem, codes, n_samples: int, seeds, stream: int = 0,
-                mus=None, Cs=None):
-    """(mean[S, T], var[S, T]) of the T = E * P + 1 per-sample terms (last: f)."""
+def _baselines(problem, variants, P, mus, Cs, per_seed_lambda) -> np.ndarray:
+    """baselines[S, E * P]: the exact b*_j of the variants that need them (per seed if the
+    seeds have their own lambda), else 0."""
+    out = np.zeros((mus.shape[0], max(len(variants) * P, 1)))
+    for e, v in enumerate(variants):
+        if v.exact_baselines:
+            if per_seed_lambda:
+                for s in range(mus.shape[0]):
+                    out[s, e * P:(e + 1) * P] = references.optimal_baselines(
+                        problem.at(mus[s], Cs[s]))
+            else:
+                out[:, e * P:(e + 1) * P] = references.optimal_baselines(problem)
+    return out
+
+
+def _moments(problem: Problem, variants, n_samples: int, seeds, stream: int = 0, mus=None,
+             Cs=None, backend: str = "cpu"):
+    """(est[S, E, P], var[S, E, P], elbo[S]) of the resolved ``variants``; ``mus``/``Cs``:
+    a lambda per seed (else the problem's), ``stream``: the main stream."""
     n_samples = int(n_samples)
     if n_samples < 2:
         raise ValueError("n_samples must be >= 2")
     k0, k1 = _keys(seeds)
     S = k0.size
-    t = problem.target
     per_seed_lambda = mus is not None
     mus, Cs = _per_seed(problem, S, mus, Cs)
-    codes = np.asarray(codes, dtype=np.int64)
-    chunk, n_chunks = chunking(n_samples)
-    fam = problem.family.code
-    P = problem.family.n_params(problem.dim)
-    f_sums = np.zeros(S)
-    bases = np.zeros((S, max(codes.size * P, 1)))
-    opt = codes == kernels.E_SCORE_OPT
-    if opt.any():
-        # pre-pass on the independent baseline stream: b^_p = sum f s_p^2 / sum s_p^2
-        bc = np.array([kernels.E_BSTAR_NUM, kernels.E_BSTAR_DEN], np.int64)
-        part = np.empty((S, n_chunks, 1 + 3 * (2 * P + 1)))
-        kernels.grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk),
-                            np.int64(stream + kernels.STREAM_BASELINE), np.int64(t.code),
-                            t.ta, t.tm, t.ti, np.int64(fam), mus, Cs, bc, f_sums,
-                            np.zeros((S, 2 * P)), part)
-        m, _ = merge_chunks(part, 2 * P + 1)
-        b_hat = m[:, :P] / m[:, P:2 * P]
-        for e in np.flatnonzero(opt):
-            bases[:, e * P:(e + 1) * P] = b_hat
-    for e in np.flatnonzero(codes == kernels.E_SCORE_EXACT_OPT):
-        if not per_seed_lambda:
-            bases[:, e * P:(e + 1) * P] = exact_bstar(problem)
+    P = problem.n_params
+    codes, offsets, n_terms = layout(variants, P)
+    baselines = _baselines(problem, variants, P, mus, Cs, per_seed_lambda)
+    t = problem.target
+    args = (np.int64(stream), np.int64(t.code), t.ta, t.tm, t.ti, np.int64(problem.family.code),
+            np.int64(P), mus, Cs, codes, offsets, baselines)
+    if backend == "cpu":
+        chunk_pairs, n_chunks = chunking(n_samples)
+        chunk = 2 * chunk_pairs        # the 1-D rule counts Box-Muller pairs; here samples
+        partials = np.empty((S, n_chunks, 1 + 3 * n_terms))
+        kernels().grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk), *args, partials)
+    elif backend == "cuda":
+        from ..backends.cuda import require
+
+        require()
+        from . import cuda
+
+        partials = cuda.partials(kernels(), k0, k1, n_samples, n_terms, *args)
+    else:
+        raise BackendError(f"backend {backend!r} does not run ELBO problems (fix: use cpu "
+                           "or cuda)")
+    mean, var = merge_chunks(partials, n_terms)
+    est, sample_var = np.empty((S, len(variants), P)), np.empty((S, len(variants), P))
+    for e, v in enumerate(variants):
+        o = offsets[e]
+        if v.n_moments == 0:
+            est[:, e], sample_var[:, e] = mean[:, o:o + P], var[:, o:o + P]
         else:
-            for s in range(S):
-                bases[s, e * P:(e + 1) * P] = exact_bstar(problem.at(mus[s], Cs[s]))
-    if (codes == kernels.E_SCORE_LOO).any():
-        # first pass: the sum of f over the seed's N samples (same draws, same order)
-        part = np.empty((S, n_chunks, 4))
-        kernels.grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk), np.int64(stream),
-                            np.int64(t.code), t.ta, t.tm, t.ti, np.int64(fam), mus, Cs,
-                            codes[:0], f_sums, bases, part)
-        m, _ = merge_chunks(part, 1)
-        f_sums = m[:, 0] * n_samples
-    T = codes.size * P + 1
-    part = np.empty((S, n_chunks, 1 + 3 * T))
-    kernels.grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk), np.int64(stream),
-                        np.int64(t.code), t.ta, t.tm, t.ti, np.int64(fam), mus, Cs, codes,
-                        f_sums, bases, part)
-    return merge_chunks(part, T)
+            cols = slice(o, o + v.n_moments * P)
+            a, b = v.finalize(mean[:, cols].reshape(S * P, v.n_moments),
+                              var[:, cols].reshape(S * P, v.n_moments), n_samples, None)
+            est[:, e], sample_var[:, e] = a.reshape(S, P), b.reshape(S, P)
+    return est, sample_var, mean[:, -1]
 
 
-def estimate(problem: Problem, estimators, n_samples: int, seeds):
+def estimate(problem: Problem, estimators, n_samples: int, seeds, backend: str = "cpu"):
     """(est[S, E, P], var[S, E, P], elbo[S]): see the module docstring."""
-    codes = _codes(estimators)
-    mean, var = raw_moments(problem, codes, n_samples, seeds)
-    P = problem.family.n_params(problem.dim)
-    S, E = mean.shape[0], codes.size
-    return (mean[:, :-1].reshape(S, E, P), var[:, :-1].reshape(S, E, P), mean[:, -1])
+    return _moments(problem, [resolve(e) for e in estimators], n_samples, seeds,
+                    backend=backend)
+
+
+def quantities_at(problem: Problem, estimators, eps, eps_independent=None, idx=None,
+                  idx_independent=None, baselines=None, f_shift: float = 0.0) -> np.ndarray:
+    """The kernel's per-sample quantities (``harness.vi.kernels``, layout in its docstring)
+    at given base draws eps[n, d]: an array [n, n_terms].  For tests."""
+    variants = [resolve(e) for e in estimators]
+    P = problem.n_params
+    codes, offsets, n_terms = layout(variants, P)
+    eps = np.ascontiguousarray(eps, dtype=float)
+    n = eps.shape[0]
+    batch = max(int(problem.target.ti[0]), 1)
+
+    def rows(x, dtype, width):
+        return np.zeros((n, width), dtype) if x is None else np.ascontiguousarray(x, dtype)
+
+    baselines = np.zeros(max(len(variants) * P, 1)) if baselines is None else \
+        np.asarray(baselines, float)
+    t = problem.target
+    return kernels().quantities_at(
+        np.int64(t.code), t.ta, t.tm, t.ti, np.int64(problem.family.code), np.int64(P),
+        problem.mu, problem.C, codes, offsets, baselines, float(f_shift), np.int64(n_terms),
+        eps, rows(idx, np.int64, batch), rows(eps_independent, float, problem.dim),
+        rows(idx_independent, np.int64, batch))
 
 
 # ----------------------------------------------------------------------------- references
 
-@cache
-def _gh(n: int):
-    x, w = np.polynomial.hermite_e.hermegauss(n)
-    return x, w / w.sum()
-
-
-def quadrature(problem: Problem, codes, baseline: float = 0.0, nodes: int = QUAD_NODES,
-               bases=None):
-    """(E[t], Var[t]) of every term (E * P + 1, last f) by tensor Gauss-Hermite quadrature
-    with a fixed score-function baseline (``baseline``: the leave-one-out code's scalar;
-    ``bases[E * P]``: the per-component baselines of the optimal codes); None if nodes**d
-    exceeds QUAD_MAX_POINTS.
-    Evaluates the kernels' own per-sample function (``kernels.terms_at``) in blocks."""
-    d = problem.dim
-    total = nodes ** d
-    if total > QUAD_MAX_POINTS:
-        return None
-    t = problem.target
-    x, w = _gh(nodes)
-    codes = np.asarray(codes, np.int64)
-    P = problem.family.n_params(d)
-    bases = np.zeros(max(codes.size * P, 1)) if bases is None else np.asarray(bases, float)
-    m1 = m2 = 0.0
-    block = 20_000
-    for start in range(0, total, block):
-        flat = np.arange(start, min(start + block, total))
-        digits = (flat[:, None] // nodes ** np.arange(d)) % nodes
-        eps = np.ascontiguousarray(x[digits])
-        weight = w[digits].prod(axis=1)
-        terms = kernels.terms_at(t.code, t.ta, t.tm, t.ti, problem.family.code, problem.mu,
-                                 problem.C, codes, float(baseline), bases, eps,
-                                 np.zeros((flat.size, 1), np.int64))
-        m1 = m1 + weight @ terms
-        m2 = m2 + weight @ (terms * terms)
-    return m1, np.maximum(m2 - m1 * m1, 0.0)
-
-
-def exact_bstar(problem: Problem) -> np.ndarray:
-    """The exact per-component optimal score-function baselines b*_p = E[f s_p^2] / E[s_p^2]
-    by tensor Gauss-Hermite quadrature (exact on the Gaussian target); HarnessError where
-    the quadrature is not exact (other targets) or infeasible (5**d > QUAD_MAX_POINTS)."""
-    why = exact_bstar_unavailable(problem.target.code, problem.dim)
-    if why:
-        raise HarnessError(f"score_function baseline exact_optimal: {why}")
-    P = problem.family.n_params(problem.dim)
-    m1, _ = quadrature(problem, [kernels.E_BSTAR_NUM, kernels.E_BSTAR_DEN])
-    return m1[:P] / m1[P:2 * P]
-
-
 def exact_bstar_unavailable(target_code: int, dim: int) -> str | None:
-    """Why the exact b* cannot be computed for this target and dimension (None: it can)."""
-    if target_code != kernels.T_GAUSSIAN:
-        return "the exact b* needs exact quadrature, available for the gaussian target only"
-    if QUAD_NODES ** dim > QUAD_MAX_POINTS:
-        return (f"the exact b* quadrature needs {QUAD_NODES}^{dim} points, more than "
-                f"{QUAD_MAX_POINTS:,} (d <= 9)")
-    return None
+    """Why the exact b* (``baseline=exact_optimal``) cannot be computed (None: it can)."""
+    return references.unavailable(target_code, dim)
 
 
 def reference(problem: Problem, estimator) -> tuple[np.ndarray, np.ndarray, str, str]:
     """(exact_grad[P], exact_var[P], grad_source, var_source) for one estimator.
 
     The gradient: the target's closed form (else NaN, "none").  The per-sample variance:
-    the target's closed form; else, on the Gaussian target (where every term is a
-    polynomial in eps), exact tensor Gauss-Hermite quadrature of the estimator's own
-    formula ("quadrature"; for ``score_function[baseline=mean]`` with the baseline fixed at
-    the exact ELBO, the N -> infinity limit of the leave-one-out baseline; for
-    ``baseline=optimal`` and ``exact_optimal`` with the baselines fixed at the exact b*_p,
-    Var[(f - b*_p) s_p], the exact variance of exact_optimal and the N -> infinity limit of
-    optimal's); else NaN.
+    the target's closed form (``closed_form``); else the independent formulas of
+    ``harness.vi.references`` (``quadrature``: the score function on the Gaussian target,
+    N -> infinity values for ``baseline=mean`` and ``optimal``); else NaN, ``none``.
+    Never computed from the kernels.
     """
-    code = int(_codes([estimator])[0])
+    v = resolve(estimator)
     t, fam = problem.target, problem.family.code
-    P = problem.family.n_params(problem.dim)
-    nan = np.full(P, np.nan)
+    nan = np.full(problem.n_params, np.nan)
     grad, gsrc = nan, "none"
     if t.exact_grad is not None:
         grad, gsrc = np.asarray(t.exact_grad(fam, problem.mu, problem.C), float), "closed_form"
     var, vsrc = nan, "none"
-    closed = t.exact_var(code, fam, problem.mu, problem.C) if t.exact_var else None
+    closed = t.exact_var(v.code, fam, problem.mu, problem.C) if t.exact_var else None
     if closed is not None:
         var, vsrc = np.asarray(closed, float), "closed_form"
-    elif t.code == kernels.T_GAUSSIAN:
-        base = t.exact_elbo(fam, problem.mu, problem.C) if code == kernels.E_SCORE_LOO else 0.0
-        bases = None
-        if code in (kernels.E_SCORE_OPT, kernels.E_SCORE_EXACT_OPT) \
-                and exact_bstar_unavailable(t.code, problem.dim) is None:
-            bases = exact_bstar(problem)
-        q = quadrature(problem, [code], base, bases=bases)
-        if code in (kernels.E_SCORE_OPT, kernels.E_SCORE_EXACT_OPT) and bases is None:
-            q = None
-        if q is not None:
-            var, vsrc = q[1][:P], "quadrature"
+    else:
+        quad = references.variance(problem, v.code)
+        if quad is not None:
+            var, vsrc = np.asarray(quad, float), "quadrature"
     return grad, var, gsrc, vsrc
 
 
@@ -282,22 +245,23 @@ class OptimizerSpec:
 
 
 def optimize(problem: Problem, estimator, opt: OptimizerSpec, seeds) -> np.ndarray:
-    """theta at every record (steps 0, m, 2m, ..., and the end): array [S, R, P]."""
-    code = int(_codes([estimator])[0])
-    if code == kernels.E_SCORE_LOO and opt.samples < 2:
+    """theta at every record (steps 0, m, 2m, ..., and the end): array [S, R, P].  CPU."""
+    v = resolve(estimator)
+    if v.code == E_SCORE_MEAN and opt.samples < 2:
         raise ValueError("the leave-one-out baseline needs >= 2 samples per step")
-    if code == kernels.E_SCORE_EXACT_OPT:
+    if v.code == E_SCORE_EXACT_OPTIMAL:
         raise HarnessError("score_function baseline exact_optimal is not available in "
                            "optimisation mode (its exact b* changes with lambda every step)")
     k0, k1 = _keys(seeds)
     t = problem.target
-    n_rec = len(record_steps(opt))
-    rec = np.empty((k0.size, n_rec, problem.family.n_params(problem.dim)))
-    kernels.opt_kernel(k0, k1, np.int64(opt.steps), np.int64(opt.samples), np.int64(t.code),
-                       t.ta, t.tm, t.ti, np.int64(problem.family.code), np.int64(problem.dim),
-                       np.int64(code), problem.theta(), opt.name == "adam", float(opt.lr),
-                       opt.schedule == "cosine", np.int64(opt.record_every),
-                       float(opt.min_diag), rec)
+    P = problem.n_params
+    _, _, n_terms = layout([v], P)
+    rec = np.empty((k0.size, len(record_steps(opt)), P))
+    kernels().opt_kernel(
+        k0, k1, np.int64(opt.steps), np.int64(opt.samples), np.int64(t.code), t.ta, t.tm, t.ti,
+        np.int64(problem.family.code), np.int64(P), np.int64(problem.dim), np.int64(v.code),
+        np.int64(n_terms), problem.theta(), opt.name == "adam", float(opt.lr),
+        opt.schedule == "cosine", np.int64(opt.record_every), float(opt.min_diag), rec)
     return rec
 
 
@@ -311,8 +275,8 @@ def trace(problem: Problem, estimator, opt: OptimizerSpec, rec: np.ndarray, seed
     where known), the per-component gradient variance of the estimator at that lambda (mean
     and max over components) and the distance to the optimum (where known, Euclidean in
     theta).  Fresh samples of record r use stream 2 + 2 r (``harness.vi.kernels``; the
-    optimal baseline's independent draws stream 2**31 + 2 + 2 r)."""
-    code = _codes([estimator])
+    optimal baseline's independent draws its copy 2**31 + 2 + 2 r).  CPU."""
+    variant = resolve(estimator)
     S, R, P = rec.shape
     fam = problem.family
     out = {k: np.full((S, R), np.nan) for k in
@@ -327,11 +291,12 @@ def trace(problem: Problem, estimator, opt: OptimizerSpec, rec: np.ndarray, seed
         # a diverged trajectory (inf/NaN) gets NaN trace values, the others are recorded
         ok = np.isfinite(rec[:, r]).all(axis=1) & (np.diagonal(Cs, axis1=1, axis2=2) > 0).all(1)
         if ok.any():
-            mean, var = raw_moments(problem, code, opt.var_samples, np.asarray(seeds)[ok],
-                                    stream=2 + 2 * r, mus=mus[ok], Cs=Cs[ok])
-            out["elbo"][ok, r] = mean[:, -1]
-            out["grad_var_mean"][ok, r] = var[:, :P].mean(axis=1)
-            out["grad_var_max"][ok, r] = var[:, :P].max(axis=1)
+            _, var, elbo = _moments(problem, [variant], opt.var_samples,
+                                    np.asarray(seeds)[ok], stream=2 + 2 * r, mus=mus[ok],
+                                    Cs=Cs[ok])
+            out["elbo"][ok, r] = elbo
+            out["grad_var_mean"][ok, r] = var[:, 0].mean(axis=1)
+            out["grad_var_max"][ok, r] = var[:, 0].max(axis=1)
         for s in range(S):
             if ok[s] and problem.target.exact_elbo is not None:
                 out["exact_elbo"][s, r] = problem.target.exact_elbo(fam.code, mus[s], Cs[s])

@@ -147,8 +147,8 @@ def parse(r, doc: CommentedMap, common: dict) -> ElboProblem:
                                               common["estimators"])
         if common["backend"] != "cpu":
             v = r.entry(doc, "backend", "")
-            r.fail(f"backend {common['backend']!r} does not run ELBO optimisation", v.line,
-                   v.key, fix="use backend: cpu for mode: optimize")
+            r.fail(f"backend {common['backend']!r} runs ELBO problems in mode estimate only",
+                   v.line, v.key, fix="use backend: cpu for mode: optimize")
     else:
         if "optimizer" in doc:
             r.fail("optimizer is only used with mode: optimize", doc.lc.key("optimizer")[0] + 1,
@@ -374,9 +374,9 @@ def _check_exact_optimal(r, doc, fields):
         r.fail("baseline exact_optimal is not available with mode: optimize (its exact b* "
                "changes with lambda at every step)", item.line, item.key,
                fix="use baseline: optimal (estimated from an independent stream)")
-    from .api import exact_bstar_unavailable
+    from .references import unavailable
     for pt in fields["points"]:
-        why = exact_bstar_unavailable(TARGETS[pt.target].code, pt.dim)
+        why = unavailable(TARGETS[pt.target].code, pt.dim)
         if why:
             r.fail(f"baseline exact_optimal at target {pt.target}, dim {pt.dim}: {why}",
                    item.line, item.key, fix="use baseline: optimal (estimated from an "

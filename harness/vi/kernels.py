@@ -1,13 +1,16 @@
-"""numba kernels for ELBO gradients of location-scale q (module-level, cached, deterministic).
+"""numba kernels for ELBO gradients of location-scale q (module-level, dispatching on codes).
 
-Unlike the 1-D Gaussian-cost kernels (``harness.backends.cpu``), which are generated per
-(cost, estimators) combination, the ELBO kernels are *module-level* functions that dispatch
-on small integer codes (target, family, estimator) at run time.  The per-sample work is
-O(d^2) vector/matrix arithmetic, so a well-predicted branch per sample costs nothing, and a
-module-level kernel is exactly what numba's on-disk cache handles correctly (no factories, no
-closures over other jitted functions: DESIGN.md, "Pitfalls").  A new target, family or
-estimator is one branch here plus one registry entry (``harness.vi.targets``,
-``harness.vi.families``, ``harness.vi.estimators``).
+Load this module with :func:`harness.vi.api.kernels` (``harness.kernel_cache``), never through a
+plain import: numba's on-disk cache of a function notices edits of its own file only, and
+this module inlines the Philox code of ``harness/rng.py`` and calls the families' jitted
+functions; the loaded copy's name carries a digest of every file it imports, so an edit
+anywhere gives a new kernel.  Hence the absolute imports.
+
+The functions are module-level and dispatch on small integer codes (``harness.vi.codes``:
+target, family, estimator) at run time: the per-sample work is O(d^2) vector arithmetic, so
+a well-predicted branch per sample costs nothing.  The per-sample and per-chunk functions
+allocate nothing (scratch arrays are passed in), so the CUDA kernel (``harness.vi.cuda``)
+calls the very same functions.
 
 Random-number plan (Philox streams of ``harness.rng``; key = the seed):
 
@@ -18,26 +21,44 @@ Random-number plan (Philox streams of ``harness.rng``; key = the seed):
   and common to every estimator of a call (paired comparisons).
 - minibatch indices of sample i (logistic regression with batch B): uniform number
   ``i * 2*ceil(B/2) + b`` of stream ``s + 1``, index = floor(u * n_data) (with replacement).
-- variance-study cells use s = 0.  Optimisation (``opt_kernel``): the M samples of step t
-  are samples ``t * M + i`` of stream 0; the fresh samples used to record the gradient
-  variance and the ELBO at record r are samples 0.. of stream ``2 + 2 r``.
-- ``score_function[baseline=optimal]`` estimates its baselines from an *independent* set of
-  draws: those of main stream s (eps and minibatch indices, by the rules above) are taken
-  from stream ``s + STREAM_BASELINE`` (and ``s + STREAM_BASELINE + 1``), STREAM_BASELINE =
-  2**31.  Main streams are < 2**31 (records r < 10**9 use at most 2 + 2 r + 1 < 2**31), so
-  the baseline streams [2**31, 2**32) collide with none of them and fit the 32-bit Philox
-  counter word.  Variance cell: stream 2**31; step t of ``opt_kernel``: samples t*M + i of
-  stream 2**31; record r: stream 2**31 + 2 + 2 r.
+- estimate cells use s = 0.  Optimisation (``opt_kernel``): the M samples of step t are
+  samples ``t * M + i`` of stream 0; the fresh samples used to record the gradient variance
+  and the ELBO at record r are samples 0.. of stream ``2 + 2 r``.
+- the independent copy of main stream s is stream ``s + INDEPENDENT_STREAM_OFFSET`` (2**31,
+  ``harness.rng``): ``score_function[baseline=optimal]`` draws its independent sample i
+  (eps and minibatch) there, by the same rules, in the same loop as the main sample i.  Main
+  streams are < 2**31 (records r < 10**9 use at most 2 + 2 r + 1 < 2**31), so the copies
+  [2**31, 2**32) collide with none of them and fit Philox's 32-bit counter word.
 
-Work decomposition: ``grad_kernel`` runs ``prange`` over (seed, chunk) with a chunk size
-that depends on N only; each chunk accumulates shifted sums sequentially and chunks are
-merged in chunk order (``harness.backends.cpu.merge_chunks``), so results are bitwise
-identical for any thread count.  ``opt_kernel`` runs ``prange`` over seeds; each seed's
-trajectory is sequential.  Memory never depends on N.
+Accumulated quantities (``sample_quantities``), estimator e at ``offsets[e]``, P components:
 
-Parameter vector layout (``theta``, also the order of gradient components):
-  diag: mu[0..d-1], log_sigma[0..d-1];  full: mu[0..d-1], then L[i, j] for i = 0..d-1,
-  j = 0..i (row-major lower triangle) at offset d + i (i + 1) / 2 + j.
+- per-sample estimators (``n_moments`` 0 in ``harness.vi.estimators``): P terms g_p.
+- ``score_function[baseline=mean]``: 6 per component p, in the order of the 1-D
+  ``harness.estimators.score_function.moments_mean``: f~ s_p, f~, s_p, (f~ s_p)^2, f~ s_p^2,
+  s_p^2, with f~ = f - f_shift; ``finalize_mean`` forms the estimate and variance.
+- ``score_function[baseline=optimal]``: 7 per component, the order of ``moments_optimal``:
+  f~ s_p, s_p, (f~ s_p)^2, f~ s_p^2, s_p^2, f~' s'_p^2, s'_p^2 (primes: the independent
+  sample); ``finalize_optimal``.
+- last: f = log g(z) - log q(z), whose mean is the ELBO estimate.
+f_shift is f at eps = 0 (z = mu) with sample 0's minibatch, a per-seed constant: it cancels
+exactly from both estimates and only guards the moment sums against cancellation.  Each
+chunk computes it (one evaluation of log g per chunk, not counted).
+
+Work decomposition: ``grad_kernel`` runs ``prange`` over (seed, chunk) with chunks that
+depend on N only (``harness.backends.cpu.chunking``); each chunk accumulates shifted sums
+sequentially (``accumulate_chunk``) and chunks are merged in chunk order
+(``harness.backends.cpu.merge_chunks``): bitwise identical for any thread count.
+``opt_kernel`` runs ``prange`` over seeds; each trajectory is sequential.  Memory never
+depends on N.
+
+Arguments shared by the functions: ``key0, key1`` the seed's Philox key (32-bit values in
+uint64; ``keys0, keys1`` per seed); ``tid`` the target code and ``ta, tm, ti`` its float
+vector, float matrix and int vector (``harness.vi.targets.TargetData``); ``family`` the
+family code; ``n_params`` = P; ``mu`` (d,), ``C`` (d, d) (``mus``, ``Cs`` per seed);
+``codes``, ``offsets`` (E,) the estimators and where their quantities start;
+``baselines`` (E P,) (per seed: (S, E P)); ``stream`` the main stream.
+Parameter vector layout (``theta``, also the order of gradient components): see
+``harness.vi.families``.
 """
 
 from __future__ import annotations
@@ -47,41 +68,26 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..rng import normal_pair, uniform_pair
-
-# target codes
-T_GAUSSIAN = 0
-T_LOGISTIC = 1
-T_RIPPLE = 2
-T_BANANA = 3
-# family codes
-F_DIAG = 0
-F_FULL = 1
-# estimator codes
-E_REPARAM = 0
-E_REPARAM_SAMPLED_ENTROPY = 1
-E_STL = 2
-E_SCORE = 3
-E_SCORE_LOO = 4
-E_WRONG_NO_ENTROPY = 5   # deliberately wrong (entropy gradient dropped): tests only
-E_SCORE_OPT = 6          # baseline: optimal (per-component b^_j from the baseline stream)
-E_SCORE_EXACT_OPT = 7    # baseline: exact_optimal (per-component exact b*_j)
-E_BSTAR_NUM = 8          # internal: f s_j^2 (numerator of b*_j = E[f s_j^2] / E[s_j^2])
-E_BSTAR_DEN = 9          # internal: s_j^2 (denominator)
-
-STREAM_BASELINE = 2 ** 31
+from harness.rng import INDEPENDENT_STREAM_OFFSET, normal_pair, uniform_pair
+from harness.vi.codes import (
+    E_REPARAM,
+    E_REPARAM_SAMPLED_ENTROPY,
+    E_SCORE,
+    E_SCORE_EXACT_OPTIMAL,
+    E_SCORE_MEAN,
+    E_SCORE_OPTIMAL,
+    E_STL,
+    E_WRONG_BASELINE_INDEX,
+    E_WRONG_NO_ENTROPY,
+    F_DIAG,
+    T_BANANA,
+    T_GAUSSIAN,
+    T_LOGISTIC,
+    T_RIPPLE,
+)
+from harness.vi.families import diag, full
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-# numba's on-disk cache of these kernels is invalidated only when *this* file changes, not
-# when the inlined random-number code does (DESIGN.md, "Pitfalls").  So this file records a
-# digest of harness/rng.py and harness/scalar_math.py; tests/test_vi.py fails when they
-# change until the digest here is updated, and that edit invalidates the stale cache.
-DEPENDENCY_DIGEST = "06fe066f7ba70d14"
-
-
-def n_params(family: int, d: int) -> int:
-    return 2 * d if family == F_DIAG else d + d * (d + 1) // 2
 
 
 # ----------------------------------------------------------------------------- targets
@@ -102,9 +108,10 @@ def _sigmoid(x):
 
 
 @njit(cache=True)
-def target_eval(tid, ta, tm, ti, z, idx, G):
-    """log g(z); writes grad_z log g(z) into G.  ``idx`` holds minibatch indices (used when
-    ti[0] > 0 for logistic regression)."""
+def log_target(tid, ta, tm, ti, z, idx, grad):
+    """log g(z) of target ``tid``; writes grad_z log g(z) into ``grad``.  ``ta``, ``tm``,
+    ``ti``: the target's arrays (``harness.vi.targets.TargetData``); ``idx`` holds the
+    minibatch indices (logistic regression with ti[0] > 0)."""
     d = z.size
     if tid == T_GAUSSIAN:
         # ta = [m (d), log normaliser], tm = precision P = S^-1
@@ -113,7 +120,7 @@ def target_eval(tid, ta, tm, ti, z, idx, G):
             acc = 0.0
             for k in range(d):
                 acc += tm[i, k] * (z[k] - ta[k])
-            G[i] = -acc
+            grad[i] = -acc
             q += (z[i] - ta[i]) * acc
         return ta[d] - 0.5 * q
     elif tid == T_LOGISTIC:
@@ -121,7 +128,7 @@ def target_eval(tid, ta, tm, ti, z, idx, G):
         n = tm.shape[0]
         logp = -0.5 * d * LOG_2PI
         for i in range(d):
-            G[i] = -z[i]
+            grad[i] = -z[i]
             logp -= 0.5 * z[i] * z[i]
         batch = ti[0]
         m = batch if batch > 0 else n
@@ -135,7 +142,7 @@ def target_eval(tid, ta, tm, ti, z, idx, G):
             ll += ta[r] * eta - _softplus(eta)
             w = scale * (ta[r] - _sigmoid(eta))
             for i in range(d):
-                G[i] += w * tm[r, i]
+                grad[i] += w * tm[r, i]
         return logp + scale * ll
     elif tid == T_RIPPLE:
         # log g = log N(z; 0, I) + a sum_i cos(omega z_i); ta = [a, omega]
@@ -143,294 +150,382 @@ def target_eval(tid, ta, tm, ti, z, idx, G):
         lg = -0.5 * d * LOG_2PI
         for i in range(d):
             lg += -0.5 * z[i] * z[i] + a * math.cos(om * z[i])
-            G[i] = -z[i] - a * om * math.sin(om * z[i])
+            grad[i] = -z[i] - a * om * math.sin(om * z[i])
         return lg
-    else:
-        # banana (Haario et al.): z0 ~ N(0, s^2), z_i - b (z0^2 - s^2) ~ N(0, 1) for i >= 1;
-        # ta = [s, b]; normalised
+    elif tid == T_BANANA:
+        # z0 ~ N(0, s^2), z_i - b (z0^2 - s^2) ~ N(0, 1) for i >= 1; ta = [s, b]; normalised
         s, bb = ta[0], ta[1]
         lg = -0.5 * d * LOG_2PI - math.log(s) - 0.5 * (z[0] / s) ** 2
-        G[0] = -z[0] / (s * s)
+        grad[0] = -z[0] / (s * s)
         for i in range(1, d):
             r = z[i] - bb * (z[0] * z[0] - s * s)
             lg -= 0.5 * r * r
-            G[i] = -r
-            G[0] += r * 2.0 * bb * z[0]
+            grad[i] = -r
+            grad[0] += r * 2.0 * bb * z[0]
         return lg
+    return math.nan
+
+
+# ----------------------------------------------------------------------------- families
+
+@njit(cache=True)
+def _transform(family, mu, C, eps, z, v):
+    if family == F_DIAG:
+        return diag.transform(mu, C, eps, z, v)
+    return full.transform(mu, C, eps, z, v)
+
+
+@njit(cache=True)
+def _inverse(family, mu, C, z, eps, v):
+    if family == F_DIAG:
+        diag.inverse(mu, C, z, eps, v)
+    else:
+        full.inverse(mu, C, z, eps, v)
+
+
+@njit(cache=True)
+def _score(family, C, eps, v, out):
+    if family == F_DIAG:
+        diag.score(C, eps, v, out)
+    else:
+        full.score(C, eps, v, out)
+
+
+@njit(cache=True)
+def _pathwise(family, C, eps, h, out):
+    if family == F_DIAG:
+        diag.pathwise(C, eps, h, out)
+    else:
+        full.pathwise(C, eps, h, out)
+
+
+@njit(cache=True)
+def _add_entropy_gradient(family, C, out):
+    if family == F_DIAG:
+        diag.add_entropy_gradient(C, out)
+    else:
+        full.add_entropy_gradient(C, out)
+
+
+@njit(cache=True)
+def _elbo_integrand(tid, ta, tm, ti, family, mu, C, eps, idx, z, v, grad):
+    """f = log g(z) - log q(z) at z = mu + C eps; also fills z, v = C^-T eps and grad =
+    grad_z log g(z)."""
+    logdet = _transform(family, mu, C, eps, z, v)
+    sumsq = 0.0
+    for i in range(eps.size):
+        sumsq += eps[i] * eps[i]
+    log_q = -0.5 * sumsq - 0.5 * eps.size * LOG_2PI - logdet
+    return log_target(tid, ta, tm, ti, z, idx, grad) - log_q
 
 
 # ----------------------------------------------------------------------------- one sample
 
 @njit(cache=True)
-def sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_total, n_total, bases,
-                 work, out):
-    """Every requested estimator's per-sample gradient term at base draw ``eps``.
+def work_size(d, n_params, n_terms):
+    """Length of the float scratch of ``accumulate_chunk`` (``sample_quantities`` uses all
+    but the first 2 d + n_terms)."""
+    return 11 * d + 3 * n_params + n_terms
 
-    ``out[e * P + p]`` = term of estimator ``codes[e]`` for component p; ``out[E * P]`` =
-    the ELBO sample f = log g(z) - log q(z).  The E_SCORE_LOO baseline is the mean of the
-    other samples' f, (f_total - f) / (n_total - 1), with f_total the sum of f over all
-    n_total samples; n_total <= 0.0 (a float64, like f_total) means a fixed baseline
-    f_total (exact references).  E_SCORE_OPT and E_SCORE_EXACT_OPT use the fixed
-    per-component baseline ``bases[e * P + p]``.  E_BSTAR_NUM / E_BSTAR_DEN (internal) give
-    f s_p^2 and s_p^2, s = grad_lambda log q, whose means form b*_p.
-    ``work`` is (5, d) scratch.  Returns f.
+
+@njit(cache=True)
+def sample_quantities(tid, ta, tm, ti, family, n_params, mu, C, eps, idx, eps_ind, idx_ind,
+                      codes, offsets, baselines, f_shift, work, out):
+    """Every requested estimator's accumulated quantities at base draw ``eps``; returns f.
+
+    Layout of ``out`` and the meaning of ``f_shift``: the module docstring.  ``eps_ind`` /
+    ``idx_ind``: the independent sample (read only if a code is E_SCORE_OPTIMAL).
+    ``baselines[e * P + p]``: the fixed baseline of E_SCORE_EXACT_OPTIMAL (estimator e,
+    component p).  ``work``: float scratch of length >= 9 d + 3 P.
     """
-    d = mu.size
-    P = d + d if family == F_DIAG else d + d * (d + 1) // 2
-    z, G, v, ep, u = work[0], work[1], work[2], work[3], work[4]
-    sumsq = 0.0
-    logdet = 0.0
-    if family == F_DIAG:
-        for i in range(d):
-            z[i] = mu[i] + C[i, i] * eps[i]
-            v[i] = eps[i] / C[i, i]                    # C^-T eps = -grad_z log q
-            logdet += math.log(C[i, i])
-            sumsq += eps[i] * eps[i]
-    else:
-        for i in range(d):
-            acc = mu[i]
-            for j in range(i + 1):
-                acc += C[i, j] * eps[j]
-            z[i] = acc
-            logdet += math.log(C[i, i])
-            sumsq += eps[i] * eps[i]
-        for i in range(d - 1, -1, -1):                 # v = L^-T eps (back substitution)
-            acc = eps[i]
-            for k in range(i + 1, d):
-                acc -= C[k, i] * v[k]
-            v[i] = acc / C[i, i]
-    logg = target_eval(tid, ta, tm, ti, z, idx, G)
-    logq = -0.5 * sumsq - 0.5 * d * LOG_2PI - logdet
-    f = logg - logq
-    n_est = codes.size
-    out[n_est * P] = f
-    baseline = f_total if n_total <= 0.0 else (f_total - f) / (n_total - 1.0)
-
-    for e in range(n_est):
+    d, P = mu.size, n_params
+    z, G, v = work[0:d], work[d:2 * d], work[2 * d:3 * d]
+    eps_z, u, h = work[3 * d:4 * d], work[4 * d:5 * d], work[5 * d:6 * d]
+    z_ind, G_ind, v_ind = work[6 * d:7 * d], work[7 * d:8 * d], work[8 * d:9 * d]
+    s = work[9 * d:9 * d + P]
+    s_ind = work[9 * d + P:9 * d + 2 * P]
+    tmp = work[9 * d + 2 * P:9 * d + 3 * P]
+    f = _elbo_integrand(tid, ta, tm, ti, family, mu, C, eps, idx, z, v, G)
+    out[out.size - 1] = f
+    have_score = False
+    have_independent = False
+    f_ind = 0.0
+    for e in range(codes.size):
         code = codes[e]
-        o = e * P
-        if code == E_REPARAM_SAMPLED_ENTROPY:
-            # the literal total derivative of log g(z) - log q(z; lambda), as autodiff of a
-            # sampled -log q computes it: eps' = C^-1 (z - mu), u = C^-T eps' = -grad_z log q;
-            # path term (G + u) dz/dlambda, plus the score term -d/dlambda log q at fixed z.
-            if family == F_DIAG:
-                for i in range(d):
-                    ep[i] = (z[i] - mu[i]) / C[i, i]
-                    u[i] = ep[i] / C[i, i]
-            else:
-                for i in range(d):
-                    acc = z[i] - mu[i]
-                    for k in range(i):
-                        acc -= C[i, k] * ep[k]
-                    ep[i] = acc / C[i, i]
-                for i in range(d - 1, -1, -1):
-                    acc = ep[i]
-                    for k in range(i + 1, d):
-                        acc -= C[k, i] * u[k]
-                    u[i] = acc / C[i, i]
+        o = offsets[e]
+        g = out[o:o + P]
+        if code == E_REPARAM or code == E_WRONG_NO_ENTROPY:
+            # G dz/dlambda + grad log|det C| (the wrong variant drops the entropy gradient)
+            _pathwise(family, C, eps, G, g)
+            if code == E_REPARAM:
+                _add_entropy_gradient(family, C, g)
+        elif code == E_STL:
+            # the path derivative of log g(z) - log q(z): (G - grad_z log q) dz/dlambda
             for i in range(d):
-                out[o + i] = (G[i] + u[i]) - u[i]
-            if family == F_DIAG:
-                for i in range(d):
-                    s = C[i, i]
-                    out[o + d + i] = (G[i] + u[i]) * eps[i] * s - (u[i] * ep[i] * s - 1.0)
-            else:
-                for i in range(d):
-                    base = o + d + i * (i + 1) // 2
-                    for j in range(i + 1):
-                        t = (G[i] + u[i]) * eps[j] - u[i] * ep[j]
-                        if j == i:
-                            t += 1.0 / C[i, i]
-                        out[base + j] = t
-        elif code == E_SCORE or code == E_SCORE_LOO or code >= E_SCORE_OPT:
-            # the score s = grad_lambda log q into out[o:o+P], then the weight per component
+                h[i] = G[i] + v[i]
+            _pathwise(family, C, eps, h, g)
+        elif code == E_REPARAM_SAMPLED_ENTROPY:
+            # the total derivative of log g(z) - log q(z; lambda) as autodiff of a sampled
+            # -log q computes it: the path term (G - grad_z log q(z)) dz/dlambda with
+            # grad_z log q = -C^-T eps_z, eps_z = C^-1 (z - mu), plus the score term
+            # -d/dlambda log q(z; lambda) at fixed z
+            _inverse(family, mu, C, z, eps_z, u)
             for i in range(d):
-                out[o + i] = v[i]                      # d/dmu log q = C^-T eps
-            if family == F_DIAG:
-                for i in range(d):
-                    out[o + d + i] = eps[i] * eps[i] - 1.0
-            else:
-                for i in range(d):
-                    base = o + d + i * (i + 1) // 2
-                    for j in range(i + 1):
-                        s = v[i] * eps[j]
-                        if j == i:
-                            s -= 1.0 / C[i, i]
-                        out[base + j] = s
+                h[i] = G[i] + u[i]
+            _pathwise(family, C, eps, h, g)
+            _score(family, C, eps_z, u, tmp)
+            for p in range(P):
+                g[p] -= tmp[p]
+        else:
+            # score function: (f - b) grad_lambda log q(z)
+            if not have_score:
+                _score(family, C, eps, v, s)
+                have_score = True
             if code == E_SCORE:
                 for p in range(P):
-                    out[o + p] *= f
-            elif code == E_SCORE_LOO:
-                w = f - baseline
+                    g[p] = f * s[p]
+            elif code == E_SCORE_EXACT_OPTIMAL:
                 for p in range(P):
-                    out[o + p] *= w
-            elif code == E_BSTAR_NUM:
+                    g[p] = (f - baselines[e * P + p]) * s[p]
+            elif code == E_WRONG_BASELINE_INDEX:
                 for p in range(P):
-                    out[o + p] *= f * out[o + p]
-            elif code == E_BSTAR_DEN:
+                    g[p] = (f - baselines[e * P + (p + 1) % P]) * s[p]
+            elif code == E_SCORE_MEAN:
+                ft = f - f_shift
                 for p in range(P):
-                    out[o + p] *= out[o + p]
-            else:
+                    fs = ft * s[p]
+                    q = o + 6 * p
+                    out[q] = fs
+                    out[q + 1] = ft
+                    out[q + 2] = s[p]
+                    out[q + 3] = fs * fs
+                    out[q + 4] = fs * s[p]
+                    out[q + 5] = s[p] * s[p]
+            elif code == E_SCORE_OPTIMAL:
+                if not have_independent:
+                    f_ind = _elbo_integrand(tid, ta, tm, ti, family, mu, C, eps_ind, idx_ind,
+                                            z_ind, v_ind, G_ind)
+                    _score(family, C, eps_ind, v_ind, s_ind)
+                    have_independent = True
+                ft = f - f_shift
+                ft_ind = f_ind - f_shift
                 for p in range(P):
-                    out[o + p] *= f - bases[o + p]
-        else:
-            # pathwise family: reparam (analytic entropy), stl (path derivative only),
-            # wrong_no_entropy (reparam without the entropy gradient)
-            stl = code == E_STL
-            for i in range(d):
-                out[o + i] = G[i] + v[i] if stl else G[i]
-            ent = 1.0 if code == E_REPARAM else 0.0
-            if family == F_DIAG:
-                for i in range(d):
-                    gi = G[i] + v[i] if stl else G[i]
-                    out[o + d + i] = gi * eps[i] * C[i, i] + ent
-            else:
-                for i in range(d):
-                    gi = G[i] + v[i] if stl else G[i]
-                    base = o + d + i * (i + 1) // 2
-                    for j in range(i + 1):
-                        out[base + j] = gi * eps[j]
-                    out[base + i] += ent / C[i, i]
+                    fs = ft * s[p]
+                    q = o + 7 * p
+                    out[q] = fs
+                    out[q + 1] = s[p]
+                    out[q + 2] = fs * fs
+                    out[q + 3] = fs * s[p]
+                    out[q + 4] = s[p] * s[p]
+                    out[q + 5] = ft_ind * s_ind[p] * s_ind[p]
+                    out[q + 6] = s_ind[p] * s_ind[p]
     return f
 
 
 # ----------------------------------------------------------------------------- draws
 
-@njit(inline="always")
-def _draw(key0, key1, sample, d, stream, eps, ti, n_data, idx):
-    """eps of ``sample`` (flat normal stream), and its minibatch indices if batched."""
+@njit(cache=True)
+def draw_base(key0, key1, sample, stream, eps):
+    """eps of ``sample``: normal numbers sample*d .. sample*d + d - 1 of ``stream``."""
+    d = eps.size
     for j in range(d):
-        fl = sample * d + j
-        if j == 0 or (fl & 1) == 0:
-            z0, z1 = normal_pair(key0, key1, fl >> 1, stream)
-        eps[j] = z1 if (fl & 1) == 1 else z0
+        flat = sample * d + j
+        if j == 0 or (flat & 1) == 0:
+            z0, z1 = normal_pair(key0, key1, flat >> 1, stream)
+        eps[j] = z1 if (flat & 1) == 1 else z0
+
+
+@njit(cache=True)
+def draw_minibatch(key0, key1, sample, stream, ti, n_data, idx):
+    """Minibatch indices of ``sample`` (if the target is batched): uniform numbers of
+    ``stream`` (the main stream + 1), floor(u * n_data), with replacement."""
     batch = ti[0]
     if batch > 0:
         per = (batch + 1) // 2
         for b in range(0, batch, 2):
-            u0, u1 = uniform_pair(key0, key1, sample * per + b // 2, stream + 1)
+            u0, u1 = uniform_pair(key0, key1, sample * per + b // 2, stream)
             idx[b] = min(np.int64(u0 * n_data), n_data - 1)
             if b + 1 < batch:
                 idx[b + 1] = min(np.int64(u1 * n_data), n_data - 1)
 
 
-# ----------------------------------------------------------------------------- kernels
-
-@njit(parallel=True, cache=True)
-def grad_kernel(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family, mus, Cs,
-                codes, f_sums, bases, out):
-    """out[s, c, :] = (count, shift[T], sum[T], sum_sq[T]) of chunk c of seed s, T = E*P + 1.
-
-    Seed s estimates at (mus[s], Cs[s]).  ``f_sums[s]`` is the sum over the seed's N samples
-    of f = log g - log q (the first pass, needed only by E_SCORE_LOO, whose baseline for
-    sample i is (f_sums[s] - f_i) / (N - 1)).  ``bases[s, e * P + p]`` is the fixed baseline
-    of E_SCORE_OPT / E_SCORE_EXACT_OPT (estimator e, component p) for seed s.
-    """
-    n_seeds, n_chunks = out.shape[0], out.shape[1]
-    for job in prange(n_seeds * n_chunks):
-        # the body is one call: a small parallel region compiles much faster
-        s = job // n_chunks
-        c = job - s * n_chunks
-        first = c * chunk
-        _chunk_sums(keys0[s], keys1[s], first, min(first + chunk, n_samples), n_samples,
-                    stream, tid, ta, tm, ti, family, mus[s], Cs[s], codes, f_sums[s],
-                    bases[s], out[s, c])
+@njit(cache=True)
+def _needs_independent(codes):
+    for e in range(codes.size):
+        if codes[e] == E_SCORE_OPTIMAL:
+            return True
+    return False
 
 
 @njit(cache=True)
-def _chunk_sums(key0, key1, first, last, n_samples, stream, tid, ta, tm, ti, family, mu, C,
-                codes, f_sum, bases, row):
-    """row = (count, shift[T], sum[T], sum_sq[T]) of samples first..last-1, shifted by the
-    terms of the first (guards the variance against cancellation)."""
+def _f_at_location(key0, key1, stream, tid, ta, tm, ti, family, mu, C, eps, idx, work):
+    """f at eps = 0 (z = mu) with sample 0's minibatch: the shift of the moment sums."""
+    d = mu.size
+    for j in range(d):
+        eps[j] = 0.0
+    draw_minibatch(key0, key1, 0, stream + 1, ti, tm.shape[0], idx)
+    return _elbo_integrand(tid, ta, tm, ti, family, mu, C, eps, idx, work[0:d],
+                           work[d:2 * d], work[2 * d:3 * d])
+
+
+# ----------------------------------------------------------------------------- chunks
+
+@njit(cache=True)
+def accumulate_chunk(key0, key1, first, last, stream, tid, ta, tm, ti, family, n_params, mu,
+                     C, codes, offsets, baselines, work, idx_work, row):
+    """row = (count, shift[T], sum[T], sum_sq[T]) of the T quantities of samples
+    first .. last-1 of one seed (key0, key1), shifted by those of the first sample (guards
+    the variance against cancellation).  Scratch: ``work`` float64 of length
+    ``work_size(d, n_params, T)``, ``idx_work`` int64 of length 2 max(batch, 1).
+    Allocates nothing: the CUDA kernel calls it with slices of device arrays."""
     d = mu.size
     T = (row.size - 1) // 3
     n_data = tm.shape[0]
-    eps = np.empty(d)
-    idx = np.zeros(max(ti[0], 1), dtype=np.int64)
-    work = np.empty((5, d))
-    t = np.empty(T)
-    shift = np.empty(T)
-    acc = np.zeros(T)
-    acc2 = np.zeros(T)
+    eps, eps_ind = work[0:d], work[d:2 * d]
+    terms = work[2 * d:2 * d + T]
+    scratch = work[2 * d + T:]
+    batch = max(ti[0], 1)
+    idx, idx_ind = idx_work[0:batch], idx_work[batch:2 * batch]
+    independent = _needs_independent(codes)
+    f_shift = _f_at_location(key0, key1, stream, tid, ta, tm, ti, family, mu, C, eps, idx,
+                             scratch)
     for i in range(first, last):
-        _draw(key0, key1, i, d, stream, eps, ti, n_data, idx)
-        sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, f_sum,
-                     np.float64(n_samples), bases, work, t)
+        draw_base(key0, key1, i, stream, eps)
+        draw_minibatch(key0, key1, i, stream + 1, ti, n_data, idx)
+        if independent:
+            draw_base(key0, key1, i, stream + INDEPENDENT_STREAM_OFFSET, eps_ind)
+            draw_minibatch(key0, key1, i, stream + INDEPENDENT_STREAM_OFFSET + 1, ti, n_data,
+                           idx_ind)
+        sample_quantities(tid, ta, tm, ti, family, n_params, mu, C, eps, idx, eps_ind, idx_ind,
+                          codes, offsets, baselines, f_shift, scratch, terms)
         if i == first:
             for k in range(T):
-                shift[k] = t[k]
+                row[1 + k] = terms[k]
+                row[1 + T + k] = 0.0
+                row[1 + 2 * T + k] = 0.0
         for k in range(T):
-            dv = t[k] - shift[k]
-            acc[k] += dv
-            acc2[k] += dv * dv
+            dv = terms[k] - row[1 + k]
+            row[1 + T + k] += dv
+            row[1 + 2 * T + k] += dv * dv
     row[0] = last - first
-    for k in range(T):
-        row[1 + k] = shift[k]
-        row[1 + T + k] = acc[k]
-        row[1 + 2 * T + k] = acc2[k]
-
-
-@njit(cache=True)
-def theta_to_lambda(family, theta, mu, C):
-    """Unpack the parameter vector into mu and the scale matrix C (diag: exp(log_sigma))."""
-    d = mu.size
-    for i in range(d):
-        mu[i] = theta[i]
-    C[:, :] = 0.0
-    if family == F_DIAG:
-        for i in range(d):
-            C[i, i] = math.exp(theta[d + i])
-    else:
-        for i in range(d):
-            base = d + i * (i + 1) // 2
-            for j in range(i + 1):
-                C[i, j] = theta[base + j]
 
 
 @njit(parallel=True, cache=True)
-def opt_kernel(keys0, keys1, n_steps, m_samples, tid, ta, tm, ti, family, d, code, theta0,
-               adam, lr, cosine, record_every, min_diag, rec_theta):
-    """Stochastic-gradient ascent on the ELBO from theta0 with one estimator, per seed.
-
-    Step t (0-based) estimates the gradient from M = m_samples draws (samples t*M .. t*M+M-1
-    of stream 0), then updates theta with SGD or Adam (beta1 0.9, beta2 0.999, eps 1e-8,
-    bias-corrected) at rate lr * (1 + cos(pi t / n_steps)) / 2 if cosine else lr.  For the
-    full family the diagonal of L is projected onto [min_diag, inf) after each step.
-    E_SCORE_LOO makes a first pass over the step's draws for the sum of f; E_SCORE_OPT first
-    estimates b^_p = sum f' s'_p^2 / sum s'_p^2 from samples t*M .. t*M+M-1 of the baseline
-    stream STREAM_BASELINE (independent of the step's draws).  E_SCORE_EXACT_OPT is not
-    supported here (its b* would change with lambda at every step).
-    rec_theta[s, r] = theta before step r * record_every (the last record: after all steps).
-    """
-    for s in prange(rec_theta.shape[0]):
-        _optimize_one(keys0[s], keys1[s], n_steps, m_samples, tid, ta, tm, ti, family, d, code,
-                      theta0, adam, lr, cosine, record_every, min_diag, rec_theta[s])
+def grad_kernel(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family, n_params,
+                mus, Cs, codes, offsets, baselines, out):
+    """out[s, c, :] = ``accumulate_chunk`` of chunk c (samples c*chunk ..) of seed s, at
+    lambda = (mus[s], Cs[s]); ``baselines[s]`` the seed's fixed baselines."""
+    n_seeds, n_chunks = out.shape[0], out.shape[1]
+    for job in prange(n_seeds * n_chunks):
+        # the body is one call: a small parallel region compiles much faster (and int64,
+        # as typed outside the parallel region: else the parfor's uint64 index compiles
+        # _chunk_job a second time)
+        _chunk_job(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family, n_params,
+                   mus, Cs, codes, offsets, baselines, out, np.int64(job))
 
 
 @njit(cache=True)
-def _optimize_one(key0, key1, n_steps, m_samples, tid, ta, tm, ti, family, d, code, theta0,
-                  adam, lr, cosine, record_every, min_diag, rec):
+def _chunk_job(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family, n_params, mus,
+               Cs, codes, offsets, baselines, out, job):
+    n_chunks = out.shape[1]
+    s = job // n_chunks
+    c = job - s * n_chunks
+    first = c * chunk
+    d = mus.shape[1]
+    T = (out.shape[2] - 1) // 3
+    work = np.empty(work_size(d, n_params, T))
+    idx_work = np.zeros(2 * max(ti[0], 1), dtype=np.int64)
+    accumulate_chunk(keys0[s], keys1[s], first, min(first + chunk, n_samples), stream, tid, ta,
+                     tm, ti, family, n_params, mus[s], Cs[s], codes, offsets, baselines[s],
+                     work, idx_work, out[s, c])
+
+
+@njit(cache=True)
+def quantities_at(tid, ta, tm, ti, family, n_params, mu, C, codes, offsets, baselines,
+                  f_shift, n_terms, eps_rows, idx_rows, eps_ind_rows, idx_ind_rows):
+    """``sample_quantities`` at given draws (row r: eps_rows[r], minibatch idx_rows[r], the
+    independent sample eps_ind_rows[r], idx_ind_rows[r]): an array [rows, n_terms].  For
+    tests (the stream plan, quadrature of the kernel's terms against closed forms)."""
+    d = mu.size
+    out = np.empty((eps_rows.shape[0], n_terms))
+    work = np.empty(work_size(d, n_params, n_terms))
+    for r in range(eps_rows.shape[0]):
+        sample_quantities(tid, ta, tm, ti, family, n_params, mu, C, eps_rows[r], idx_rows[r],
+                          eps_ind_rows[r], idx_ind_rows[r], codes, offsets, baselines, f_shift,
+                          work, out[r])
+    return out
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+@njit(cache=True)
+def step_gradient(code, sums, m_samples, n_params, grad):
+    """The gradient estimate of one step from the sums of its M samples' quantities: the mean
+    for per-sample estimators; for E_SCORE_MEAN and E_SCORE_OPTIMAL the estimate half of
+    ``harness.estimators.score_function.finalize_mean`` / ``finalize_optimal`` (the same
+    algebra, per component): (sum f~s - sum f~ sum s / M) / (M - 1), and (sum f~s - b~ sum s)
+    / M with b~ = sum f~' s'^2 / sum s'^2."""
+    M = np.float64(m_samples)
+    for p in range(n_params):
+        if code == E_SCORE_MEAN:
+            q = 6 * p
+            grad[p] = (sums[q] - sums[q + 1] * sums[q + 2] / M) / (M - 1.0)
+        elif code == E_SCORE_OPTIMAL:
+            q = 7 * p
+            grad[p] = (sums[q] - sums[q + 5] / sums[q + 6] * sums[q + 1]) / M
+        else:
+            grad[p] = sums[p] / M
+
+
+@njit(parallel=True, cache=True)
+def opt_kernel(keys0, keys1, n_steps, m_samples, tid, ta, tm, ti, family, n_params, d, code,
+               n_terms, theta0, adam, lr, cosine, record_every, min_diag, rec_theta):
+    """Stochastic-gradient ascent on the ELBO from theta0 with one estimator, per seed.
+
+    Step t (0-based) estimates the gradient from M = m_samples draws (samples t*M .. t*M+M-1
+    of stream 0; ``baseline=optimal``: also those of its independent copy), then updates
+    theta with SGD or Adam (beta1 0.9, beta2 0.999, eps 1e-8, bias-corrected) at rate
+    lr * (1 + cos(pi t / n_steps)) / 2 if cosine else lr, then projects theta back into
+    the family (``project``).  One pass over the step's draws for every estimator (the
+    baselines come from moments: ``step_gradient``); the moment shift of step t is the mean
+    f of step t - 1 (step 0: f at z = mu), a constant given the step's draws.  ``n_terms``:
+    the number of quantities of ``code`` (P n_moments or P, plus f).
+    E_SCORE_EXACT_OPTIMAL is not supported (its b* would change with lambda every step).
+    rec_theta[s, r] = theta before step r * record_every (the last record: after all steps).
+    """
+    for s in prange(rec_theta.shape[0]):
+        _optimize_one(keys0[s], keys1[s], n_steps, m_samples, tid, ta, tm, ti, family,
+                      n_params, d, code, n_terms, theta0, adam, lr, cosine, record_every,
+                      min_diag, rec_theta[s])
+
+
+@njit(cache=True)
+def _optimize_one(key0, key1, n_steps, m_samples, tid, ta, tm, ti, family, n_params, d, code,
+                  n_terms, theta0, adam, lr, cosine, record_every, min_diag, rec):
     """One seed's trajectory of ``opt_kernel``; rec[r] = theta at record r."""
     n_rec = rec.shape[0]
-    P = theta0.size
+    P = n_params
     n_data = tm.shape[0]
     codes = np.array([code], dtype=np.int64)
+    offsets = np.zeros(1, dtype=np.int64)
+    baselines = np.zeros(P)
     theta = theta0.copy()
     m1 = np.zeros(P)
     m2 = np.zeros(P)
-    g = np.zeros(P)
+    grad = np.zeros(P)
     mu = np.empty(d)
     C = np.empty((d, d))
     eps = np.empty(d)
-    idx = np.zeros(max(ti[0], 1), dtype=np.int64)
-    work = np.empty((5, d))
-    t = np.empty(P + 1)
-    bcodes = np.array([E_BSTAR_NUM, E_BSTAR_DEN], dtype=np.int64)
-    tb = np.empty(2 * P + 1)
-    num = np.zeros(P)
-    den = np.zeros(P)
-    bases = np.zeros(P)
+    eps_ind = np.empty(d)
+    batch = max(ti[0], 1)
+    idx = np.zeros(batch, dtype=np.int64)
+    idx_ind = np.zeros(batch, dtype=np.int64)
+    work = np.empty(work_size(d, P, n_terms))
+    terms = np.empty(n_terms)
+    sums = np.zeros(n_terms)
+    independent = code == E_SCORE_OPTIMAL
     r = 0
+    f_shift = 0.0
     for step in range(n_steps + 1):
         if step % record_every == 0 or step == n_steps:
             if r < n_rec:
@@ -438,38 +533,33 @@ def _optimize_one(key0, key1, n_steps, m_samples, tid, ta, tm, ti, family, d, co
                 r += 1
         if step == n_steps:
             break
-        theta_to_lambda(family, theta, mu, C)
-        fsum = 0.0
-        if code == E_SCORE_LOO:
-            for i in range(m_samples):
-                _draw(key0, key1, step * m_samples + i, d, 0, eps, ti, n_data, idx)
-                fsum += sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes[:0],
-                                     0.0, 0.0, bases, work, t)
-        elif code == E_SCORE_OPT:
-            num[:] = 0.0
-            den[:] = 0.0
-            for i in range(m_samples):
-                _draw(key0, key1, step * m_samples + i, d, STREAM_BASELINE, eps, ti, n_data,
-                      idx)
-                sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, bcodes, 0.0, 0.0,
-                             bases, work, tb)
-                for p in range(P):
-                    num[p] += tb[p]
-                    den[p] += tb[P + p]
-            for p in range(P):
-                bases[p] = num[p] / den[p]
-        g[:] = 0.0
+        if family == F_DIAG:
+            diag.unpack_into(theta, mu, C)
+        else:
+            full.unpack_into(theta, mu, C)
+        if step == 0:
+            f_shift = _f_at_location(key0, key1, 0, tid, ta, tm, ti, family, mu, C, eps, idx,
+                                     work)
+        sums[:] = 0.0
         for i in range(m_samples):
-            _draw(key0, key1, step * m_samples + i, d, 0, eps, ti, n_data, idx)
-            sample_terms(tid, ta, tm, ti, family, mu, C, eps, idx, codes, fsum,
-                         np.float64(m_samples), bases, work, t)
-            for p in range(P):
-                g[p] += t[p]
+            sample = step * m_samples + i
+            draw_base(key0, key1, sample, 0, eps)
+            draw_minibatch(key0, key1, sample, 1, ti, n_data, idx)
+            if independent:
+                draw_base(key0, key1, sample, INDEPENDENT_STREAM_OFFSET, eps_ind)
+                draw_minibatch(key0, key1, sample, INDEPENDENT_STREAM_OFFSET + 1, ti, n_data,
+                               idx_ind)
+            sample_quantities(tid, ta, tm, ti, family, P, mu, C, eps, idx, eps_ind, idx_ind,
+                              codes, offsets, baselines, f_shift, work, terms)
+            for k in range(n_terms):
+                sums[k] += terms[k]
+        step_gradient(code, sums, m_samples, P, grad)
+        f_shift = sums[n_terms - 1] / m_samples
         rate = lr
         if cosine:
             rate = lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
         for p in range(P):
-            gp = g[p] / m_samples
+            gp = grad[p]
             if adam:
                 m1[p] = 0.9 * m1[p] + 0.1 * gp
                 m2[p] = 0.999 * m2[p] + 0.001 * gp * gp
@@ -478,23 +568,7 @@ def _optimize_one(key0, key1, n_steps, m_samples, tid, ta, tm, ti, family, d, co
                 theta[p] += rate * mh / (math.sqrt(vh) + 1e-8)
             else:
                 theta[p] += rate * gp
-        if family == F_FULL:
-            for i in range(d):
-                k = d + i * (i + 1) // 2 + i
-                if theta[k] < min_diag:
-                    theta[k] = min_diag
-
-
-@njit(cache=True)
-def terms_at(tid, ta, tm, ti, family, mu, C, codes, baseline, bases, eps_rows, idx_rows):
-    """Terms at given base draws (rows of ``eps_rows``): for tests and references
-    (``baseline``: the fixed E_SCORE_LOO baseline; ``bases``: as in ``sample_terms``)."""
-    d = mu.size
-    P = d + d if family == F_DIAG else d + d * (d + 1) // 2
-    T = codes.size * P + 1
-    out = np.empty((eps_rows.shape[0], T))
-    work = np.empty((5, d))
-    for r in range(eps_rows.shape[0]):
-        sample_terms(tid, ta, tm, ti, family, mu, C, eps_rows[r], idx_rows[r], codes,
-                     baseline, 0.0, bases, work, out[r])
-    return out
+        if family == F_DIAG:
+            diag.project(theta, d, min_diag)
+        else:
+            full.project(theta, d, min_diag)

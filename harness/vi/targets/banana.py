@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import codes
 from . import Target, TargetData
 
 
 def build(params: dict, dim) -> TargetData:
     s, b = float(params.get("s", 1.0)), float(params.get("b", 0.5))
-    return TargetData("banana", kernels.T_BANANA, int(dim), np.array([s, b]), np.zeros((1, 1)),
+    return TargetData("banana", codes.T_BANANA, int(dim), np.array([s, b]), np.zeros((1, 1)),
                       np.zeros(1, np.int64), info={"s": s, "b": b})
 
 
-TARGET = Target("banana", kernels.T_BANANA, ("dim", "s", "b"), build,
+TARGET = Target("banana", codes.T_BANANA, ("dim", "s", "b"), build,
                 description="curved Gaussian (Haario et al.): z_1 - b (z_0^2 - s^2) ~ N(0, 1)")

@@ -13,8 +13,8 @@ Per-sample variances (G = a - B eps is linear in eps; E eps^4 = 3):
     mu[i]: sum_k B_ik^2;   L[i,j]: a_i^2 + B_ij^2 + sum_k B_ik^2;
     log_sigma[i]: sigma_i^2 (a_i^2 + B_ii^2 + sum_k B_ik^2)
   stl: the same with B' = P C - C^-T in place of B.
-The score function's variances come from exact tensor Gauss-Hermite quadrature
-(``harness.vi.exact``).
+The score function's variances: exact tensor Gauss-Hermite quadrature of a plain-NumPy
+transcription of its definition (``harness.vi.references``).
 
 Grid: ``mean: [...]`` and ``cov: [[...]]``, or ``target_seed: n`` with ``dim: d``:
 m = normals(n, d, stream 1), S = A A^T / d + 0.5 I with A = normals(n, d*d, stream 2)
@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from ...rng import normals
-from .. import kernels
+from .. import codes
 from . import Target, TargetData
 
 
@@ -54,33 +54,33 @@ def make(m, S) -> TargetData:
 
     def grad(family, mu, C):
         a = -P @ (mu - m)
-        if family == kernels.F_DIAG:
+        if family == codes.F_DIAG:
             s = np.diag(C)
             return np.concatenate([a, 1.0 - np.diag(P) * s * s])
         GL = -P @ C + np.diag(1.0 / np.diag(C))
         return np.concatenate([a, GL[np.tril_indices(d)]])
 
     def var(code, family, mu, C):
-        if code not in (kernels.E_REPARAM, kernels.E_REPARAM_SAMPLED_ENTROPY, kernels.E_STL,
-                        kernels.E_WRONG_NO_ENTROPY):
+        if code not in (codes.E_REPARAM, codes.E_REPARAM_SAMPLED_ENTROPY, codes.E_STL,
+                        codes.E_WRONG_NO_ENTROPY):
             return None
         a = -P @ (mu - m)
         B = P @ C
-        if code == kernels.E_STL:
+        if code == codes.E_STL:
             B = B - np.linalg.inv(C).T
         row = (B * B).sum(axis=1)
-        if family == kernels.F_DIAG:
+        if family == codes.F_DIAG:
             s = np.diag(C)
             return np.concatenate([row, s * s * (a * a + np.diag(B) ** 2 + row)])
         i, j = np.tril_indices(d)
         return np.concatenate([row, a[i] ** 2 + B[i, j] ** 2 + row[i]])
 
     def optimum(family):
-        if family == kernels.F_DIAG:
+        if family == codes.F_DIAG:
             return m.copy(), np.diag(1.0 / np.sqrt(np.diag(P)))
         return m.copy(), np.linalg.cholesky(S)
 
-    return TargetData("gaussian", kernels.T_GAUSSIAN, d, np.concatenate([m, [lognorm]]),
+    return TargetData("gaussian", codes.T_GAUSSIAN, d, np.concatenate([m, [lognorm]]),
                       np.ascontiguousarray(P), np.zeros(1, np.int64), elbo, grad, var, optimum,
                       {"mean": m.tolist(), "cov": S.tolist()})
 
@@ -91,6 +91,6 @@ def build(params: dict, dim) -> TargetData:
     return make(params["mean"], params["cov"])
 
 
-TARGET = Target("gaussian", kernels.T_GAUSSIAN, ("mean", "cov", "target_seed", "dim"), build,
+TARGET = Target("gaussian", codes.T_GAUSSIAN, ("mean", "cov", "target_seed", "dim"), build,
                 description="N(mean, cov): closed-form ELBO, gradient and variances",
                 has_optimum=True)

@@ -67,7 +67,8 @@ import numpy as np
 from scipy import optimize as _opt
 from scipy.special import expit, ndtr
 
-F_DIAG, F_FULL = 0, 1        # the family codes (harness.vi.kernels.F_DIAG / F_FULL)
+from ..codes import F_DIAG, F_FULL
+
 NODES = 200                  # Gauss-Hermite nodes (sd <= SD_SWITCH)
 SD_SWITCH = 2.0
 LEGENDRE_NODES = 200         # per half-line (sd > SD_SWITCH)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import kernels
+from .. import codes
 from . import Target, TargetData, logistic_exact
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "breast_cancer.csv"
@@ -60,7 +60,7 @@ def build(params: dict, dim=None) -> TargetData:
     X, y = load()
     batch = int(params.get("batch", 0) or 0)
     # writable copies: a read-only array is another numba type (another compilation)
-    return TargetData("logistic_regression", kernels.T_LOGISTIC, DIM, np.array(y, order="C"),
+    return TargetData("logistic_regression", codes.T_LOGISTIC, DIM, np.array(y, order="C"),
                       np.array(X, order="C"), np.array([batch], np.int64),
                       exact_elbo=logistic_exact.exact_elbo,
                       exact_grad=logistic_exact.exact_grad,
@@ -68,6 +68,6 @@ def build(params: dict, dim=None) -> TargetData:
                       info={"batch": batch, "n_data": N_DATA})
 
 
-TARGET = Target("logistic_regression", kernels.T_LOGISTIC, ("batch",), build, fixed_dim=DIM,
+TARGET = Target("logistic_regression", codes.T_LOGISTIC, ("batch",), build, fixed_dim=DIM,
                 description="Bayesian logistic regression, breast cancer data (569 x 31)",
                 has_optimum=True)

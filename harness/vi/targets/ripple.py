@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .. import kernels
+from .. import codes
 from . import Target, TargetData
 
 
@@ -41,13 +41,13 @@ def make(d: int, a: float, omega: float) -> TargetData:
         sii, e = parts(mu, C)
         gmu = -mu - a * omega * np.sin(omega * mu) * e
         h = -0.5 - 0.5 * a * omega * omega * np.cos(omega * mu) * e
-        if family == kernels.F_DIAG:
+        if family == codes.F_DIAG:
             s = np.diag(C)
             return np.concatenate([gmu, 2 * s * s * h + 1.0])
         GL = 2 * C * h[:, None] + np.diag(1.0 / np.diag(C))
         return np.concatenate([gmu, GL[np.tril_indices(d)]])
 
-    return TargetData("ripple", kernels.T_RIPPLE, d, np.array([a, omega], float),
+    return TargetData("ripple", codes.T_RIPPLE, d, np.array([a, omega], float),
                       np.zeros((1, 1)), np.zeros(1, np.int64), elbo, grad, None, None,
                       {"a": a, "omega": omega})
 
@@ -56,5 +56,5 @@ def build(params: dict, dim) -> TargetData:
     return make(int(dim), float(params.get("a", 1.0)), float(params.get("omega", 5.0)))
 
 
-TARGET = Target("ripple", kernels.T_RIPPLE, ("dim", "a", "omega"), build,
+TARGET = Target("ripple", codes.T_RIPPLE, ("dim", "a", "omega"), build,
                 description="N(0, I) x exp(a sum cos(omega z)): pathwise variance ~ (a omega)^2")
