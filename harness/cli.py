@@ -204,7 +204,7 @@ def list_command():
         options = getattr(e, "options", {}) or {}
         opt = "".join(f"; option {k}: {'|'.join(map(registry.option_text, v))}"
                       for k, v in options.items())
-        click.echo(f"  {name:16} needs_derivative: {str(e.needs_derivative).lower()}; "
+        click.echo(f"  {name:16} needs_derivative: {str('derivative' in e.needs).lower()}; "
                    f"evals_per_sample: {e.evals_per_sample}{opt}  {e.description}")
     from .vi.estimators import ESTIMATORS as VI_ESTIMATORS
     from .vi.families import FAMILIES

@@ -399,12 +399,12 @@ def _read_wrt(r: _Reader, v: _Value, fields) -> dict:
 
 def _read_estimators(r: _Reader, v: _Value, fields) -> dict:
     items = r.items(v, "estimator")
-    specs = [_read_estimator(r, item, fields["cost"]) for item in items]
+    specs = [_read_estimator(r, item, fields["cost"], fields["distribution"]) for item in items]
     r.no_duplicates(items, [s.label for s in specs], "estimator")
     return {"estimators": tuple(specs)}
 
 
-def _read_estimator(r: _Reader, v: _Value, cost: str) -> EstimatorSpec:
+def _read_estimator(r: _Reader, v: _Value, cost: str, distribution: str) -> EstimatorSpec:
     """``name`` or ``{name: name, option: value, ...}``; options come from the registry."""
     if isinstance(v.value, CommentedMap):
         m = v.value
@@ -437,12 +437,9 @@ def _read_estimator(r: _Reader, v: _Value, cost: str) -> EstimatorSpec:
         r.fail(f"expected an estimator name or mapping, got {_describe(v.value)}",
                v.line, v.key, fix=f"use one of: {_or_none(registry.ESTIMATORS)}")
 
-    if registry.ESTIMATORS[spec.name].needs_derivative and registry.COSTS[cost].derivative is None:
-        usable = [n for n, e in registry.ESTIMATORS.items() if not e.needs_derivative]
-        smooth = [n for n, c in registry.COSTS.items() if c.derivative is not None]
-        r.fail(f"{spec.name} needs the derivative of the cost, but cost {cost} is not "
-               f"differentiable", v.line, v.key,
-               fix=f"use {_or_none(usable)}, or a differentiable cost ({_or_none(smooth)})")
+    problem = registry.combination_problem(spec, distribution, cost)  # f', f'', ... missing
+    if problem is not None:
+        r.fail(problem[0], v.line, v.key, fix=problem[1])
     return spec
 
 

@@ -11,6 +11,10 @@ use it.
   on w > 0), by composite Gauss-Legendre on [0, 14] (the mass beyond 14 is e^{-98}).
 - ``unit_nodes()``: composite Gauss-Legendre on [0, 1], for E over U ~ Uniform(0, 1).
 - ``values(fn, x, k)``: a jitted scalar cost evaluated on an array.
+- ``kernel_values(fn, theta, e, component=None)``: a family's jitted kernel function
+  (``to_x(theta, e)`` or ``score(component, theta, e)``) evaluated on an array of base draws,
+  for per-cell constants that must be computed exactly as the kernel computes (never for
+  references: those are written apart from the kernel).
 """
 
 from __future__ import annotations
@@ -68,4 +72,29 @@ def values(fn, x, k) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float64)
     out = np.empty_like(x)
     _apply(fn, x, float(k), out)
+    return out
+
+
+@njit
+def _apply_theta(fn, theta, e, out):
+    for i in range(e.size):
+        out[i] = fn(theta, e[i])
+
+
+@njit
+def _apply_component(fn, component, theta, e, out):
+    for i in range(e.size):
+        out[i] = fn(component, theta, e[i])
+
+
+def kernel_values(fn, theta, e, component=None) -> np.ndarray:
+    """``fn(theta, e)`` (or ``fn(component, theta, e)`` for an int ``component``) elementwise
+    over a 1-D array of base draws ``e``, for a family's jitted kernel function."""
+    e = np.ascontiguousarray(e, dtype=np.float64)
+    out = np.empty_like(e)
+    theta = tuple(float(t) for t in theta)
+    if component is None:
+        _apply_theta(fn, theta, e, out)
+    else:
+        _apply_component(fn, int(component), theta, e, out)
     return out

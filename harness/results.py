@@ -129,7 +129,6 @@ def cell_table(cell, estimate, sample_var, seconds: float) -> pa.Table:
     if unknown:
         raise ValueError(f"cell {cell.id}: parameters {unknown} have no column in SCHEMA")
     mu, sigma = params["mu"], params["sigma"]
-    k = params.get("k", 0.0)  # the kernels and exact references take k = 0 when unused
 
     # Per (estimator, component) references, shape (E, C), then repeated for every seed.
     exact_grad = np.empty((n_est, n_comp))
@@ -138,7 +137,7 @@ def cell_table(cell, estimate, sample_var, seconds: float) -> pa.Table:
     for e, spec in enumerate(cell.estimators):
         for c, comp in enumerate(cell.wrt):
             exact_grad[e, c], exact_var[e, c], source[e, c] = reference(
-                spec, comp, cell.cost, mu, sigma, k
+                spec, comp, cell.distribution, cell.cost, params
             )
     evals = np.array([resolve(spec).evals_per_sample for spec in cell.estimators],
                      dtype=np.int64)

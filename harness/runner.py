@@ -203,12 +203,9 @@ def compute_cell(cell: Cell):
     The arrays have shape ``(len(cell.seeds), len(cell.estimators), len(cell.wrt))``.
     """
     estimate = _kernel(cell.backend)
-    p = cell.param_dict
-    k = p.get("k", 0.0)  # every kernel takes k; costs without one ignore it
     start = time.perf_counter()
-    est, var = estimate(cell.distribution, cell.cost, list(cell.estimators),
-                        cell.wrt, p["mu"], p["sigma"], k, cell.n_samples,
-                        np.asarray(cell.seeds, dtype=np.int64))
+    est, var = estimate(cell.distribution, cell.cost, list(cell.estimators), cell.wrt,
+                        cell.param_dict, cell.n_samples, np.asarray(cell.seeds, dtype=np.int64))
     return est, var, time.perf_counter() - start
 
 

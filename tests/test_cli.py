@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness import __version__, registry
-from harness.base import Cost
+from harness.axes import Cost
 from harness.cli import main
 from harness.errors import ResultsError
 
@@ -151,8 +151,7 @@ def test_base_grid_is_valid(tmp_path):
 
 
 def test_pathwise_on_a_non_differentiable_cost(tmp_path, monkeypatch):
-    step = Cost(name="step", params=(), value=lambda x, k: float(x > 0), derivative=None,
-                exact_mean=lambda mu, sigma, k: 0.0, exact_grad=lambda mu, sigma, k: {})
+    step = Cost(name="step", params=(), value=lambda x, k: float(x > 0), derivative=None)
     monkeypatch.setitem(registry.COSTS, "step", step)
     path = tmp_path / "grid.yaml"
     path.write_text(edit(l4="  cost: step", l7=None), encoding="utf-8")

@@ -26,10 +26,10 @@ from harness.runner import run_grid
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_estimate(distribution, cost, estimators, components, mu, sigma, k, n_samples, seeds):
+def fake_estimate(distribution, cost, estimators, components, params, n_samples, seeds):
     """(estimate, sample_var) of shape (seeds, estimators, components), exact on average."""
     shape = (len(seeds), len(estimators), len(components))
-    exact = np.array([[reference(e, c, cost, mu, sigma, k)[:2] for c in components]
+    exact = np.array([[reference(e, c, distribution, cost, params)[:2] for c in components]
                       for e in estimators])
     est, var = np.empty(shape), np.empty(shape)
     for i, seed in enumerate(seeds):
@@ -122,7 +122,8 @@ def test_report_table_agrees_with_a_direct_pandas_computation(tmp_path):
                                    err_msg=column)
     # Exact values in the table are harness.exact's.
     for row in table.itertuples():
-        grad, var, source = reference(row.estimator, row.param, "quadratic", 2.0, 1.5, -1.0)
+        grad, var, source = reference(row.estimator, row.param, "normal", "quadratic",
+                                      {"mu": 2.0, "sigma": 1.5, "k": -1.0})
         assert (row.exact_grad, row.exact_var, row.exact_source) == (grad, var, source)
     # The page shows the same numbers (formatted).
     page = index.read_text()

@@ -77,7 +77,8 @@ def test_cell_table_exact_columns_come_from_harness_exact():
     df = cell_table(cell, *fake_arrays(cell), 1.0).to_pandas()
     for row in df.itertuples():
         name = row.estimator  # no options, so label == name
-        grad, var, source = reference(name, row.param, "quadratic", 2.0, 1.0, -3.0)
+        grad, var, source = reference(name, row.param, "normal", "quadratic",
+                                      {"mu": 2.0, "sigma": 1.0, "k": -3.0})
         assert (row.exact_grad, row.exact_var, row.exact_source) == (grad, var, source)
     # Spot check against DESIGN.md: a = mu - k = 5, score function wrt mu: a^4 + 14 a^2 + 15.
     sf_mu = df[(df.estimator == "score_function") & (df.param == "mu")]

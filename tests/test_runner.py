@@ -29,7 +29,7 @@ REPO = Path(harness.__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 
-def fake_estimate(distribution, cost, estimators, components, mu, sigma, k, n_samples, seeds,
+def fake_estimate(distribution, cost, estimators, components, params, n_samples, seeds,
                   delay=0.0):
     """Stand-in kernel: deterministic per (seed, N), right mean and variance on average.
 
@@ -39,7 +39,7 @@ def fake_estimate(distribution, cost, estimators, components, mu, sigma, k, n_sa
     time.sleep(delay)
     shape = (len(seeds), len(estimators), len(components))
     est, var = np.empty(shape), np.empty(shape)
-    exact = np.array([[reference(e, c, cost, mu, sigma, k)[:2] for c in components]
+    exact = np.array([[reference(e, c, distribution, cost, params)[:2] for c in components]
                       for e in estimators])                      # (E, C, 2)
     for i, seed in enumerate(np.asarray(seeds)):
         rng = np.random.default_rng([int(seed), int(n_samples)])
@@ -151,11 +151,12 @@ def test_run_skip_force(tmp_path, calls):
     first = read_results(tmp_path)
     assert len(first) == 4 * 20 * 2 * 2
     assert len(calls) == 4
-    # The kernel gets the names, the components, mu, sigma, k, N and int64 seeds.
-    dist, cost, ests, comps, mu, sigma, k, n, seeds = calls[0]
+    # The kernel gets the names, the components, the parameters, N and int64 seeds.
+    dist, cost, ests, comps, params, n, seeds = calls[0]
     # (estimators as EstimatorSpec-like objects: the backend resolves their options)
-    assert (dist, cost, [e.label for e in ests], tuple(comps), mu, sigma, k, n) == (
-        "normal", "quadratic", ["score_function", "pathwise"], ("mu", "sigma"), 2.0, 1.0, -3.0, 10)
+    assert (dist, cost, [e.label for e in ests], tuple(comps), dict(params), n) == (
+        "normal", "quadratic", ["score_function", "pathwise"], ("mu", "sigma"),
+        {"mu": 2.0, "sigma": 1.0, "k": -3.0}, 10)
     assert seeds.dtype == np.int64 and list(seeds) == list(range(20))
 
     again = run_grid(grid, tmp_path, progress=False)
@@ -177,13 +178,13 @@ def test_rerun_completes_a_partial_run(tmp_path, calls):
     assert finished_cells(tmp_path) == {cells[0].id, cells[1].id}
     summary = run_grid(grid, tmp_path, progress=False)
     assert (summary.computed, summary.skipped) == (2, 2)
-    assert [c[6] for c in calls[-2:]] == [0.0, 0.0]  # only the k = 0 cells were computed
+    assert [c[4]["k"] for c in calls[-2:]] == [0.0, 0.0]  # only the k = 0 cells were computed
 
 
-def test_cost_without_k_passes_k_zero(tmp_path, calls):
+def test_cost_without_k_passes_no_k(tmp_path, calls):
     grid = make_grid(cost="square", params=(("mu", (2.0,)), ("sigma", (1.0,))), n_samples=(10,))
     run_grid(grid, tmp_path, progress=False)
-    assert calls[0][6] == 0.0
+    assert dict(calls[0][4]) == {"mu": 2.0, "sigma": 1.0}  # the family's and cost's only
     assert read_results(tmp_path)["k"].isna().all()
 
 
