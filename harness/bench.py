@@ -63,7 +63,8 @@ def numpy_reference(n_samples: int, seeds) -> tuple[np.ndarray, np.ndarray]:
 
 def _harness_kernel(n_samples: int, seeds, estimators=WORKLOAD):
     est, var = cpu.estimate("normal", "square", list(estimators), ["mu"],
-                            MU, SIGMA, 0.0, n_samples, np.asarray(seeds, dtype=np.int64))
+                            {"mu": MU, "sigma": SIGMA}, n_samples,
+                            np.asarray(seeds, dtype=np.int64))
     return est[:, :, 0], var[:, :, 0]
 
 
@@ -151,7 +152,7 @@ def _child(argv: list[str]) -> dict:
         t0 = time.perf_counter()
         _harness_kernel(1000, [0])
         seconds = time.perf_counter() - t0
-        kernel = cpu.load_kernel("square", WORKLOAD, ("mu",))
+        kernel = cpu.load_kernel("normal", "square", WORKLOAD, ("mu",))
         stats = kernel.stats
         return {"seconds": seconds, "cache_hits": int(sum(stats.cache_hits.values())),
                 "cache_misses": int(sum(stats.cache_misses.values()))}

@@ -23,6 +23,7 @@ class ConfigError(HarnessError):
     exit_code = 2
 
     def __init__(self, message: str, *, file=None, line=None, key=None, fix=None):
+        self.message = message
         self.file, self.line, self.key, self.fix = file, line, key, fix
         where = ""
         if file is not None:

@@ -1,72 +1,68 @@
 """Exact references: the gradient and the per-sample variance of each estimator's term.
 
-``reference(estimator, component, cost, mu, sigma, k) -> (exact_grad, exact_var, source)``
-takes a registry name or a label (``score_function[baseline=optimal]``) or an
-``EstimatorSpec``-like object.  In order:
+``reference(estimator, component, family, cost, params) -> (exact_grad, exact_var, source)``;
+``estimator`` a registry name, a label (``score_function[baseline=optimal]``) or an
+``EstimatorSpec``-like object, ``family`` a registry name, ``cost`` a cost spec (a name or a
+user-cost mapping, see ``harness.registry.get_cost``), ``params`` a mapping of every family and
+cost parameter.  The variance comes from, in order:
 
-1. a closed form in ``Cost.exact_variance[(label, component)]``: source ``closed_form``;
-2. the variant's own ``exact_moments`` (estimators with extra randomness or accumulated
-   baselines define their per-sample variance and its reference in their module
-   docstring): source as it reports (``quadrature``);
-3. for per-sample estimators without extra randomness, Gauss-Hermite quadrature of the
-   estimator's own per-sample formula over eps ~ N(0, 1) (``harness.quadrature``):
+1. a closed form of the cost under the family, ``cost.closed_forms[family].variance[(label,
+   component)]``: source ``closed_form``;
+2. the variant's ``reference``: a NumPy transcription of the estimator's definition over the
+   family's quadrature rule (or, for ``measure_valued``, over the laws of its decomposition),
+   documented in its module: source ``quadrature``;
+3. otherwise there is none: ``exact_var`` NaN, source ``none``.
 
-       Var[g] = E[g(eps)^2] - E[g(eps)]^2,   E[h(eps)] ~= sum_j w_j h(e_j)
+References are never computed from the code under test: nothing here calls an estimator's
+``per_sample`` (quadrature of the kernel's own term would hand an estimator its own variance
+back, right or wrong).  An estimator without a reference gets ``none``, and its variance is
+checked another way (``tests/test_estimators.py``: across-seed variance of the estimate
+against the mean within-seed variance / N).
 
-   source ``quadrature``;
-4. otherwise ``none`` (exact_var NaN).
-
-The gradient is always the cost's closed form ``exact_grad``.  The ``source`` of every value
-is recorded in the results (``exact_source``) so a reader knows which is which.
+The gradient is the cost's closed form under the family where there is one, else the
+quadrature of E_q[f s] (s the family's score, from its density), the score-function identity.
+The ``source`` is recorded in the results (``exact_source``) so a reader knows which is which.
 """
 
 from __future__ import annotations
 
 import math
-
-import numpy as np
+from collections.abc import Mapping
 
 from . import registry
-from .quadrature import hermite_rule
-from .registry import COSTS
-
-COMPONENTS = ("mu", "sigma")
+from .quadrature import values
 
 
-def quadrature_moments(estimator, component: str, cost: str, mu: float, sigma: float,
-                       k: float) -> tuple[float, float]:
-    """(E[g], Var[g]) of a per-sample estimator's term by Gauss-Hermite quadrature over eps
-    (its extra random streams, if any, are fixed at key 0: only meaningful without them)."""
-    est, c = registry.resolve(estimator), COSTS[cost]
-    if est.n_moments:
-        raise ValueError(f"{est.name} is accumulated: it has no per-sample formula")
-    comp = COMPONENTS.index(component)
-    consts = tuple(est.prepare(c, component, mu, sigma, k)) if est.n_consts else None
-    nodes, weights = hermite_rule()
-    terms = np.empty_like(nodes)
-    for j, eps in enumerate(nodes):
-        x = mu + sigma * eps
-        f = c.value(x, k)
-        df = c.derivative(x, k) if c.derivative is not None else 0.0
-        args = (comp, c.value, k, mu, sigma, eps, f, df, np.uint64(0), np.uint64(0), np.int64(0))
-        terms[j] = est.per_sample(*args, consts) if consts is not None else est.per_sample(*args)
-    mean = float(weights @ terms)
-    second = float(weights @ (terms * terms))
-    return mean, max(second - mean * mean, 0.0)
-
-
-def reference(estimator, component: str, cost: str, mu: float, sigma: float,
-              k: float = 0.0) -> tuple[float, float, str]:
+def reference(estimator, component: str, family, cost, params: Mapping
+              ) -> tuple[float, float, str]:
     """Return (exact_grad, exact_var, source) for one estimator term (see the module doc)."""
-    c = COSTS[cost]
-    est = registry.resolve(estimator)
-    grad = float(c.exact_grad(mu, sigma, k)[component])
-    closed = c.exact_variance.get((est.name, component))
+    fam, c, est = registry.get_family(family), registry.get_cost(cost), registry.resolve(estimator)
+    params = _checked(fam, c, params)
+    if component not in fam.params:
+        raise ValueError(f"component {component!r} is not a parameter of {fam.name}")
+    forms = c.closed_forms.get(fam.name)
+    grad = float(forms.grad(**params)[component]) if forms else gradient(fam, c, component, params)
+    closed = forms.variance.get((est.name, component)) if forms else None
     if closed is not None:
-        return grad, float(closed(mu, sigma, k)), "closed_form"
-    if est.exact_moments is not None:
-        _, var, source = est.exact_moments(c, component, mu, sigma, k)
-        return grad, float(var), source
-    if est.extra_randomness or est.n_moments:
-        return grad, math.nan, "none"
-    return grad, quadrature_moments(est.name, component, cost, mu, sigma, k)[1], "quadrature"
+        return grad, float(closed(**params)), "closed_form"
+    if est.reference is not None:
+        return grad, float(est.reference(fam, c, component, params)[1]), "quadrature"
+    return grad, math.nan, "none"
+
+
+def gradient(family, cost, component: str, params: Mapping) -> float:
+    """d/dtheta_c E_q[f] = E_q[f s] by quadrature over the family's rule."""
+    theta = family.theta(params)
+    x, w = family.rule(theta)
+    f = values(cost.value, x, params.get("k", 0.0))
+    return float(w @ (f * family.score_at(component, theta, x)))
+
+
+def _checked(family, cost, params: Mapping) -> dict:
+    """``params`` as a dict of floats with exactly the family's and the cost's parameters."""
+    names = family.params + cost.params
+    got = set(params)
+    if got != set(names):
+        raise ValueError(f"parameters {sorted(got)} do not match {family.name} and "
+                         f"{cost.name}: {list(names)}")
+    return {name: float(params[name]) for name in names}

@@ -13,6 +13,10 @@ use it.
 - ``hermite_tensor(nodes, dim)``: E over eps ~ N(0, I_dim) by the tensor product of the
   ``nodes``-point rule, in blocks (the ELBO references, ``harness.vi.references``).
 - ``values(fn, x, k)``: a jitted scalar cost evaluated on an array.
+- ``kernel_values(fn, theta, e, component=None)``: a family's jitted kernel function
+  (``to_x(theta, e)`` or ``score(component, theta, e)``) evaluated on an array of base draws,
+  for per-cell constants that must be computed exactly as the kernel computes (never for
+  references: those are written apart from the kernel).
 """
 
 from __future__ import annotations
@@ -85,4 +89,29 @@ def values(fn, x, k) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float64)
     out = np.empty_like(x)
     _apply(fn, x, float(k), out)
+    return out
+
+
+@njit
+def _apply_theta(fn, theta, e, out):
+    for i in range(e.size):
+        out[i] = fn(theta, e[i])
+
+
+@njit
+def _apply_component(fn, component, theta, e, out):
+    for i in range(e.size):
+        out[i] = fn(component, theta, e[i])
+
+
+def kernel_values(fn, theta, e, component=None) -> np.ndarray:
+    """``fn(theta, e)`` (or ``fn(component, theta, e)`` for an int ``component``) elementwise
+    over a 1-D array of base draws ``e``, for a family's jitted kernel function."""
+    e = np.ascontiguousarray(e, dtype=np.float64)
+    out = np.empty_like(e)
+    theta = tuple(float(t) for t in theta)
+    if component is None:
+        _apply_theta(fn, theta, e, out)
+    else:
+        _apply_component(fn, int(component), theta, e, out)
     return out

@@ -1,27 +1,37 @@
-"""Plain registries: name -> record.  Adding a variant is one module and one line here.
+"""Plain registries: name -> record.  Adding a family, cost or estimator is one module and one
+line here.
 
 Tests loop over every entry, so a new estimator or cost is checked against exact references
 without further changes.
 
-Estimators with options are resolved to concrete variants by :func:`resolve`, keyed by their
-label (``score_function[baseline=optimal]``), the key of kernels and results.
+- ``FAMILIES``: distribution families (``harness.axes.Family``); ``DISTRIBUTIONS`` is the same
+  table under the name the grid key ``distribution`` uses.
+- ``COSTS``: built-in costs (``harness.axes.Cost``).  ``get_cost(spec)`` also loads user-written
+  costs from a grid's ``cost: {python: "module:function", ...}`` (``harness.costs.user``).
+- ``ESTIMATORS``: estimators (``harness.axes.Estimator``); those with options are resolved to
+  concrete variants by :func:`resolve`, keyed by their label
+  (``score_function[baseline=optimal]``), the key of kernels and results.
+- ``check_combination(estimator, family, cost)``: one-line ``ConfigError`` when an estimator
+  needs something the family or cost lacks, before anything runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Mapping
 from functools import cache
 
-from .base import Estimator
-from .costs import cos, exp, quadratic, square
+from .axes import NEEDS, Cost, Estimator, Family
+from .costs import cos, exp, quadratic, square, user
 from .distributions import normal
 from .errors import ConfigError
-from .estimators import delta_cv, measure_valued, pathwise, score_function
+from .estimators import antithetic_pathwise, delta_cv, measure_valued, pathwise, score_function
 
-DISTRIBUTIONS = {
-    normal.DISTRIBUTION.name: normal.DISTRIBUTION,
+FAMILIES = {
+    normal.FAMILY.name: normal.FAMILY,
 }
+DISTRIBUTIONS = FAMILIES  # the grid key is ``problem.distribution``
 
 COSTS = {
     square.COST.name: square.COST,
@@ -35,10 +45,63 @@ ESTIMATORS = {
     pathwise.ESTIMATOR.name: pathwise.ESTIMATOR,
     delta_cv.ESTIMATOR.name: delta_cv.ESTIMATOR,
     measure_valued.ESTIMATOR.name: measure_valued.ESTIMATOR,
+    antithetic_pathwise.ESTIMATOR.name: antithetic_pathwise.ESTIMATOR,
 }
 
 BACKENDS = ("cpu", "cuda")  # modules harness.backends.<name>, each with estimate()
 
+
+# ---- families and costs ---------------------------------------------------------------------
+
+def get_family(name) -> Family:
+    """The family record for a registered name (a record passes through)."""
+    if isinstance(name, Family):
+        return name
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown distribution {name!r}", key="problem.distribution",
+                          fix=f"use one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def get_cost(spec) -> Cost:
+    """The cost record for a built-in name, or for a user-cost mapping ``{"python":
+    "module:function", "derivative": "module:function" or None, "second_derivative": ... or
+    None, "path": "/abs/dir/of/the/grid/file"}`` (loaded once per process, compile-checked
+    with numba: see ``harness.costs.user``).  A record passes through."""
+    if isinstance(spec, Cost):
+        return spec
+    if isinstance(spec, str):
+        if spec not in COSTS:
+            raise ConfigError(f"unknown cost {spec!r}", key="problem.cost",
+                              fix=f"use one of {sorted(COSTS)}, or {{python: "
+                              f"'module:function', derivative: 'module:function'}}")
+        return COSTS[spec]
+    if isinstance(spec, Mapping):
+        return _user_cost(cost_key(spec))
+    raise ConfigError(f"a cost is a name or a mapping, got {type(spec).__name__}",
+                      key="problem.cost", fix=f"use one of {sorted(COSTS)}")
+
+
+def cost_key(spec):
+    """A hashable key of a cost spec: the name, or the user mapping as sorted (key, value)
+    pairs (missing roles as None)."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, Cost):
+        return spec.name
+    unknown = set(spec) - set(user.SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in a user cost", key="problem.cost",
+                          fix=f"use {', '.join(user.SPEC_KEYS)}")
+    return tuple((key, spec.get(key)) for key in user.SPEC_KEYS)
+
+
+@cache
+def _user_cost(key: tuple) -> Cost:
+    return user.load(**dict(key))
+
+
+# ---- estimators ------------------------------------------------------------------------------
 
 def label(name: str, options=()) -> str:
     """``name`` or ``name[opt=value,...]`` with options sorted by name (as ``EstimatorSpec``)."""
@@ -95,24 +158,68 @@ def _resolve(name: str, options: tuple):
     if name not in ESTIMATORS:
         raise ConfigError(f"unknown estimator {name!r}", key="estimators",
                           fix=f"use one of {sorted(ESTIMATORS)}")
-    base = ESTIMATORS[name]
-    values = base.defaults
+    entry = ESTIMATORS[name]  # the registered estimator, with every option at its default
+    values = {key: allowed[0] for key, allowed in entry.options.items()}
     for key, value in options:
-        if key not in base.options or value not in base.options[key] or isinstance(value, bool) \
-                != any(isinstance(v, bool) and v == value for v in base.options[key]):
+        if key not in entry.options or value not in entry.options[key] or isinstance(value, bool) \
+                != any(isinstance(v, bool) and v == value for v in entry.options[key]):
             raise ConfigError(f"invalid option {key}={value!r} for estimator {name}",
-                              key="estimators", fix=f"options: {dict(base.options) or 'none'}")
+                              key="estimators", fix=f"options: {dict(entry.options) or 'none'}")
         values[key] = value
-    variant = base.configure(**values) if base.configure is not None else base
+    variant = entry.configure(**values) if entry.configure is not None else entry
     return dataclasses.replace(variant, name=label(name, options), options={}, configure=None)
 
 
 def variants(name: str) -> list[str]:
     """Labels of every option combination of a registered estimator (for tests and docs); the
     default combination is the plain name."""
-    base = ESTIMATORS[name]
-    keys = sorted(base.options)
-    defaults = base.defaults
+    entry = ESTIMATORS[name]
+    keys = sorted(entry.options)
+    defaults = entry.defaults
     return [label(name, [(k, v) for k, v in zip(keys, values) if v != defaults[k]
                          or isinstance(v, bool) != isinstance(defaults[k], bool)])
-            for values in itertools.product(*(base.options[k] for k in keys))] or [name]
+            for values in itertools.product(*(entry.options[k] for k in keys))] or [name]
+
+
+# ---- which combinations can work -----------------------------------------------------------
+
+def combination_problem(estimator, family, cost_spec) -> tuple[str, str] | None:
+    """``(why, fix)`` if ``estimator`` cannot run on (family, cost), one sentence each, else
+    None (see :func:`check_combination`)."""
+    reason = _missing(estimator, family, cost_spec)
+    if reason is None:
+        return None
+    usable = [name for name in ESTIMATORS if _missing(name, family, cost_spec) is None]
+    cost_needs = resolve(estimator).needs & {"derivative", "second_derivative"}
+    fix = f"use {', '.join(usable) or 'another estimator'}"
+    if cost_needs:
+        costs = [name for name, c in COSTS.items() if cost_needs <= c.provides]
+        fix += f", or a cost that has what it needs ({', '.join(costs)})"
+    return reason, fix
+
+
+def check_combination(estimator, family, cost_spec) -> None:
+    """Raise a one-line ``ConfigError`` (key ``estimators``) if ``estimator`` needs something
+    the family or the cost lacks (a derivative, a second derivative, a reparameterisation, an
+    antithetic draw) or is not defined for the family."""
+    problem = combination_problem(estimator, family, cost_spec)
+    if problem is not None:
+        raise ConfigError(problem[0], key="estimators", fix=problem[1])
+
+
+def _missing(estimator, family, cost_spec) -> str | None:
+    est, fam, cost = resolve(estimator), get_family(family), get_cost(cost_spec)
+    if est.families is not None and fam.name not in est.families:
+        return (f"{est.name} is defined for the {' or '.join(est.families)} family only, "
+                f"not {fam.name}")
+    for need in NEEDS:  # a fixed order, so the message is reproducible
+        if need not in est.needs or need in fam.supports | cost.provides:
+            continue
+        if need == "derivative":
+            return (f"{est.name} needs the derivative of the cost, but cost {cost.name} is "
+                    f"not differentiable")
+        if need == "second_derivative":
+            return (f"{est.name} needs the second derivative of the cost, but cost {cost.name} "
+                    f"has none")
+        return f"{est.name} needs {NEEDS[need]}, which family {fam.name} is not"
+    return None

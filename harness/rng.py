@@ -1,6 +1,6 @@
 """Counter-based random numbers: Philox4x32-10 and normals, as jitted scalar functions.
 
-Stream plan (DESIGN.md, "Randomness"): the Philox *key* is the seed, the *counter* is
+Stream plan: the Philox *key* is the seed, the *counter* is
 (index low 32 bits, index high 32 bits, stream, 0).  Every draw is a pure function of
 (seed, index, stream), so results do not depend on thread count or backend, the first n
 draws of a longer run equal the n-draw run (nested N), and every estimator of a cell sees
@@ -10,6 +10,23 @@ the same eps for the same (seed, sample) (common random numbers).
 - ``uniform_pair``: two doubles in (0, 1), 53-bit resolution, never 0 or 1.
 - ``normal_pair``: Box-Muller of ``uniform_pair``.  Stream 0 sample i of a seed is
   ``normal_pair(k0, k1, i // 2, 0)[i % 2]``.
+
+Stream ids (the third counter word, 32 bits):
+
+- ``0``: the main samples of a cell, shared by every estimator (common random numbers).  A
+  distribution family draws them with its ``draw_pair`` (the normal family: ``normal_pair``),
+  two samples per counter.
+- ``1 .. 2**31 - 1``: an estimator's own extra randomness (e.g. ``measure_valued``: 1-3), for
+  sample i at counter index i; each estimator module lists its ids (``Estimator.streams``).
+- ``s + INDEPENDENT_STREAM_OFFSET`` (``2**31 + s``): the *independent copy* of main stream s,
+  drawn by exactly the rule of stream s (sample i of the copy = sample i of stream s with the
+  stream id replaced).  Estimators that estimate a baseline or a control-variate coefficient
+  from fresh samples (``score_function[baseline=optimal]``, ``delta_cv[coefficient=
+  estimated]``, and the ELBO kind's ``baseline: optimal``) use it, so their coefficient is
+  independent of the main samples and the estimate stays unbiased.  Main streams are below
+  2**31, so copies collide with no main or estimator stream.  (Before issue 9 the Gaussian
+  kind drew this copy from stream 4 with ``normal_at``: numbers of those two estimators
+  changed then; every other stream is unchanged.)
 
 The logarithm and sine/cosine are branch-free polynomial versions (``harness.scalar_math``)
 so LLVM vectorises loops that call them; libm calls would block that (measured 7x slower).
@@ -36,7 +53,7 @@ _SHIFT32 = np.uint64(32)
 _SHIFT21 = np.uint64(21)
 _TWO_M53 = 2.0**-53
 
-INDEPENDENT_STREAM_OFFSET = 2**31
+INDEPENDENT_STREAM_OFFSET = 2**31  # stream s + this = the independent copy of stream s
 
 
 @njit(inline="always")

@@ -2,13 +2,8 @@
 kind's kernel (``harness.backends.cpu``), so pipeline tests run without compiling anything.
 
 The backend's and ``harness.exact``'s call signatures are known in two places only:
-:func:`kernel_call` (reads a backend ``estimate`` call by name) and :func:`exact_reference`.
-TEMP: the backend is moving from ``estimate(distribution, cost, estimators, components, mu,
-sigma, k, n_samples, seeds)`` to ``estimate(family, cost, estimators, components, params,
-n_samples, seeds)`` and ``reference`` from ``(estimator, component, cost, mu, sigma, k)`` to
-``(estimator, component, family, cost, params)``; when the call site in
-``harness/kinds/expectation.py`` switches, edit ``_estimate_signature`` + ``kernel_call`` and
-``exact_reference`` here (marked TEMP), and the fakes follow.
+:func:`kernel_call` (reads a backend ``estimate(family, cost, estimators, components, params,
+n_samples, seeds)`` call by name) and :func:`exact_reference`.
 """
 
 from __future__ import annotations
@@ -46,9 +41,8 @@ def expectation_grid(name="unit", distribution="normal", cost="quadratic", param
 
 # ------------------------------------------------------------------- the kernel's interface
 
-def _estimate_signature(distribution, cost, estimators, components, mu, sigma, k, n_samples,
-                        seeds):
-    """TEMP: the backend's current ``estimate`` signature (see the module docstring)."""
+def _estimate_signature(family, cost, estimators, components, params, n_samples, seeds):
+    """The backend's ``estimate`` signature."""
 
 
 @dataclass(frozen=True)
@@ -67,17 +61,13 @@ class KernelCall:
 def kernel_call(*args, **kwargs) -> KernelCall:
     """Read a backend ``estimate(...)`` call's arguments by name."""
     a = inspect.signature(_estimate_signature).bind(*args, **kwargs).arguments
-    # TEMP: the new signature passes params as one dict: params = a["params"]
-    params = {"mu": a["mu"], "sigma": a["sigma"], "k": a["k"]}
-    return KernelCall(a["distribution"], a["cost"], tuple(a["estimators"]),
-                      tuple(a["components"]), params, a["n_samples"], a["seeds"])
+    return KernelCall(a["family"], a["cost"], tuple(a["estimators"]),
+                      tuple(a["components"]), dict(a["params"]), a["n_samples"], a["seeds"])
 
 
 def exact_reference(estimator, component, family, cost, params) -> tuple[float, float, str]:
     """``harness.exact.reference``: (exact_grad, exact_var, source) at a problem point."""
-    # TEMP: becomes reference(estimator, component, family, cost, params)
-    return reference(estimator, component, cost, params["mu"], params["sigma"],
-                     params.get("k", 0.0))
+    return reference(estimator, component, family, cost, params)
 
 
 # ------------------------------------------------------------------------------ the fake

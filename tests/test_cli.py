@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness import __version__, registry
-from harness.base import Cost
+from harness.axes import Cost
 from harness.cli import main
 from harness.errors import ResultsError
 
@@ -151,8 +151,7 @@ def test_base_grid_is_valid(tmp_path):
 
 
 def test_pathwise_on_a_non_differentiable_cost(tmp_path, monkeypatch):
-    step = Cost(name="step", params=(), value=lambda x, k: float(x > 0), derivative=None,
-                exact_mean=lambda mu, sigma, k: 0.0, exact_grad=lambda mu, sigma, k: {})
+    step = Cost(name="step", params=(), value=lambda x, k: float(x > 0), derivative=None)
     monkeypatch.setitem(registry.COSTS, "step", step)
     path = tmp_path / "grid.yaml"
     path.write_text(edit(l4="  cost: step", l7=None), encoding="utf-8")
@@ -270,11 +269,11 @@ def test_list_shows_the_registry():
         assert f"  {name}" in out
     for name, est in registry.ESTIMATORS.items():
         line = next(ln for ln in out.splitlines() if ln.strip().startswith(name + " "))
-        assert f"needs_derivative: {str(est.needs_derivative).lower()}" in line
+        assert f"needs: {', '.join(sorted(est.needs)) or 'the cost' + chr(39) + 's value'};" in line
         assert f"evals_per_sample: {est.evals_per_sample}" in line
         assert est.description in line
     quadratic = next(ln for ln in out.splitlines() if ln.strip().startswith("quadratic "))
-    assert "params: k" in quadratic and "differentiable" in quadratic
+    assert "params: k" in quadratic and "provides: derivative, second_derivative" in quadratic
 
 
 def test_version():

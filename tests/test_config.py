@@ -150,8 +150,12 @@ def test_estimator_mappings_and_labels():
 def with_options(monkeypatch):
     """Give score_function a ``baseline`` option, as a later issue will."""
     est = registry.ESTIMATORS["score_function"]
-    fake = types.SimpleNamespace(**{**vars(est), "options": {"baseline": ("none", "loo")}})
+    fake = types.SimpleNamespace(**{**vars(est), "options": {"baseline": ("none", "loo")},
+                                    "configure": lambda baseline: est})
     monkeypatch.setitem(registry.ESTIMATORS, "score_function", fake)
+    registry._resolve.cache_clear()
+    yield
+    registry._resolve.cache_clear()
 
 
 def test_estimator_options_come_from_the_registry(with_options):

@@ -110,6 +110,8 @@ CELLS = [
     ("square", ["score_function", "pathwise"], ["mu"]),
     ("quadratic", ["score_function", "pathwise"], ["mu", "sigma"]),
     ("quadratic", ["pathwise"], ["sigma"]),
+    # the independent copy stream, an accumulated estimator and extra streams
+    ("quadratic", ["score_function[baseline=optimal]", "measure_valued"], ["sigma"]),
 ]
 
 
@@ -122,14 +124,15 @@ def test_estimates_match_the_cpu_backend_within_the_stated_tolerance(
     seeds = np.array([0, 7, 2**40 + 3])
     # small chunks so that a tiny N still spans many blocks and a ragged last block
     monkeypatch.setattr(cuda, "MIN_CHUNK_PAIRS", 64)
+    params = {"mu": 0.7, "sigma": 1.3, **({"k": -0.4} if cost == "quadratic" else {})}
     for n in (2, 3, 1001):
-        args = ("normal", cost, estimators, components, 0.7, 1.3, -0.4, n, seeds)
+        args = ("normal", cost, estimators, components, params, n, seeds)
         gpu = cuda.estimate(*args)
         assert gpu[0].shape == (3, len(estimators), len(components))
         assert _close(gpu, cpu.estimate(*args)), n
         # resolution: one sample more or less must fail the same tolerance
         if n > 3:
-            other = ("normal", cost, estimators, components, 0.7, 1.3, -0.4, n - 1, seeds)
+            other = ("normal", cost, estimators, components, params, n - 1, seeds)
             assert not _close(gpu, cpu.estimate(*other))
 
 
@@ -138,7 +141,8 @@ def test_reruns_are_bitwise_identical(monkeypatch):
     from harness.backends import cuda
 
     monkeypatch.setattr(cuda, "MIN_CHUNK_PAIRS", 32)
-    args = ("normal", "square", ["score_function"], ["mu"], 2.0, 1.0, 0.0, 777, np.arange(2))
+    args = ("normal", "square", ["score_function"], ["mu"], {"mu": 2.0, "sigma": 1.0}, 777,
+            np.arange(2))
     one, two = cuda.estimate(*args), cuda.estimate(*args)
     assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
 

@@ -27,7 +27,8 @@ def direct_terms(eps, mu, sigma, k):
 def test_kernel_matches_direct_computation_on_the_same_draws(n):
     mu, sigma, k = 0.7, 1.3, -0.4
     seeds = np.array([0, 5, 2**40 + 3])
-    est, var = cpu.estimate("normal", "quadratic", ESTIMATORS, COMPONENTS, mu, sigma, k, n, seeds)
+    est, var = cpu.estimate("normal", "quadratic", ESTIMATORS, COMPONENTS,
+                            {"mu": mu, "sigma": sigma, "k": k}, n, seeds)
     assert est.shape == var.shape == (3, 2, 2)
     for s, seed in enumerate(seeds):
         terms = direct_terms(normals(int(seed), n), mu, sigma, k)
@@ -43,8 +44,8 @@ def test_chunking_depends_on_n_only_and_covers_every_pair():
 
 
 def _run(**kw):
-    return cpu.estimate("normal", "quadratic", ESTIMATORS, COMPONENTS, 2.0, 0.5, 1.0,
-                        200_001, np.arange(6), **kw)
+    return cpu.estimate("normal", "quadratic", ESTIMATORS, COMPONENTS,
+                        {"mu": 2.0, "sigma": 0.5, "k": 1.0}, 200_001, np.arange(6), **kw)
 
 
 def test_bitwise_identical_for_one_and_two_threads_and_serial_compile():
@@ -66,8 +67,8 @@ def test_thread_count_from_environment_gives_identical_bits(tmp_path):
     script = (
         "import numpy as np, sys\n"
         "from harness.backends import cpu\n"
-        "e, v = cpu.estimate('normal', 'square', ['score_function'], ['mu'], 2.0, 1.0, 0.0,"
-        " 100_003, np.arange(4))\n"
+        "e, v = cpu.estimate('normal', 'square', ['score_function'], ['mu'],"
+        " {'mu': 2.0, 'sigma': 1.0}, 100_003, np.arange(4))\n"
         "sys.stdout.write(e.tobytes().hex() + v.tobytes().hex())\n"
     )
     outs = []
@@ -79,17 +80,18 @@ def test_thread_count_from_environment_gives_identical_bits(tmp_path):
 
 
 def test_cached_kernel_in_a_new_process_gives_the_cold_numbers(tmp_path):
-    """Cold compile and cache hit must agree for every cell type (DESIGN.md pitfall: factory
+    """Cold compile and cache hit must agree for every cell type (the pitfall: factory
     closures can share a wrong cache entry). Two cells that differ only in cost or estimator
     set must not read each other's kernel."""
     script = (
         "import numpy as np, sys\n"
         "from harness.backends import cpu\n"
         "out = []\n"
-        "for cost, ests in (('square', ['score_function']), ('square', ['pathwise']),\n"
-        "                   ('quadratic', ['score_function'])):\n"
-        "    e, v = cpu.estimate('normal', cost, ests, ['mu'], 1.5, 0.8, 0.5, 5_001,"
-        " np.arange(3))\n"
+        "for cost, ests, k in (('square', ['score_function'], {}),\n"
+        "                      ('square', ['pathwise'], {}),\n"
+        "                      ('quadratic', ['score_function'], {'k': 0.5})):\n"
+        "    e, v = cpu.estimate('normal', cost, ests, ['mu'], {'mu': 1.5, 'sigma': 0.8, **k},"
+        " 5_001, np.arange(3))\n"
         "    out.append(e.tobytes().hex() + v.tobytes().hex())\n"
         "hits = sum(sum(k.stats.cache_hits.values()) for k in cpu._loaded.values())\n"
         "sys.stdout.write(str(hits) + ' ' + ' '.join(out))\n"
@@ -113,14 +115,18 @@ def test_memory_does_not_grow_with_n():
 def test_rejects_bad_input_with_harness_errors():
     from harness.errors import ConfigError
 
+    good = {"mu": 0.0, "sigma": 1.0}
     bad = [
-        dict(cost="nope"), dict(estimators=["nope"]), dict(components=["tau"]),
-        dict(sigma=0.0), dict(sigma=float("nan")), dict(n_samples=1), dict(seeds=[-1]),
-        dict(seeds=[]), dict(n_samples=2.5),
+        dict(family="gamma"), dict(cost="nope"), dict(estimators=["nope"]),
+        dict(components=["tau"]), dict(components=["mu", "mu"]),
+        dict(params={**good, "sigma": 0.0}), dict(params={**good, "sigma": float("nan")}),
+        dict(params={"mu": 0.0}), dict(params={**good, "k": 1.0}), dict(n_samples=1),
+        dict(seeds=[-1]), dict(seeds=[]), dict(n_samples=2.5),
+        dict(cost="exp", params={**good, "k": 0.0}),                      # exp needs k > 0
     ]
     for override in bad:
-        args = dict(distribution="normal", cost="square", estimators=["pathwise"],
-                    components=["mu"], mu=0.0, sigma=1.0, k=0.0, n_samples=10, seeds=[0])
+        args = dict(family="normal", cost="square", estimators=["pathwise"],
+                    components=["mu"], params=good, n_samples=10, seeds=[0])
         args.update(override)
         with pytest.raises(ConfigError):
             cpu.estimate(**args)
@@ -132,8 +138,8 @@ def test_accumulated_and_extra_stream_estimators_are_bitwise_identical_across_th
     ests = ["score_function[baseline=optimal]", "measure_valued[coupling=false]"]
 
     def go(**kw):
-        return cpu.estimate("normal", "cos", ests, COMPONENTS, 0.3, 1.2, 2.0, 150_001,
-                            np.arange(5), **kw)
+        return cpu.estimate("normal", "cos", ests, COMPONENTS,
+                            {"mu": 0.3, "sigma": 1.2, "k": 2.0}, 150_001, np.arange(5), **kw)
 
     before = numba.get_num_threads()
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from harness.rng import normals, philox4x32_10, uniform_pair
+from harness.rng import INDEPENDENT_STREAM_OFFSET, normals, philox4x32_10, uniform_pair
 
 Z = 5.0
 N_DRAWS = 2_000_000
@@ -85,8 +85,11 @@ def test_same_checks_reject_a_wrong_generator(draws, name, wrong):
 def test_streams_and_seeds_are_uncorrelated():
     n = 400_000
     a, b, c = normals(1, n), normals(2, n), normals(1, n, stream=1)
-    for x, y in ((a, b), (a, c), (a[:-1], a[1:])):
+    copy = normals(1, n, stream=INDEPENDENT_STREAM_OFFSET)  # the independent copy of stream 0
+    for x, y in ((a, b), (a, c), (a[:-1], a[1:]), (a, copy)):
         assert abs(np.corrcoef(x, y)[0, 1]) * math.sqrt(n) < Z
+    # copies of every main stream (ids < 2**31) fit the 32-bit counter word, above them
+    assert INDEPENDENT_STREAM_OFFSET >= 2**31 and INDEPENDENT_STREAM_OFFSET + 2**31 - 1 < 2**32
 
 
 def test_nested_draws_are_prefixes():

@@ -4,6 +4,8 @@ Imported only by :mod:`harness.backends.cuda` after ``require()`` succeeded: imp
 ``numba.cuda`` without numba-cuda would load numba's deprecated built-in target.
 """
 
+import math
+
 import numpy as np
 from numba import cuda
 
@@ -36,9 +38,10 @@ def normal_kernel(k0, k1, stream, out):
         out[i, 1] = z1
 
 
-def make_cell_kernel(terms, constants_tuple, n_terms: int, threads: int):
-    """The CUDA kernel of one cell type around ``terms``, the CPU backend's generated
-    per-sample function (so both backends evaluate the very same estimator code).
+def make_cell_kernel(module, threads: int):
+    """The CUDA kernel of one cell type around ``module.sample_terms``, the CPU backend's
+    generated per-sample function (so both backends evaluate the very same family, cost and
+    estimator code; ``module`` is the generated module of ``harness.backends.cpu``).
 
     Block b = (seed, chunk): ``out[seed, chunk, :] = (count, shift[n_terms], sum[n_terms],
     sum_sq[n_terms])`` of the chunk's terms shifted by the terms of its first sample, the CPU
@@ -47,15 +50,20 @@ def make_cell_kernel(terms, constants_tuple, n_terms: int, threads: int):
     """
     from .cuda import simulator_enabled
 
+    n_terms = module.N_TERMS
     two_n = 2 * n_terms
+    copy_stream = module.COPY_STREAM  # -1: no estimator of the cell uses the independent copy
+    sample_terms, draw_pair = module.sample_terms, module.family_draw_pair
+    unpack, constants_tuple = module.unpack, module.constants_tuple
     if simulator_enabled():
         # The simulator runs the kernel as Python with its own array type, which a CPU-jitted
-        # function cannot unbox: call the plain Python function there.
-        constants_tuple = getattr(constants_tuple, "py_func", constants_tuple)
+        # function cannot unbox: call the plain Python functions that take arrays there.
+        unpack, constants_tuple = unpack.py_func, constants_tuple.py_func
 
-    def kernel(keys0, keys1, n_samples, chunk_pairs, mu, sigma, k, consts, out):
+    def kernel(keys0, keys1, n_samples, chunk_pairs, params, consts, out):
         n_chunks = out.shape[1]
-        cs = constants_tuple(consts)  # per-cell constants of the estimators, as on the CPU
+        theta, k = unpack(params)
+        cell_consts = constants_tuple(consts)  # the estimators' constants, as on the CPU
         b = cuda.blockIdx.x
         s = b // n_chunks
         c = b - s * n_chunks
@@ -65,20 +73,25 @@ def make_cell_kernel(terms, constants_tuple, n_terms: int, threads: int):
         n_pairs = (n_samples + 1) // 2
         first = c * chunk_pairs
         last = min(first + chunk_pairs, n_pairs)
-        e0, e1 = normal_pair(key0, key1, first, 0)
-        shift = terms(mu, sigma, k, e0, key0, key1, 2 * first, cs)
+        e0, e1 = draw_pair(key0, key1, first, 0)
+        c0, c1 = math.nan, math.nan
+        if copy_stream >= 0:
+            c0, c1 = draw_pair(key0, key1, first, copy_stream)
+        shift = sample_terms(theta, k, e0, c0, key0, key1, 2 * first, cell_consts)
         acc = cuda.local.array(two_n, np.float64)  # [sums | sums of squares], registers
         for j in range(two_n):
             acc[j] = 0.0
         for p in range(first + t, last, threads):
-            e0, e1 = normal_pair(key0, key1, p, 0)
-            v = terms(mu, sigma, k, e0, key0, key1, 2 * p, cs)
+            e0, e1 = draw_pair(key0, key1, p, 0)
+            if copy_stream >= 0:
+                c0, c1 = draw_pair(key0, key1, p, copy_stream)
+            v = sample_terms(theta, k, e0, c0, key0, key1, 2 * p, cell_consts)
             for j in range(n_terms):
                 d = v[j] - shift[j]
                 acc[j] += d
                 acc[n_terms + j] += d * d
             if 2 * p + 1 < n_samples:  # an odd N uses only the first draw of its last pair
-                v = terms(mu, sigma, k, e1, key0, key1, 2 * p + 1, cs)
+                v = sample_terms(theta, k, e1, c1, key0, key1, 2 * p + 1, cell_consts)
                 for j in range(n_terms):
                     d = v[j] - shift[j]
                     acc[j] += d

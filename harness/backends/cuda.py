@@ -9,13 +9,14 @@ Same numbers as the CPU backend
     The kernel (``harness.backends._cuda_kernels.make_cell_kernel``) calls the very same
     jitted functions as the CPU kernel: ``harness.rng``'s Philox4x32-10 and Box-Muller
     (``harness.scalar_math``'s branch-free log and sin/cos, whose bit casts are
-    target-independent LLVM ``bitcast`` instructions) and the ``terms`` function of the CPU
-    backend's generated module for the cell type (costs and estimators); numba-cuda compiles
-    those ``@njit`` functions for the GPU.
+    target-independent LLVM ``bitcast`` instructions), the family's ``draw_pair`` and the
+    ``sample_terms`` function of the CPU backend's generated module for the cell type
+    (family, cost and estimators); numba-cuda compiles those ``@njit`` functions for the GPU.
     So a (seed, N, cell) draws bitwise the same Philox integers and the same sample indices
-    (stream 0, counter = pair index) on both backends. The floating-point results agree to
-    round-off only: the GPU compiler contracts multiply-adds differently (numba-cuda#118)
-    and the sums are added in another fixed order. Stated tolerance (tested):
+    (stream 0 and its independent copy, counter = pair index) on both backends. The
+    floating-point results agree to round-off only: the GPU compiler contracts multiply-adds
+    differently (numba-cuda#118) and the sums are added in another fixed order. Stated
+    tolerance (tested):
     ``|est_gpu - est_cpu| <= 1e-12 * (|est_cpu| + sd)`` with ``sd`` the within-seed standard
     deviation of the term, and ``sample_var`` to a relative ``1e-10``.
 
@@ -50,6 +51,7 @@ import warnings
 
 import numpy as np
 
+from .. import registry
 from ..errors import BackendError
 from . import cpu
 
@@ -109,28 +111,27 @@ _loaded: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
-def load_kernel(cost: str, estimators: tuple[str, ...], components: tuple[str, ...]):
+def load_kernel(family, cost, estimators: tuple[str, ...], components: tuple[str, ...]):
     """The CUDA kernel of this cell type (compiled on first launch, once per process).
 
-    It wraps the ``terms`` function of the CPU backend's generated module for the same
-    combination, so both backends evaluate the very same estimator code."""
+    It wraps the ``sample_terms`` function of the CPU backend's generated module for the same
+    combination, so both backends evaluate the very same family, cost and estimator code."""
     require()
-    return _kernel(cost, tuple(estimators), tuple(components))
+    return _kernel(family, cost, cpu._labels(estimators), tuple(components))
 
 
-def _kernel(cost: str, estimators: tuple[str, ...], components: tuple[str, ...]):
+def _kernel(family, cost, estimators: tuple[str, ...], components: tuple[str, ...]):
     from . import _cuda_kernels
 
-    key = (cost, estimators, components)
+    key = (family, registry.cost_key(cost), estimators, components)
     with _lock:
         if key not in _loaded:
-            module = sys.modules[cpu.load_kernel(cost, estimators, components).__module__]
-            _loaded[key] = _cuda_kernels.make_cell_kernel(module.terms, module.constants_tuple,
-                                                          module.N_TERMS, THREADS)
+            module = sys.modules[cpu.load_kernel(family, cost, estimators, components).__module__]
+            _loaded[key] = _cuda_kernels.make_cell_kernel(module, THREADS)
         return _loaded[key]
 
 
-def ptx(cost: str, estimators, components, cc: tuple[int, int] = (8, 0)) -> str:
+def ptx(family, cost, estimators, components, cc: tuple[int, int] = (8, 0)) -> str:
     """PTX of the cell's kernel for compute capability ``cc``, without a GPU (needs the CUDA
     toolkit's NVVM, e.g. ``pip install 'numba-cuda[cu13]'``). For inspecting the code the
     GPU would run (instruction mix, no float atomics) on a machine without one."""
@@ -140,10 +141,10 @@ def ptx(cost: str, estimators, components, cc: tuple[int, int] = (8, 0)) -> str:
         raise BackendError("ptx() needs numba-cuda (fix: pip install 'harness[cuda]')")
     from numba import cuda, types
 
-    kernel = _kernel(cost, tuple(estimators), tuple(components))
+    kernel = _kernel(family, cost, cpu._labels(estimators), tuple(components))
     u64 = types.Array(types.uint64, 1, "C")
-    sig = types.void(u64, u64, types.int64, types.int64, types.float64, types.float64,
-                     types.float64, types.Array(types.float64, 1, "C"),
+    f64 = types.Array(types.float64, 1, "C")
+    sig = types.void(u64, u64, types.int64, types.int64, f64, f64,
                      types.Array(types.float64, 3, "C"))
     # Device functions (the retargeted @njit callees) take the compute capability from the
     # current device; there is none here, so stand one in while compiling.
@@ -158,20 +159,21 @@ def ptx(cost: str, estimators, components, cc: tuple[int, int] = (8, 0)) -> str:
     return text
 
 
-def estimate(distribution: str, cost: str, estimators, components, mu: float, sigma: float,
-             k: float, n_samples: int, seeds) -> tuple[np.ndarray, np.ndarray]:
-    """As :func:`harness.backends.cpu.estimate`, on the GPU (or the simulator).
+def estimate(family, cost, estimators, components, params, n_samples: int, seeds, *,
+             parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`harness.backends.cpu.estimate`, on the GPU (or the simulator); ``parallel``
+    is accepted for the same signature and ignored (the GPU kernel is always parallel).
 
     Returns ``(estimate, sample_var)`` of shape ``(n_seeds, n_estimators, n_components)``.
     """
     cuda = require()
     components = tuple(components)
     estimators = cpu._labels(estimators)  # names, labels or EstimatorSpecs -> labels
-    seeds = cpu.validate(distribution, cost, estimators, components, mu, sigma, k,
-                         n_samples, seeds)
-    kernel = load_kernel(cost, estimators, components)
+    seeds, params = cpu.validate(family, cost, estimators, components, params, n_samples,
+                                 seeds)
+    kernel = load_kernel(family, cost, estimators, components)
     _, _, n_terms, _ = cpu._layout(estimators, components)
-    consts = cpu.constants(cost, estimators, components, float(mu), float(sigma), float(k))
+    consts = cpu.constants(family, cost, estimators, components, params)
     chunk_pairs, n_chunks = chunking(int(n_samples))
     seeds_u = seeds.astype(np.uint64)
     keys0 = seeds_u & np.uint64(0xFFFFFFFF)
@@ -179,10 +181,10 @@ def estimate(distribution: str, cost: str, estimators, components, mu: float, si
     d_partials = cuda.device_array((seeds.size, n_chunks, 1 + 3 * n_terms), dtype=np.float64)
     kernel[seeds.size * n_chunks, THREADS](
         cuda.to_device(keys0), cuda.to_device(keys1), np.int64(n_samples),
-        np.int64(chunk_pairs), float(mu), float(sigma), float(k), cuda.to_device(consts),
-        d_partials)
+        np.int64(chunk_pairs), cuda.to_device(cpu.param_vector(family, cost, params)),
+        cuda.to_device(consts), d_partials)
     partials = d_partials.copy_to_host()
-    return cpu.finish(estimators, components, partials, int(n_samples), consts)
+    return cpu.reduce_partials(estimators, components, partials, int(n_samples), consts)
 
 
 # --- raw streams, for tests and checks ---------------------------------------------------

@@ -7,7 +7,12 @@ Exact references, from E[exp(i b x)] = exp(i b mu - b^2 sigma^2 / 2):
 Per-sample variances in closed form (``EXACT_VARIANCE``) from
     E[exp(t eps) p(eps)] = exp(t^2/2) E_{e ~ N(t, 1)}[p(e)] with t = i b sigma (complex),
 using cos^2 = (1 + cos 2kx)/2, sin^2 = (1 - cos 2kx)/2 and sin cos = sin(2kx)/2: score function
-and pathwise, both components.  Other estimators: quadrature (``harness.exact``).
+and pathwise, both components.  Antithetic pathwise (x~ = mu - sigma eps, b = k sigma): the
+terms are -k sin(k mu) cos(b eps) (mu) and -k eps cos(k mu) sin(b eps) (sigma), so
+    E g^2 = k^2 sin^2(k mu) (1 + exp(-2 b^2)) / 2                       (mu)
+    E g^2 = k^2 cos^2(k mu) (1 - (1 - 4 b^2) exp(-2 b^2)) / 2           (sigma)
+from E[eps^2 cos(c eps)] = (1 - c^2) exp(-c^2 / 2).  Other estimators: quadrature
+(the estimator modules' references, ``harness.exact``).
 f and f' are branch-free (``cos_any``/``sin_any``) so the kernel stays vectorised.
 """
 
@@ -16,7 +21,7 @@ import math
 
 from numba import njit
 
-from ..base import Cost
+from ..axes import ClosedForms, Cost
 from ..scalar_math import cos_any, sin_any
 
 
@@ -77,11 +82,24 @@ def _pw_sigma(mu, sigma, k):
     return k * k * _sin2(mu, sigma, k, (0, 0, 1)) - exact_grad(mu, sigma, k)["sigma"] ** 2
 
 
+def _ap_mu(mu, sigma, k):
+    second = 0.5 * (k * math.sin(k * mu)) ** 2 * (1.0 + math.exp(-2.0 * (k * sigma) ** 2))
+    return second - exact_grad(mu, sigma, k)["mu"] ** 2
+
+
+def _ap_sigma(mu, sigma, k):
+    b2 = (k * sigma) ** 2
+    second = 0.5 * (k * math.cos(k * mu)) ** 2 * (1.0 - (1.0 - 4.0 * b2) * math.exp(-2.0 * b2))
+    return second - exact_grad(mu, sigma, k)["sigma"] ** 2
+
+
 EXACT_VARIANCE = {
     ("score_function", "mu"): _sf_mu,
     ("score_function", "sigma"): _sf_sigma,
     ("pathwise", "mu"): _pw_mu,
     ("pathwise", "sigma"): _pw_sigma,
+    ("antithetic_pathwise", "mu"): _ap_mu,
+    ("antithetic_pathwise", "sigma"): _ap_sigma,
 }
 
 COST = Cost(
@@ -90,8 +108,7 @@ COST = Cost(
     value=value,
     derivative=derivative,
     second_derivative=second_derivative,
-    exact_mean=exact_mean,
-    exact_grad=exact_grad,
-    exact_variance=EXACT_VARIANCE,
+    closed_forms={"normal": ClosedForms(mean=exact_mean, grad=exact_grad,
+                                        variance=EXACT_VARIANCE)},
     description="cos(k x)",
 )

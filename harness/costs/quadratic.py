@@ -8,11 +8,13 @@ Per-sample variances of the estimator terms:
     score function, sigma: 2 a^4/sigma^2 + 60 a^2 + 74 sigma^2
     pathwise, mu:          4 sigma^2
     pathwise, sigma:       4 a^2 + 8 sigma^2
+    antithetic pathwise, mu:    0 (the term is 2a for every eps)
+    antithetic pathwise, sigma: 8 sigma^2 (the term is 2 sigma eps^2)
 """
 
 from numba import njit
 
-from ..base import Cost
+from ..axes import ClosedForms, Cost
 
 
 @njit
@@ -58,11 +60,21 @@ def _pw_sigma(mu, sigma, k):
     return 4.0 * a**2 + 8.0 * sigma**2
 
 
+def _ap_mu(mu, sigma, k):
+    return 0.0
+
+
+def _ap_sigma(mu, sigma, k):
+    return 8.0 * sigma**2
+
+
 EXACT_VARIANCE = {
     ("score_function", "mu"): _sf_mu,
     ("score_function", "sigma"): _sf_sigma,
     ("pathwise", "mu"): _pw_mu,
     ("pathwise", "sigma"): _pw_sigma,
+    ("antithetic_pathwise", "mu"): _ap_mu,
+    ("antithetic_pathwise", "sigma"): _ap_sigma,
 }
 
 COST = Cost(
@@ -71,8 +83,7 @@ COST = Cost(
     value=value,
     derivative=derivative,
     second_derivative=second_derivative,
-    exact_mean=exact_mean,
-    exact_grad=exact_grad,
-    exact_variance=EXACT_VARIANCE,
+    closed_forms={"normal": ClosedForms(mean=exact_mean, grad=exact_grad,
+                                        variance=EXACT_VARIANCE)},
     description="(x - k)^2",
 )

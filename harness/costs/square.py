@@ -6,7 +6,7 @@ and 4 (pathwise), as in the seed experiment.
 
 from numba import njit
 
-from ..base import Cost
+from ..axes import ClosedForms, Cost
 from . import quadratic
 
 
@@ -34,8 +34,9 @@ COST = Cost(
     value=value,
     derivative=derivative,
     second_derivative=quadratic.second_derivative,
-    exact_mean=_at_zero(quadratic.exact_mean),
-    exact_grad=_at_zero(quadratic.exact_grad),
-    exact_variance={key: _at_zero(fn) for key, fn in quadratic.EXACT_VARIANCE.items()},
+    closed_forms={"normal": ClosedForms(
+        mean=_at_zero(quadratic.exact_mean),
+        grad=_at_zero(quadratic.exact_grad),
+        variance={key: _at_zero(fn) for key, fn in quadratic.EXACT_VARIANCE.items()})},
     description="x^2",
 )

@@ -1,1 +1,1 @@
-"""Distributions q(x; theta), one module each."""
+"""Distribution families q(x; theta), one module each; register new ones in ``harness.registry``."""

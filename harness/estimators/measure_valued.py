@@ -14,12 +14,12 @@ Option ``coupling`` (default true): common random numbers between the two parts.
            independent of the sign, since M U' ~ N(0, 1) exactly for U' independent of M.
   false:   mu: W+ and W- from two independent uniforms.  sigma: E = the shared eps
            (stream 0), independent of M.
-Cost:      2 evaluations of f per sample and component (``evals_per_sample = 2``); no
-           derivative needed.
+Requires:  the normal family (the decompositions above are the Gaussian's); the cost's value
+           only.  2 evaluations of f per sample and component (``evals_per_sample = 2``).
 Random streams: mu uses ``uniform_pair(key, i, 1)`` (U, and U- when uncoupled); sigma uses
            ``uniform_pair(key, i, 2)`` (V0, V1) and ``normal_at(key, i, 3)`` (Z).
 Per-sample variance: Var[g] of the term above (per-sample kind, within-seed sample
-           variance).  Reference (``exact_moments``, source "quadrature"): mu: 1-D composite
+           variance).  Reference (``reference``, source "quadrature", NumPy): mu: 1-D composite
            Gauss-Legendre over the Rayleigh density (coupled: E[(f(x+) - f(x-))^2]; uncoupled:
            the two parts' moments combined by independence); sigma: Gauss-Hermite over the
            Maxwell density (E_M[h] = E_eps[eps^2 h(eps)]), uncoupled combined with E_q f by
@@ -33,7 +33,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..base import Estimator
+from ..axes import Estimator
 from ..quadrature import hermite_rule, rayleigh_expect, unit_nodes, values
 from ..rng import normal_at, uniform_pair
 from ..scalar_math import log_unit
@@ -52,32 +52,36 @@ def _maxwell(key0, key1, index):
 
 
 @njit
-def per_sample_coupled(component, cost, k, mu, sigma, eps, f, df, key0, key1, index):
+def per_sample_coupled(component, s, family, cost, consts):
+    mu, sigma = s.theta
     if component == 0:
-        u0, u1 = uniform_pair(key0, key1, index, STREAM_MU)
+        u0, u1 = uniform_pair(s.key0, s.key1, s.index, STREAM_MU)
         w = math.sqrt(-2.0 * log_unit(u0))
-        return (cost(mu + sigma * w, k) - cost(mu - sigma * w, k)) * (INV_SQRT_2PI / sigma)
-    m, v1 = _maxwell(key0, key1, index)
+        return (cost.value(mu + sigma * w, s.k) - cost.value(mu - sigma * w, s.k)) * (
+            INV_SQRT_2PI / sigma)
+    m, v1 = _maxwell(s.key0, s.key1, s.index)
     t = 2.0 * v1
     u = t - np.float64(np.int64(t))  # frac(2 V1), t >= 0 (no np.floor: numba-cuda lacks it)
-    return (cost(mu + sigma * m, k) - cost(mu + sigma * (m * u), k)) / sigma
+    return (cost.value(mu + sigma * m, s.k) - cost.value(mu + sigma * (m * u), s.k)) / sigma
 
 
 @njit
-def per_sample_independent(component, cost, k, mu, sigma, eps, f, df, key0, key1, index):
+def per_sample_independent(component, s, family, cost, consts):
+    mu, sigma = s.theta
     if component == 0:
-        u0, u1 = uniform_pair(key0, key1, index, STREAM_MU)
+        u0, u1 = uniform_pair(s.key0, s.key1, s.index, STREAM_MU)
         w_plus = math.sqrt(-2.0 * log_unit(u0))
         w_minus = math.sqrt(-2.0 * log_unit(u1))
-        return (cost(mu + sigma * w_plus, k) - cost(mu - sigma * w_minus, k)) * (INV_SQRT_2PI
-                                                                                 / sigma)
-    m, v1 = _maxwell(key0, key1, index)
-    return (cost(mu + sigma * m, k) - f) / sigma
+        return (cost.value(mu + sigma * w_plus, s.k) - cost.value(mu - sigma * w_minus, s.k)) * (
+            INV_SQRT_2PI / sigma)
+    m, v1 = _maxwell(s.key0, s.key1, s.index)
+    return (cost.value(mu + sigma * m, s.k) - s.f) / sigma
 
 
 # ---- exact references by quadrature ---------------------------------------------------------
 
 def _mu_moments(cost, mu, sigma, k, coupled):
+    """(mean, variance) of the mu-term, by composite Gauss-Legendre over the Rayleigh law."""
     c = INV_SQRT_2PI / sigma
 
     def fp(w):
@@ -97,6 +101,8 @@ def _mu_moments(cost, mu, sigma, k, coupled):
 
 
 def _sigma_moments(cost, mu, sigma, k, coupled):
+    """(mean, variance) of the sigma-term: Gauss-Hermite over the Maxwell law, Gauss-Legendre
+    over U' when coupled."""
     eps, w = hermite_rule()
     maxwell_w = w * eps * eps                         # E_M[h(M)] = E_eps[eps^2 h(eps)]
     f_plus = values(cost.value, mu + sigma * eps, k)
@@ -112,33 +118,36 @@ def _sigma_moments(cost, mu, sigma, k, coupled):
     return mean, max(second - mean * mean, 0.0)
 
 
-def _exact(coupled):
-    def exact_moments(cost, component, mu, sigma, k):
+def _reference(coupled):
+    def reference(family, cost, component, params):
         moments = _mu_moments if component == "mu" else _sigma_moments
-        return (*moments(cost, mu, sigma, k, coupled), "quadrature")
-    return exact_moments
+        return moments(cost, params["mu"], params["sigma"], params.get("k", 0.0), coupled)
+    return reference
 
 
 def configure(coupling):
     return Estimator(
         name="",
         per_sample=per_sample_coupled if coupling else per_sample_independent,
-        needs_derivative=False,
         evals_per_sample=2,
         description=f"weak derivative, {'coupled' if coupling else 'independent'} parts",
-        extra_randomness=True,
-        exact_moments=_exact(bool(coupling)),
+        families=FAMILIES,
+        streams=STREAMS,
+        reference=_reference(bool(coupling)),
     )
 
+
+FAMILIES = ("normal",)  # the Rayleigh / Maxwell decompositions are those of the Gaussian
+STREAMS = (STREAM_MU, STREAM_SIGMA, STREAM_SIGMA_NORMAL)
 
 ESTIMATOR = Estimator(
     name="measure_valued",
     per_sample=per_sample_coupled,
-    needs_derivative=False,
     evals_per_sample=2,
     description="c (f(x+) - f(x-)): weak derivative (Rayleigh / Maxwell decompositions)",
-    extra_randomness=True,
-    exact_moments=_exact(True),
+    families=FAMILIES,
+    streams=STREAMS,
+    reference=_reference(True),
     options={"coupling": (True, False)},
     configure=configure,
 )

@@ -1,42 +1,45 @@
 """Score-function (REINFORCE, likelihood-ratio) estimator, with optional baselines.
 
-Estimand:  d/dtheta E_q[f(x)] for q = N(mu, sigma^2), theta in {mu, sigma}.
-Score:     s(eps) = d/dtheta log q:  mu: eps / sigma;  sigma: (eps^2 - 1) / sigma,
-           with x_i = mu + sigma * eps_i, eps_i the shared normal stream 0 of the seed.
-Formula:   g_i = (f(x_i) - b) * s(eps_i); the N-sample estimate is mean(g_i).  Since
-           E[s] = 0, any b independent of sample i keeps it unbiased.
+Estimand:  d/dtheta_c E_q[f(x)] for any family q(x; theta) and cost f.
+Score:     s(x) = d/dtheta_c log q(x; theta) (the family's ``score``; normal: eps / sigma for
+           mu, (eps^2 - 1) / sigma for sigma), x_i the main samples (stream 0).
+Formula:   g_i = (f(x_i) - b) s(x_i); the N-sample estimate is mean(g_i).  Since E[s] = 0,
+           any b independent of sample i keeps it unbiased.
+Requires:  the cost's value only; any family.
 Option ``baseline`` (default ``none``):
 
 ``none``           b = 0.  Per-sample kind; 1 evaluation of f per sample.
-                   Per-sample variance: Var[f s] (closed forms for quadratic/square, else
-                   Gauss-Hermite quadrature over eps).
+                   Per-sample variance Var[f s]; reference: closed forms of the cost where
+                   derived, else quadrature of f s over the family's rule.
 ``mean``           b_i = mean of f over the *other* N - 1 samples of the same seed
                    (leave-one-out), so b_i is independent of sample i and the estimate stays
                    unbiased.  Algebraically the estimate is the sample covariance of f and s,
                    (sum f s - sum f sum s / N) / (N - 1).  Accumulated kind: the kernel sums
-                   f~ s, f~, s, f~^2 s^2, f~ s^2, s^2 with f~ = f - f(mu) (a shift that cancels
-                   exactly, it only guards against cancellation) and ``finalize`` forms the
-                   estimate and sum g_i^2 = (N^2 sum f~^2 s^2 - 2 N F sum f~ s^2 + F^2 sum s^2)
-                   / (N - 1)^2 (F = sum f~).  1 evaluation per sample.
-                   Per-sample variance: the within-seed sample variance of the terms
-                   g_i = (f_i - b_i) s_i.  Its reference ``exact_var`` is the N -> infinity
-                   limit V = Var[(f - E f) s] (quadrature over eps); exactly,
-                   N Var[estimate] = V + (Var[f] E[s^2] + E[f s]^2) / (N - 1)
-                   (the variance of a sample covariance), an O(1/N) relative excess.
-``optimal``        b = b^ = sum f(x'_j) s(eps'_j)^2 / sum s(eps'_j)^2 over an independent
-                   stream eps'_j (j = 1..N, ``normal_at(key, j, STREAM_BASELINE)``) of the
-                   same seed: the sample version of the variance-minimising scalar
-                   b* = E[f s^2] / E[s^2], independent of the main samples, hence unbiased.
-                   Accumulated kind (one pass: both streams are drawn in the same loop).
-                   2 evaluations of f per sample (the N extra evaluations are counted).
-                   Per-sample variance: the within-seed sample variance of
-                   g_i = (f_i - b^) s_i; reference V* = Var[(f - b*) s] (quadrature), and
-                   N Var[estimate] = V* + E[(b^ - b*)^2] E[s^2] = V* + O(1/N).
-``exact_optimal``  b = b* computed exactly (quadrature over eps) once per cell: an oracle for
-                   studies, not an algorithm.  Per-sample kind; 1 evaluation per sample.
-                   Per-sample variance V* as above, exactly.
+                   f~ s, f~, s, f~^2 s^2, f~ s^2, s^2 with f~ = f - f(E x) (a shift that
+                   cancels exactly, it only guards against cancellation) and
+                   ``moments_to_estimate`` forms the estimate and sum g_i^2 = (N^2 sum f~^2 s^2
+                   - 2 N F sum f~ s^2 + F^2 sum s^2) / (N - 1)^2 (F = sum f~).  1 evaluation per
+                   sample.  Per-sample variance: the within-seed sample variance of the terms
+                   g_i = (f_i - b_i) s_i.  Reference ``exact_var``: the N -> infinity limit
+                   V = Var[(f - E f) s] (quadrature).  Exactly (``finite_n``), with
+                   X = Var[f] E[s^2] + E[f s]^2:  N Var[estimate] = V + X / (N - 1) (the
+                   variance of a sample covariance) and E[sample_var] = V + (N Var[f] E[s^2]
+                   - X) / (N - 1)^2.
+``optimal``        b = b^ = sum f(x'_j) s(x'_j)^2 / sum s(x'_j)^2 over the independent copy
+                   x'_j of the samples (j = 1..N, stream 2**31: ``harness.rng``), the sample
+                   version of the variance-minimising b* = E[f s^2] / E[s^2], independent of
+                   the main samples, hence unbiased.  Accumulated kind (one pass: both streams
+                   are drawn in the same loop).  2 evaluations of f per sample (counted).
+                   Per-sample variance: the within-seed sample variance of g_i = (f_i - b^) s_i;
+                   reference V* = Var[(f - b*) s] (quadrature).  Given b^ the terms are i.i.d.
+                   with variance V* + (b^ - b*)^2 E[s^2], so both N Var[estimate] and
+                   E[sample_var] equal V* + E[(b^ - b*)^2] E[s^2]; to first order (delta method
+                   for the ratio b^, ``finite_n``) V* + E[(f - b*)^2 s^4] / (N E[s^2]) +
+                   O(1/N^2).
+``exact_optimal``  b = b* computed exactly (quadrature) once per cell: an oracle for studies,
+                   not an algorithm.  Per-sample kind; 1 evaluation per sample; variance V*.
 
-Random streams: 0 (shared eps); ``optimal`` also STREAM_BASELINE = 4.
+Random streams: 0; ``optimal`` also the independent copy of stream 0 (``independent_copy``).
 Shapes: scalars per sample; the kernel returns (seeds, estimators, components).
 Reference: Williams (1992); Mohamed et al., JMLR 2020, Sections 4 and 7.
 """
@@ -44,42 +47,29 @@ Reference: Williams (1992); Mohamed et al., JMLR 2020, Sections 4 and 7.
 import numpy as np
 from numba import njit
 
-from ..base import Estimator
-from ..quadrature import hermite_rule, values
-from ..rng import normal_at
-
-STREAM_BASELINE = 4
-
-
-@njit(inline="always")
-def score(component, sigma, eps):
-    if component == 0:
-        return eps / sigma
-    return (eps * eps - 1.0) / sigma
+from ..axes import Estimator
+from ..quadrature import kernel_values, values
 
 
 @njit
-def per_sample(component, cost, k, mu, sigma, eps, f, df, key0, key1, index):
-    if component == 0:
-        return f * eps / sigma
-    return f * (eps * eps - 1.0) / sigma
+def per_sample(component, s, family, cost, consts):
+    return family.times_score(component, s.theta, s.e, s.f)
 
 
 @njit
-def per_sample_exact_optimal(component, cost, k, mu, sigma, eps, f, df, key0, key1, index,
-                             consts):
-    return (f - consts[0]) * score(component, sigma, eps)
+def per_sample_exact_optimal(component, s, family, cost, consts):
+    return (s.f - consts[0]) * family.score(component, s.theta, s.e)
 
 
 @njit
-def moments_mean(component, cost, k, mu, sigma, eps, f, df, key0, key1, index, consts):
-    ft = f - consts[0]
-    s = score(component, sigma, eps)
-    fs = ft * s
-    return fs, ft, s, fs * fs, fs * s, s * s
+def moments_mean(component, s, family, cost, consts):
+    ft = s.f - consts[0]
+    score = family.score(component, s.theta, s.e)
+    fs = ft * score
+    return fs, ft, score, fs * fs, fs * score, score * score
 
 
-def finalize_mean(means, variances, n, consts):
+def estimate_mean(means, variances, n, consts):
     a, f_sum, s_sum, q, p, t = (n * means[:, j] for j in range(6))
     estimate = (a - f_sum * s_sum / n) / (n - 1)
     sum_g2 = (n * n * q - 2.0 * n * f_sum * p + f_sum * f_sum * t) / ((n - 1.0) ** 2)
@@ -87,17 +77,16 @@ def finalize_mean(means, variances, n, consts):
 
 
 @njit
-def moments_optimal(component, cost, k, mu, sigma, eps, f, df, key0, key1, index, consts):
-    ft = f - consts[0]
-    s = score(component, sigma, eps)
-    e2 = normal_at(key0, key1, index, STREAM_BASELINE)
-    f2 = cost(mu + sigma * e2, k) - consts[0]
-    s2 = score(component, sigma, e2)
-    fs = ft * s
-    return fs, s, fs * fs, fs * s, s * s, f2 * s2 * s2, s2 * s2
+def moments_optimal(component, s, family, cost, consts):
+    ft = s.f - consts[0]
+    score = family.score(component, s.theta, s.e)
+    f2 = cost.value(family.to_x(s.theta, s.e_copy), s.k) - consts[0]
+    s2 = family.score(component, s.theta, s.e_copy)
+    fs = ft * score
+    return fs, score, fs * fs, fs * score, score * score, f2 * s2 * s2, s2 * s2
 
 
-def finalize_optimal(means, variances, n, consts):
+def estimate_optimal(means, variances, n, consts):
     a, s_sum, q, p, t, b_num, b_den = (n * means[:, j] for j in range(7))
     b = b_num / b_den
     estimate = (a - b * s_sum) / n
@@ -108,74 +97,111 @@ def finalize_optimal(means, variances, n, consts):
     return estimate, np.maximum(var, 0.0)
 
 
-# ---- per-cell constants and exact references (Python) ---------------------------------------
+# ---- per-cell constants (Python) -------------------------------------------------------------
 
-def _terms(cost, component, mu, sigma, k):
-    """(weights, f, s) at the Gauss-Hermite nodes over eps."""
-    eps, w = hermite_rule()
-    f = values(cost.value, mu + sigma * eps, k)
-    s = eps / sigma if component == "mu" else (eps * eps - 1.0) / sigma
-    return w, f, s
+def _prepare_shift(family, cost, component, params):
+    return (float(cost.value(family.mean(family.theta(params)), params.get("k", 0.0))),)
 
 
-def optimal_baseline(cost, component, mu, sigma, k) -> float:
-    """b* = E[f s^2] / E[s^2] by quadrature."""
-    w, f, s = _terms(cost, component, mu, sigma, k)
-    return float(w @ (f * s * s)) / float(w @ (s * s))
+def _prepare_exact_optimal(family, cost, component, params):
+    """(b*,): E[f s^2] / E[s^2] over the family's base rule, with the kernel's own x and score
+    (a constant of the estimator, computed as the kernel would; the reference recomputes b*
+    apart, from the density)."""
+    theta = family.theta(params)
+    e, w = family.base_rule()
+    f = values(cost.value, kernel_values(family.to_x, theta, e), params.get("k", 0.0))
+    s = kernel_values(family.score, theta, e, family.params.index(component))
+    return (float(w @ (f * s * s)) / float(w @ (s * s)),)
 
 
-def baseline_moments(cost, component, mu, sigma, k, b):
-    """(E[(f - b) s], Var[(f - b) s]) by quadrature."""
-    w, f, s = _terms(cost, component, mu, sigma, k)
-    g = (f - b) * s
+# ---- exact references: NumPy transcriptions over the family's quadrature rule ---------------
+
+def _nodes(family, cost, component, params):
+    """(weights, f, s) at the family's quadrature nodes."""
+    theta = family.theta(params)
+    x, w = family.rule(theta)
+    return w, values(cost.value, x, params.get("k", 0.0)), family.score_at(component, theta, x)
+
+
+def _mean_var(w, g):
     mean = float(w @ g)
     return mean, max(float(w @ (g * g)) - mean * mean, 0.0)
 
 
-def _prepare_shift(cost, component, mu, sigma, k):
-    return (float(cost.value(mu, k)),)
+def optimal_baseline(family, cost, component, params) -> float:
+    """b* = E[f s^2] / E[s^2] by quadrature."""
+    w, f, s = _nodes(family, cost, component, params)
+    return float(w @ (f * s * s)) / float(w @ (s * s))
 
 
-def _prepare_exact_optimal(cost, component, mu, sigma, k):
-    return (optimal_baseline(cost, component, mu, sigma, k),)
+def reference_none(family, cost, component, params):
+    """E and Var of g = f s."""
+    w, f, s = _nodes(family, cost, component, params)
+    return _mean_var(w, f * s)
 
 
-def _exact_mean(cost, component, mu, sigma, k):
-    mean, var = baseline_moments(cost, component, mu, sigma, k, cost.exact_mean(mu, sigma, k))
-    return mean, var, "quadrature"
+def reference_mean(family, cost, component, params):
+    """N -> infinity limit: E and Var of g = (f - E f) s."""
+    w, f, s = _nodes(family, cost, component, params)
+    return _mean_var(w, (f - float(w @ f)) * s)
 
 
-def _exact_optimal(cost, component, mu, sigma, k):
-    b = optimal_baseline(cost, component, mu, sigma, k)
-    mean, var = baseline_moments(cost, component, mu, sigma, k, b)
-    return mean, var, "quadrature"
+def reference_optimal(family, cost, component, params):
+    """E and Var of g = (f - b*) s."""
+    w, f, s = _nodes(family, cost, component, params)
+    b = float(w @ (f * s * s)) / float(w @ (s * s))
+    return _mean_var(w, (f - b) * s)
+
+
+def finite_n_mean(family, cost, component, params, n):
+    """(E[sample_var], N Var[estimate]) of the leave-one-out baseline at N = n, exactly."""
+    w, f, s = _nodes(family, cost, component, params)
+    _, v = reference_mean(family, cost, component, params)
+    var_f = float(w @ (f * f)) - float(w @ f) ** 2
+    s2 = float(w @ (s * s))
+    x = var_f * s2 + float(w @ (f * s)) ** 2
+    return v + (n * var_f * s2 - x) / (n - 1.0) ** 2, v + x / (n - 1.0)
+
+
+def finite_n_optimal(family, cost, component, params, n):
+    """(E[sample_var], N Var[estimate]) of the estimated optimal baseline at N = n, to first
+    order in 1/N: V* + E[(f - b*)^2 s^4] / (N E[s^2]) for both."""
+    w, f, s = _nodes(family, cost, component, params)
+    s2 = float(w @ (s * s))
+    b = float(w @ (f * s * s)) / s2
+    _, v = _mean_var(w, (f - b) * s)
+    excess = float(w @ ((f - b) ** 2 * s ** 4)) / (n * s2)
+    return v + excess, v + excess
 
 
 def configure(baseline):
     if baseline == "none":
         return ESTIMATOR
     if baseline == "exact_optimal":
-        return Estimator(name="", per_sample=per_sample_exact_optimal, needs_derivative=False,
-                         evals_per_sample=1, description="score function, exact b*",
-                         n_consts=1, prepare=_prepare_exact_optimal,
-                         exact_moments=_exact_optimal)
+        return Estimator(name="", per_sample=per_sample_exact_optimal, evals_per_sample=1,
+                         description="score function, exact b*", n_consts=1,
+                         prepare=_prepare_exact_optimal, reference=reference_optimal)
     if baseline == "mean":
-        return Estimator(name="", per_sample=moments_mean, needs_derivative=False,
-                         evals_per_sample=1, description="score function, leave-one-out mean",
-                         n_moments=6, finalize=finalize_mean, n_consts=1,
-                         prepare=_prepare_shift, exact_moments=_exact_mean)
-    return Estimator(name="", per_sample=moments_optimal, needs_derivative=False,
-                     evals_per_sample=2, description="score function, b* from a 2nd stream",
-                     extra_randomness=True, n_moments=7, finalize=finalize_optimal, n_consts=1,
-                     prepare=_prepare_shift, exact_moments=_exact_optimal)
+        return Estimator(name="", per_sample=moments_mean, evals_per_sample=1,
+                         description="score function, leave-one-out mean", n_moments=6,
+                         moments_to_estimate=estimate_mean, n_consts=1, prepare=_prepare_shift,
+                         reference=reference_mean, finite_n=finite_n_mean)
+    if baseline == "optimal":
+        return Estimator(name="", per_sample=moments_optimal, evals_per_sample=2,
+                         description="score function, b* from the independent copy",
+                         independent_copy=True, n_moments=7,
+                         moments_to_estimate=estimate_optimal, n_consts=1,
+                         prepare=_prepare_shift, reference=reference_optimal,
+                         finite_n=finite_n_optimal)
+    raise ValueError(f"unknown baseline {baseline!r}")
 
 
 ESTIMATOR = Estimator(
     name="score_function",
     per_sample=per_sample,
-    needs_derivative=False,
     evals_per_sample=1,
     description="f(x) * grad log q(x): unbiased for any f, high variance",
+    reference=reference_none,
     options={"baseline": ("none", "mean", "optimal", "exact_optimal")},
     configure=configure,
 )

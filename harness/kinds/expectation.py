@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
+import pathlib
 import time
 from dataclasses import dataclass
 
@@ -30,7 +31,8 @@ import pyarrow as pa
 from ruamel.yaml.comments import CommentedMap
 
 from .. import registry
-from ..config import Value, read_numbers, union
+from ..config import Value, describe_value, read_numbers, union
+from ..errors import ConfigError
 from ..model import Cell, ProblemKind
 from ..results import estimate_columns
 
@@ -58,32 +60,34 @@ class ExpectationProblem:
 def parse(r, doc, common) -> ExpectationProblem:
     v = r.entry(doc, "problem", "")
     m = r.mapping(v, "distribution, cost and their parameters")
-    families, costs = registry.DISTRIBUTIONS, registry.COSTS
-    chosen = {}
-    for key, table, what in (("distribution", families, "distribution"), ("cost", costs, "cost")):
-        if key in m:
-            chosen[key] = r.choice(r.entry(m, key, v.key), table, what)
+    families, costs = registry.FAMILIES, registry.COSTS
+    family = cost = cost_spec = None
+    if "distribution" in m:
+        family = families[r.choice(r.entry(m, "distribution", v.key), families, "distribution")]
+    if "cost" in m:
+        cost_spec = _read_cost(r, r.entry(m, "cost", v.key), r.path)
+        cost = registry.get_cost(cost_spec)
 
     # Until both are known, any registered parameter name is plausible.
-    family_params = (families[chosen["distribution"]].params if "distribution" in chosen
-                     else union(d.params for d in families.values()))
-    cost_params = (costs[chosen["cost"]].params if "cost" in chosen
-                   else union(c.params for c in costs.values()))
+    family_params = family.params if family else union(d.params for d in families.values())
+    cost_params = cost.params if cost else union(c.params for c in costs.values())
 
     def hint(key: str) -> str | None:
         takers = [n for n, c in costs.items() if key in c.params]
-        if "cost" in chosen and takers:
-            return (f"cost {chosen['cost']} takes no {key}; "
+        if cost is not None and takers:
+            return (f"cost {cost.name} takes no {key}; "
                     f"remove it or use cost: {' or '.join(takers)}")
         return None
 
     r.reject_unknown(m, v.key, ("kind", "distribution", "cost") + tuple(family_params)
                      + tuple(cost_params), hint)
-    for key, table in (("distribution", families), ("cost", costs)):
-        if key not in chosen:
-            r.missing(v, key, fix=f"add '{key}: <name>' with one of: {', '.join(table)}")
+    if family is None:
+        r.missing(v, "distribution", fix=f"add 'distribution: <name>' with one of: "
+                                         f"{', '.join(families)}")
+    if cost is None:
+        r.missing(v, "cost", fix=f"add 'cost: <name>' with one of: {', '.join(costs)}, or "
+                                 "{python: 'module:function', derivative: 'module:function'}")
 
-    family, cost = families[chosen["distribution"]], costs[chosen["cost"]]
     params = []
     for p in family.params + cost.params:
         if p not in m:
@@ -93,34 +97,60 @@ def parse(r, doc, common) -> ExpectationProblem:
                else f"cost {cost.name} needs {p} > 0")
         params.append((p, read_numbers(r, m, p, v, positive=positive, fix=fix)))
 
-    wrt = family.components
+    wrt = family.params
     if "wrt" in doc:
         wv = r.entry(doc, "wrt", "")
         items = r.items(wv, "gradient component")
-        names = [r.choice(item, family.components, "gradient component") for item in items]
+        names = [r.choice(item, family.params, "gradient component") for item in items]
         r.no_duplicates(items, names, "component")
         # Canonical (family) order, so [sigma, mu] and [mu, sigma] are the same cell.
-        wrt = tuple(c for c in family.components if c in names)
+        wrt = tuple(c for c in family.params if c in names)
 
-    _check_estimators(r, doc, common["estimators"], cost)
+    _check_estimators(r, doc, common["estimators"], family.name, cost_spec)
     if not common["n_samples"]:
         r.missing(Value(doc, 1, ""), "n_samples")
-    return ExpectationProblem(family.name, cost.name, tuple(params), tuple(wrt))
+    return ExpectationProblem(family.name, cost_spec, tuple(params), tuple(wrt))
 
 
-def _check_estimators(r, doc, estimators, cost) -> None:
-    """Reject an estimator that cannot work with this cost, at its line in the file."""
-    if not isinstance(doc.get("estimators"), (list, CommentedMap, str)):
-        return
+def _read_cost(r, v, grid_path):
+    """A built-in cost's name, or a user-written cost ``{python: "module:function",
+    derivative: ..., second_derivative: ...}`` (the module beside the grid file), returned as
+    the spec ``harness.registry.get_cost`` takes (with the grid file's directory as path)."""
+    if isinstance(v.value, str):
+        return r.choice(v, registry.COSTS, "cost")
+    if not isinstance(v.value, CommentedMap):
+        r.fail(f"expected a cost name or a mapping, got {describe_value(v.value)}", v.line,
+               v.key, fix=f"use one of: {', '.join(registry.COSTS)}, or {{python: "
+                          "'module:function', derivative: 'module:function'}")
+    m = v.value
+    roles = ("python", "derivative", "second_derivative")
+    r.reject_unknown(m, v.key, roles)
+    if "python" not in m:
+        r.missing(v, "python", fix="add python: 'module:function' (the cost f(x) or f(x, k))")
+    spec = {"python": None, "derivative": None, "second_derivative": None,
+            "path": str(pathlib.Path(grid_path).resolve().parent)}
+    for role in roles:
+        if role in m:
+            rv = r.entry(m, role, v.key)
+            if not isinstance(rv.value, str) or ":" not in rv.value:
+                r.fail(f"expected 'module:function', got {describe_value(rv.value)}", rv.line,
+                       rv.key, fix="write e.g. my_costs:quartic (my_costs.py beside the grid)")
+            spec[role] = str(rv.value)
+    try:
+        registry.get_cost(spec)          # import and compile-check now: one line if it fails
+    except ConfigError as err:
+        r.fail(err.message, v.line, v.key, fix=err.fix)
+    return spec
+
+
+def _check_estimators(r, doc, estimators, family: str, cost_spec) -> None:
+    """Reject an estimator that cannot work with this family and cost (a derivative, second
+    derivative or reparameterisation it needs and they lack), at its line in the file."""
     items = r.items(r.entry(doc, "estimators", ""), "estimator")
     for item, spec in zip(items, estimators):
-        if registry.ESTIMATORS[spec.name].needs_derivative and cost.derivative is None:
-            usable = [n for n, e in registry.ESTIMATORS.items() if not e.needs_derivative]
-            smooth = [n for n, c in registry.COSTS.items() if c.derivative is not None]
-            r.fail(f"{spec.name} needs the derivative of the cost, but cost {cost.name} is "
-                   f"not differentiable", item.line, item.key,
-                   fix=f"use {', '.join(usable)}, or a differentiable cost "
-                       f"({', '.join(smooth)})")
+        problem = registry.combination_problem(spec, family, cost_spec)
+        if problem is not None:
+            r.fail(problem[0], item.line, item.key, fix=problem[1])
 
 
 def describe(grid) -> str:
@@ -160,7 +190,7 @@ def cells(grid) -> list[Cell]:
 def point_label(point) -> str:
     """``normal, quadratic: mu=2, sigma=1, k=0.5``."""
     params = ", ".join(f"{n}={x:g}" for n, x in point["params"].items())
-    return f"{point['distribution']}, {point['cost']}: {params}"
+    return f"{point['distribution']}, {registry.get_cost(point['cost']).name}: {params}"
 
 
 # ---------------------------------------------------------------------------- computation
@@ -173,12 +203,11 @@ def compute(cell: Cell) -> dict:
     backend = importlib.import_module(f"harness.backends.{cell.backend}")
     wrt = tuple(point["wrt"])
     start = time.perf_counter()
-    p = point["params"]  # TEMP: old backend signature until the axes branch lands
     est, var = backend.estimate(point["distribution"], point["cost"], list(cell.estimators),
-                                wrt, p["mu"], p["sigma"], p.get("k", 0.0), cell.n_samples,
+                                wrt, dict(point["params"]), cell.n_samples,
                                 np.asarray(cell.seeds, dtype=np.int64))
     seconds = time.perf_counter() - start
-    refs = [[reference(e.label, comp, point["cost"], p["mu"], p["sigma"], p.get("k", 0.0))
+    refs = [[reference(e.label, comp, point["distribution"], point["cost"], point["params"])
              for comp in wrt] for e in cell.estimators]
     columns = estimate_columns(
         cell, components=wrt, estimate=est, sample_var=var,
@@ -187,7 +216,8 @@ def compute(cell: Cell) -> dict:
         exact_source=[[s for _, _, s in row] for row in refs],
         evals_per_sample=[registry.resolve(e).evals_per_sample for e in cell.estimators])
     n = len(columns["estimator"])
-    columns.update({"distribution": [point["distribution"]] * n, "cost": [point["cost"]] * n,
+    cost_name = registry.get_cost(point["cost"]).name
+    columns.update({"distribution": [point["distribution"]] * n, "cost": [cost_name] * n,
                     "point": [point_label(point)] * n, "seconds": np.full(n, seconds)})
     for name in parameter_columns():
         columns[name] = np.full(n, point["params"].get(name, math.nan))
@@ -197,7 +227,7 @@ def compute(cell: Cell) -> dict:
 def parameter_columns() -> tuple[str, ...]:
     """Every registered family and cost parameter: one float64 results column each (NaN
     where a cell's problem has no such parameter)."""
-    return union([d.params for d in registry.DISTRIBUTIONS.values()]
+    return union([d.params for d in registry.FAMILIES.values()]
                  + [c.params for c in registry.COSTS.values()])
 
 
@@ -217,21 +247,22 @@ def report_section(df, summary, out_dir):
 
 def listing() -> list[str]:
     lines = ["distributions:"]
-    for name, d in registry.DISTRIBUTIONS.items():
+    for name, d in registry.FAMILIES.items():
         lines.append(f"  {name:16} params: {', '.join(d.params)}; "
-                     f"components: {', '.join(d.components)}  {d.description}")
+                     f"supports: {', '.join(sorted(d.supports)) or '-'}  {d.description}")
     lines.append("costs:")
     for name, c in registry.COSTS.items():
         params = ", ".join(c.params) if c.params else "-"
-        diff = "differentiable" if c.derivative is not None else "not differentiable"
-        lines.append(f"  {name:16} params: {params}; {diff}  {c.description}")
+        provides = ", ".join(sorted(c.provides)) or "value only"
+        lines.append(f"  {name:16} params: {params}; provides: {provides}  {c.description}")
     lines.append("estimators:")
     for name, e in registry.ESTIMATORS.items():
         options = getattr(e, "options", {}) or {}
         opt = "".join(f"; option {k}: {'|'.join(map(registry.option_text, v))}"
                       for k, v in options.items())
-        lines.append(f"  {name:16} needs_derivative: {str(e.needs_derivative).lower()}; "
-                     f"evals_per_sample: {e.evals_per_sample}{opt}  {e.description}")
+        needs = ", ".join(sorted(e.needs)) or "the cost's value"
+        lines.append(f"  {name:16} needs: {needs}; evals_per_sample: {e.evals_per_sample}"
+                     f"{opt}  {e.description}")
     return lines
 
 

@@ -155,7 +155,7 @@ def _moments(problem: Problem, variants, n_samples: int, seeds, stream: int = 0,
             est[:, e], sample_var[:, e] = mean[:, o:o + P], var[:, o:o + P]
         else:
             cols = slice(o, o + v.n_moments * P)
-            a, b = v.finalize(mean[:, cols].reshape(S * P, v.n_moments),
+            a, b = v.moments_to_estimate(mean[:, cols].reshape(S * P, v.n_moments),
                               var[:, cols].reshape(S * P, v.n_moments), n_samples, None)
             est[:, e], sample_var[:, e] = a.reshape(S, P), b.reshape(S, P)
     return est, sample_var, mean[:, -1]

@@ -22,7 +22,7 @@ the per-sample terms (computed by ``harness.vi.kernels.sample_quantities`` from 
   ``mean``           b_i = mean of f over the *other* N - 1 samples of the seed (leave-one-out),
                      independent of sample i, so unbiased.  The estimate is the sample
                      covariance of f and s_j, formed from moments accumulated in the same
-                     single pass (``finalize_mean``).  1 evaluation per sample.  The per-sample
+                     single pass (``estimate_mean``).  1 evaluation per sample.  The per-sample
                      variance column is the within-seed sample variance of g_i = (f_i - b_i)
                      s_ij; its reference ``exact_var`` is the N -> infinity limit
                      V_j = Var[(f - E f) s_j]; finite N adds O(1/N) (exactly:
@@ -32,7 +32,7 @@ the per-sample terms (computed by ``harness.vi.kernels.sample_quantities`` from 
                      of the main stream (``harness.rng.INDEPENDENT_STREAM_OFFSET``: see
                      ``harness.vi.kernels``), drawn in the same pass: the sample version of the
                      variance-minimising b*_j = E[f s_j^2] / E[s_j^2]; independent of the main
-                     draws, so unbiased (``finalize_optimal``).  2 evaluations per sample (the N
+                     draws, so unbiased (``estimate_optimal``).  2 evaluations per sample (the N
                      extra draws are counted).  Reference ``exact_var``: the N -> infinity limit
                      V*_j = Var[(f - b*_j) s_j]; E[sample var] = N Var[estimate]
                      = V*_j + E[(b^_j - b*_j)^2] E[s_j^2] = V*_j + O(1/N).
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..estimators.score_function import finalize_mean, finalize_optimal
+from ..estimators.score_function import estimate_mean, estimate_optimal
 from ..registry import label as make_label
 from . import codes
 
@@ -71,7 +71,7 @@ class Variant:
     ``n_moments == 0``: per-sample kind, the kernel's P terms are the g_p (estimate = mean,
     per-sample variance = within-seed sample variance).  ``n_moments > 0``: accumulated
     kind, the kernel accumulates ``n_moments`` quantities per component and
-    ``finalize(means, variances, n, consts)`` (rows = seeds x components) gives the
+    ``moments_to_estimate(means, variances, n, consts)`` (rows = seeds x components) gives the
     estimate and the per-sample variance, as for the 1-D accumulated estimators
     (``harness.base``).
     """
@@ -79,7 +79,7 @@ class Variant:
     label: str
     code: int
     n_moments: int = 0
-    finalize: Callable | None = None
+    moments_to_estimate: Callable | None = None
     evals_per_sample: int = 1        # evaluations of log g per sample (work normalisation)
     exact_baselines: bool = False    # needs the exact b*_j per cell (kernel baselines)
 
@@ -108,8 +108,8 @@ def _score_function() -> VIEstimator:
     return VIEstimator(
         "score_function",
         {("none",): Variant(label("none"), codes.E_SCORE),
-         ("mean",): Variant(label("mean"), codes.E_SCORE_MEAN, 6, finalize_mean),
-         ("optimal",): Variant(label("optimal"), codes.E_SCORE_OPTIMAL, 7, finalize_optimal,
+         ("mean",): Variant(label("mean"), codes.E_SCORE_MEAN, 6, estimate_mean),
+         ("optimal",): Variant(label("optimal"), codes.E_SCORE_OPTIMAL, 7, estimate_optimal,
                                evals_per_sample=2),
          ("exact_optimal",): Variant(label("exact_optimal"), codes.E_SCORE_EXACT_OPTIMAL,
                                      exact_baselines=True)},

@@ -35,10 +35,10 @@ Accumulated quantities (``sample_quantities``), estimator e at ``offsets[e]``, P
 - per-sample estimators (``n_moments`` 0 in ``harness.vi.estimators``): P terms g_p.
 - ``score_function[baseline=mean]``: 6 per component p, in the order of the 1-D
   ``harness.estimators.score_function.moments_mean``: f~ s_p, f~, s_p, (f~ s_p)^2, f~ s_p^2,
-  s_p^2, with f~ = f - f_shift; ``finalize_mean`` forms the estimate and variance.
+  s_p^2, with f~ = f - f_shift; ``estimate_mean`` forms the estimate and variance.
 - ``score_function[baseline=optimal]``: 7 per component, the order of ``moments_optimal``:
   f~ s_p, s_p, (f~ s_p)^2, f~ s_p^2, s_p^2, f~' s'_p^2, s'_p^2 (primes: the independent
-  sample); ``finalize_optimal``.
+  sample); ``estimate_optimal``.
 - last: f = log g(z) - log q(z), whose mean is the ELBO estimate.
 f_shift is f at eps = 0 (z = mu) with sample 0's minibatch, a per-seed constant: it cancels
 exactly from both estimates and only guards the moment sums against cancellation.  Each
@@ -462,7 +462,7 @@ def quantities_at(tid, ta, tm, ti, family, n_params, mu, C, codes, offsets, base
 def step_gradient(code, sums, m_samples, n_params, grad):
     """The gradient estimate of one step from the sums of its M samples' quantities: the mean
     for per-sample estimators; for E_SCORE_MEAN and E_SCORE_OPTIMAL the estimate half of
-    ``harness.estimators.score_function.finalize_mean`` / ``finalize_optimal`` (the same
+    ``harness.estimators.score_function.estimate_mean`` / ``estimate_optimal`` (the same
     algebra, per component): (sum f~s - sum f~ sum s / M) / (M - 1), and (sum f~s - b~ sum s)
     / M with b~ = sum f~' s'^2 / sum s'^2."""
     M = np.float64(m_samples)
