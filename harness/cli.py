@@ -18,7 +18,7 @@ import pathlib
 import click
 
 from . import __version__, registry
-from .config import Grid, load_grid
+from .config import Grid, load_grid, values_text
 from .errors import HarnessError
 
 
@@ -164,18 +164,11 @@ def describe_grid(g: Grid) -> str:
     from .kinds import KINDS
 
     n = len(g.seeds)
-    which = f"0..{n - 1}" if g.seeds == tuple(range(n)) else _values(g.seeds)
+    which = f"0..{n - 1}" if g.seeds == tuple(range(n)) else values_text(g.seeds)
     seed_text = f"{n} seed{'s' if n != 1 else ''} ({which})"
     return (f"{g.path}: OK: {g.name}: {KINDS[g.kind].describe(g)}; "
             f"estimators {', '.join(e.label for e in g.estimators)}; {seed_text}; "
             f"backend {g.backend}")
-
-
-def _values(values) -> str:
-    text = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
-    if len(text) > 6:
-        text = text[:3] + ["..."] + text[-2:]
-    return text[0] if len(text) == 1 else "[" + ",".join(text) + "]"
 
 
 @main.command("list", short_help="List problem kinds, families, costs, estimators, backends.")

@@ -453,6 +453,14 @@ def show(x) -> str:
     return repr(x) if isinstance(x, str) else str(x)
 
 
+def values_text(values) -> str:
+    """A value list in one short word: ``2``, ``[0.5,1,2]``, ``[0,1,2,...,98,99]``."""
+    text = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    if len(text) > 6:
+        text = text[:3] + ["..."] + text[-2:]
+    return text[0] if len(text) == 1 else "[" + ",".join(text) + "]"
+
+
 def _number_fix(x) -> str:
     if isinstance(x, str) and _parses_as_float(x):
         return "write the number without quotes"

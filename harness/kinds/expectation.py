@@ -31,7 +31,7 @@ import pyarrow as pa
 from ruamel.yaml.comments import CommentedMap
 
 from .. import registry
-from ..config import Value, describe_value, read_numbers, union
+from ..config import Value, describe_value, read_numbers, union, values_text
 from ..errors import ConfigError
 from ..model import Cell, ProblemKind
 from ..results import estimate_columns
@@ -156,16 +156,9 @@ def _check_estimators(r, doc, estimators, family: str, cost_spec) -> None:
 def describe(grid) -> str:
     p = grid.problem
     cells = math.prod(len(values) for _, values in p.params) * len(grid.n_samples)
-    params = " ".join(f"{name}={_values(values)}" for name, values in p.params)
+    params = " ".join(f"{name}={values_text(values)}" for name, values in p.params)
     return (f"{cells} cells; {p.distribution}/{p.cost} {params}; wrt {','.join(p.wrt)}; "
-            f"N={_values(grid.n_samples)}")
-
-
-def _values(values) -> str:
-    text = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
-    if len(text) > 6:
-        text = text[:3] + ["..."] + text[-2:]
-    return text[0] if len(text) == 1 else "[" + ",".join(text) + "]"
+            f"N={values_text(grid.n_samples)}")
 
 
 # ----------------------------------------------------------------------------- expansion
