@@ -23,6 +23,7 @@ import importlib
 import itertools
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ import pyarrow as pa
 from ruamel.yaml.comments import CommentedMap
 
 from .. import registry
-from ..config import Value, read_numbers, union
+from ..config import Value, check_cell_count, read_numbers, union
 from ..model import Cell, ProblemKind
 from ..results import estimate_columns
 
@@ -105,7 +106,42 @@ def parse(r, doc, common) -> ExpectationProblem:
     _check_estimators(r, doc, common["estimators"], cost)
     if not common["n_samples"]:
         r.missing(Value(doc, 1, ""), "n_samples")
-    return ExpectationProblem(family.name, cost.name, tuple(params), tuple(wrt))
+    problem = ExpectationProblem(family.name, cost.name, tuple(params), tuple(wrt))
+    check_cell_count(r, math.prod(len(values) for _, values in params)
+                     * len(common["n_samples"]), v)
+    _check_references(r, v, problem, common["estimators"])
+    return problem
+
+
+def _check_references(r, v, problem: ExpectationProblem, estimators) -> None:
+    """Compute every exact reference the run will compute, and fail (one line) where one
+    cannot be computed or is not finite: e.g. sigma = 1e-320 (1 / sigma overflows) or
+    mu = 1e308 (mu^2 overflows).  A NaN variance is fine only where no exact reference
+    exists (``exact_source: none``).  Costs a fraction of a millisecond per reference."""
+    from ..exact import reference
+
+    names = [name for name, _ in problem.params]
+    for values in itertools.product(*(vals for _, vals in problem.params)):
+        p = dict(zip(names, values))
+        for spec in estimators:
+            for comp in problem.wrt:
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        grad, var, source = reference(spec.label, comp, problem.cost,
+                                                      p["mu"], p["sigma"], p.get("k", 0.0))
+                        error = None
+                    except (ArithmeticError, ValueError) as err:
+                        error = type(err).__name__
+                if error is None and math.isfinite(grad) and (
+                        math.isfinite(var) or (source == "none" and math.isnan(var))):
+                    continue
+                where = ", ".join(f"{n}={x:g}" for n, x in p.items())
+                what = error or f"gradient {grad:g}, variance {var:g}"
+                r.fail(f"the exact reference of {spec.label} wrt {comp} at {where} cannot "
+                       f"be computed in floating point ({what})", v.line, v.key,
+                       fix="use parameter values of moderate magnitude (e.g. |mu| < 1e100, "
+                           "sigma between 1e-100 and 1e100)")
 
 
 def _check_estimators(r, doc, estimators, cost) -> None:
@@ -194,6 +230,13 @@ def compute(cell: Cell) -> dict:
     return columns
 
 
+def calibration(cell: Cell) -> Cell:
+    """A small copy of ``cell`` for the cost estimate: N at most 2^16, at most 16 seeds
+    (the kernel's time is linear in N x seeds beyond a few thousand samples)."""
+    return Cell(NAME, cell.experiment, cell.point, cell.estimators,
+                min(cell.n_samples, 1 << 16), cell.seeds[:16], cell.backend)
+
+
 def parameter_columns() -> tuple[str, ...]:
     """Every registered family and cost parameter: one float64 results column each (NaN
     where a cell's problem has no such parameter)."""
@@ -254,4 +297,5 @@ KIND = ProblemKind(
     listing=listing,
     columns=_columns(),
     sweep_columns=parameter_columns(),
+    calibration=calibration,
 )

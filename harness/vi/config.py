@@ -32,12 +32,13 @@ lr, steps, samples, schedule constant|cosine, record_every, var_samples).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from ..config import Value, describe_value, or_none, show
+from ..config import Value, check_cell_count, describe_value, or_none, show
 from .api import OptimizerSpec
 from .families import FAMILIES
 from .targets import TARGETS
@@ -155,6 +156,10 @@ def parse(r, doc: CommentedMap, common: dict) -> ElboProblem:
                    "optimizer", fix="add 'mode: optimize' or remove the optimizer")
         fields["optimizer"] = None
     _check_exact_optimal(r, doc, {**fields, "estimators": common["estimators"]})
+    points = len(fields["points"])
+    check_cell_count(r, points * (len(common["n_samples"]) if "estimate" in modes else 0)
+                     + points * (len(common["estimators"]) if "optimize" in modes else 0),
+                     r.entry(doc, "problem", ""))
     return ElboProblem(**fields)
 
 
@@ -242,6 +247,8 @@ def _read_problem(r, v: Value) -> dict:
     q = _read_q(r, m, v, families, axes["dim"], tname)
 
     sweep_keys = [k for k in SWEEPABLE if k in axes and k != "family"]
+    # before building them: a product of long lists would exhaust memory
+    check_cell_count(r, len(families) * math.prod(len(axes[k]) for k in sweep_keys), v)
     points = []
     for fam in families:
         for combo in itertools.product(*(axes[k] for k in sweep_keys)):

@@ -43,11 +43,16 @@ Parameter vector layout (``theta``, also the order of gradient components):
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
 
+from ..kernel_cache import ensure_numba_cache
 from ..rng import normal_pair, uniform_pair
+
+# numba picks where to cache each function below when it is defined: a writable place first.
+ensure_numba_cache(Path(__file__).parent)
 
 # target codes
 T_GAUSSIAN = 0
