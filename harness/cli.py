@@ -21,7 +21,7 @@ import click
 
 from . import __version__, registry
 from .config import Grid, load_grid
-from .errors import OS_ERRNOS, HarnessError, Interrupted, filesystem_error
+from .errors import OS_ERRNOS, HarnessError, Interrupted, filesystem_error, on_signal
 
 
 class OneLineError(click.ClickException):
@@ -52,7 +52,7 @@ class _Group(click.Group):
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx):
-        with _one_line_errors(), _sigterm_raises():
+        with _one_line_errors(), _signals_raise():
             return super().invoke(ctx)
 
 
@@ -83,22 +83,20 @@ def _one_line_errors():
 
 
 @contextlib.contextmanager
-def _sigterm_raises():
-    """SIGTERM raises :class:`~harness.errors.Interrupted` in the main thread (like Ctrl-C
-    raises KeyboardInterrupt), so temporary files and claims are cleaned up on the way out
-    instead of the process vanishing."""
+def _signals_raise():
+    """SIGINT and SIGTERM raise KeyboardInterrupt / :class:`~harness.errors.Interrupted` in
+    the main thread (``errors.on_signal``: deferred inside blocks that must not be split),
+    so temporary files and claims are cleaned up on the way out instead of the process
+    vanishing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class _Count(click.ParamType):

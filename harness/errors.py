@@ -6,7 +6,9 @@ configuration) or 1 (a failure while running); anything else is a bug and keeps 
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import signal
 
 
 class HarnessError(Exception):
@@ -62,6 +64,43 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+# The CLI handles SIGINT and SIGTERM with ``on_signal``: it raises KeyboardInterrupt or
+# Interrupted in the main thread, except inside ``interrupts_deferred()`` blocks, which
+# must not be split (taking a claim and keeping the handle that releases it): there the
+# signal is raised when the block ends.
+_deferring = 0
+_pending: list[int] = []
+
+
+def _interruption(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+
+
+def on_signal(signum, frame) -> None:
+    """Signal handler: raise the interruption now, or at the end of a deferred block."""
+    if _deferring:
+        _pending.append(signum)
+        return
+    raise _interruption(signum)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """A block that ``on_signal`` does not interrupt (the signal is raised after it)."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    except BaseException:
+        _deferring -= 1
+        raise
+    _deferring -= 1
+    if not _deferring and _pending:
+        signum = _pending[0]
+        _pending.clear()
+        raise _interruption(signum)
 
 
 class RunInterrupted(HarnessError):

@@ -34,6 +34,7 @@ from pathlib import Path
 from .errors import filesystem_error
 
 _chosen: dict[str, Path] = {}      # preferred directory -> the directory used
+_relocated: dict[Path, Path] = {}  # kernel directories replaced by a temporary one
 _lock = threading.Lock()
 
 
@@ -109,6 +110,7 @@ def kernel_dir() -> Path:
         fallback = fallback_dir("kernels")
         copied = _copy_tree(preferred, fallback,
                             lambda name: name.startswith("harness_kernel_"))
+        _relocated[preferred] = fallback
         note(f"kernel cache {preferred} is not writable ({err.strerror or err}); using "
              f"{fallback} for this process" + (f" (copied {copied} cached files)" if copied
                                                else "")
@@ -125,50 +127,75 @@ def ensure_numba_cache(source_dir: Path | None = None) -> None:
     locator available"), point numba at a temporary directory, seeded with the read-only
     one's entries, with a one-line note.  numba picks a cache location when a ``cache=True``
     function is defined, so this runs before such functions are defined
-    (``harness.vi.kernels``; ``harness.backends.cpu`` before importing a kernel).
+    (``harness.vi.kernels``; ``harness.backends.cpu`` before importing a kernel).  Kernels
+    moved to a temporary kernel directory (``kernel_dir``) get their numba entries copied to
+    where numba will look for them (its entries are named after the source's directory).
     """
     from numba.core import config
 
-    configured = getattr(config, "CACHE_DIR", "") or ""
-    key = f"numba:{configured}:{source_dir}"
     with _lock:
-        if key in _chosen:
-            if _chosen[key] is not None:
-                config.CACHE_DIR = str(_chosen[key])
-            return
+        configured = _configured_numba_dir(config)
+        key = f"numba:{configured}:{source_dir}"
+        if key not in _chosen:
+            _chosen[key] = _numba_fallback(configured, source_dir)
+        if _chosen[key] is not None:
+            config.CACHE_DIR = str(_chosen[key])
         if configured:
-            err = writable(Path(configured))
-            what = f"numba cache {configured}"
-            fix = "make it writable or set NUMBA_CACHE_DIR"
-        else:
-            from numba.misc.appdirs import AppDirs
+            _relocate_entries(Path(configured), Path(config.CACHE_DIR))
 
-            user_wide = Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
-            err = writable(user_wide)
-            if err is not None and source_dir is not None:
-                err = writable(Path(source_dir) / "__pycache__") and err
-            what = f"numba cache {user_wide}"
-            fix = "make it writable or set NUMBA_CACHE_DIR"
-        if err is None:
-            _chosen[key] = None
-            return
-        fallback = fallback_dir("numba-cache")
-        copied = 0
-        source = Path(configured) if configured else None
-        if source is not None and source.is_dir():
-            try:
-                entries = sorted(os.listdir(source))
-            except OSError:
-                entries = []
-            for entry in entries:      # numba names a source directory's entries
-                if (source / entry).is_dir():   # "<dir name>_<sha1 of its path>"
-                    (fallback / entry).mkdir(exist_ok=True)
-                    copied += _copy_tree(source / entry, fallback / entry)
-        note(f"{what} is not writable ({err.strerror or err}); using {fallback} for this "
-             "process" + (f" (copied {copied} cached files)" if copied else "")
-             + f" (fix: {fix})")
-        config.CACHE_DIR = str(fallback)
-        _chosen[key] = fallback
+
+def _configured_numba_dir(config) -> str:
+    """$NUMBA_CACHE_DIR as the user set it (not a fallback this module chose)."""
+    current = getattr(config, "CACHE_DIR", "") or ""
+    for key, chosen in _chosen.items():
+        if key.startswith("numba:") and chosen is not None and str(chosen) == current:
+            return key.split(":")[1]
+    return current
+
+
+def _numba_fallback(configured: str, source_dir) -> Path | None:
+    """None if numba can cache where it would, else a temporary directory (with a note)."""
+    if configured:
+        err = writable(Path(configured))
+        what = f"numba cache {configured}"
+    else:
+        from numba.misc.appdirs import AppDirs
+
+        user_wide = Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
+        err = writable(user_wide)
+        if err is not None and source_dir is not None:
+            err = writable(Path(source_dir) / "__pycache__") and err
+        what = f"numba cache {user_wide}"
+    if err is None:
+        return None
+    fallback = fallback_dir("numba-cache")
+    copied = 0
+    source = Path(configured) if configured else None
+    if source is not None and source.is_dir():
+        try:
+            entries = sorted(os.listdir(source))
+        except OSError:
+            entries = []
+        for entry in entries:          # numba names a source directory's entries
+            if (source / entry).is_dir():   # "<dir name>_<sha1 of its path>"
+                (fallback / entry).mkdir(exist_ok=True)
+                copied += _copy_tree(source / entry, fallback / entry)
+    note(f"{what} is not writable ({err.strerror or err}); using {fallback} for this "
+         "process" + (f" (copied {copied} cached files)" if copied else "")
+         + " (fix: make it writable or set NUMBA_CACHE_DIR)")
+    return fallback
+
+
+def _relocate_entries(source: Path, target: Path) -> None:
+    """Copy numba's entries for each relocated kernel directory to the relocated name."""
+    from numba.core.caching import _CacheLocator
+
+    for preferred, fallback in _relocated.items():
+        old = source / _CacheLocator.get_suitable_cache_subpath(str(preferred / "k.py"))
+        new = target / _CacheLocator.get_suitable_cache_subpath(str(fallback / "k.py"))
+        if old.is_dir() and old != new:
+            new.mkdir(parents=True, exist_ok=True)
+            _copy_tree(old, new, lambda name: name.startswith("harness_kernel_"))
 
 
 @contextlib.contextmanager

@@ -169,9 +169,10 @@ class ProblemKind:
     ``report_section(df, summary, out_dir) -> list[(title, html)]``: the kind's part of
         the report page (figures embedded), from stored results only.
     ``listing() -> list[str]``: lines for ``harness list``.
-    ``calibration(cell) -> Cell`` (optional): a small copy of ``cell`` with the same cost per
-        sample (e.g. a smaller N and a few seeds), computed to estimate a run's time and disk
-        before it starts; without it the runner takes the cell's first few seeds.
+    ``calibration(cell) -> Cell`` (optional): ``cell`` with the same seeds and rows but less
+        work per seed at the same cost per sample (e.g. a smaller N), of which the runner
+        computes a block of seeds to estimate a run's time and disk before it starts;
+        without it the runner computes a few seeds of the cell itself.
     """
 
     name: str

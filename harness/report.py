@@ -540,7 +540,7 @@ def select(run_dir, include_all: bool = False) -> Selection:
             raise ResultsError(
                 f"{run_dir}: none of the {total} cells of grid {record.name} has results "
                 f"computed by this code ({len(stale)} computed by other code, "
-                f"{len(others)} files of other grids) (fix: `harness run {record.path} "
+                f"{_plural(len(others), 'file')} of other grids) (fix: `harness run {record.path} "
                 f"--out {run_dir}` to compute them, or `harness report --all {run_dir}`)")
         return Selection([Group(record.name, files, record.text, total, warnings,
                                 _codes([p.stored[i] for i in done]))], notes)

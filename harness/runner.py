@@ -61,6 +61,7 @@ from .errors import (
     Interrupted,
     RunInterrupted,
     filesystem_error,
+    interrupts_deferred,
 )
 from .kinds import KINDS
 from .model import Cell, config_id
@@ -289,12 +290,15 @@ def require_backend(backend: str) -> None:
         require()
 
 
-def seed_blocks(cell: Cell, rows_per_seed: float | None = None) -> int:
-    """Seeds per block for a cell: bounded rows, seeds and samples (at least one seed)."""
+def seed_blocks(cell: Cell, rows_per_seed: float | None = None, first: bool = True) -> int:
+    """Seeds per block for a cell: bounded rows, seeds and samples (at least one seed); the
+    first block (rows per seed not known yet) is small unless ``first`` is False."""
     per_seed = cell.samples / max(len(cell.seeds), 1)
     by_samples = SAMPLES_PER_BLOCK // max(int(per_seed), 1)
-    by_rows = ROWS_PER_BLOCK // max(int(math.ceil(rows_per_seed)), 1) if rows_per_seed \
-        else FIRST_BLOCK_SEEDS
+    if rows_per_seed:
+        by_rows = ROWS_PER_BLOCK // max(int(math.ceil(rows_per_seed)), 1)
+    else:
+        by_rows = FIRST_BLOCK_SEEDS if first else SEEDS_PER_BLOCK
     return int(max(1, min(SEEDS_PER_BLOCK, by_samples, by_rows)))
 
 
@@ -341,36 +345,63 @@ class Cost:
         free = f", {format_bytes(self.free)} free" if self.free is not None else ""
         return (f"cost: {self.cells} cells to compute, {format_count(self.samples)} samples, "
                 f"about {format_seconds(self.seconds)} (calibrated at "
-                f"{format_count(self.rate)} samples/s on a small copy of the first cell), "
+                f"{format_count(self.rate)} samples/s on small copies of its cells), "
                 f"about {format_bytes(self.disk)} of results{free}")
 
 
-def calibration_cell(cell: Cell) -> Cell:
-    """A small copy of ``cell`` with the same per-sample cost: the kind's
-    ``calibration(cell)`` if it has one, else the first few seeds."""
+CALIBRATION_SAMPLES = 1 << 20
+
+
+def _calibrate(cell: Cell, rows_per_seed: float | None = None):
+    """Compute one block of a small copy of ``cell`` (the kind's ``calibration``: less work
+    per seed) as the run would size it, at most ``CALIBRATION_SAMPLES`` samples: (seconds,
+    seeds, samples per seed, table)."""
     kind = KINDS[cell.kind]
-    if kind.calibration is not None:
-        return kind.calibration(cell)
-    return cell.block(cell.seeds[:min(len(cell.seeds), 8)])
+    small = kind.calibration(cell) if kind.calibration is not None else cell
+    per_seed = max(small.samples / max(len(small.seeds), 1), 1.0)
+    n = min(len(small.seeds), seed_blocks(small, rows_per_seed, first=False),
+            max(1, int(CALIBRATION_SAMPLES // per_seed)))
+    if kind.calibration is None:
+        n = min(n, 8)
+    started = time.perf_counter()
+    table = compute_cell(small.block(small.seeds[:n]))
+    return max(time.perf_counter() - started, 1e-6), n, per_seed, table
+
+
+def _encoded_size(table: pa.Table) -> int:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.tell()
 
 
 def estimate_cost(todo: list[Cell], out_dir: Path) -> Cost:
-    """Compute a small copy of the first cell twice (the first call includes compiling the
-    kernel) and scale its time and encoded size to every cell to compute."""
-    small = calibration_cell(todo[0])
+    """Estimate a run's time and disk before it starts: compute a block of two seeds of a
+    small copy of the cell with the most work per seed (this compiles its kernel and gives
+    the rows per seed), then a full block of it (the rate in samples per second) and of the
+    cell with the least work per seed (the cost per seed besides sampling); the encoded size
+    of the rows gives the disk."""
+    def work(c):
+        return c.samples / max(len(c.seeds), 1)
+
+    big, small = max(todo, key=work), min(todo, key=work)
     started = time.perf_counter()
-    compute_cell(small)
-    first = time.perf_counter() - started
-    started = time.perf_counter()
-    table = compute_cell(small)
-    second = max(time.perf_counter() - started, 1e-6)
-    rate = small.samples / second
+    first = compute_cell(big.block(big.seeds[:min(len(big.seeds), 2)]))
+    compile_seconds = time.perf_counter() - started
+    rows_per_seed = first.num_rows / min(len(big.seeds), 2)
+    seconds, n, per_seed, table = _calibrate(big, rows_per_seed)
+    rate = per_seed * n / seconds
+    overhead = 0.0                    # seconds per seed besides its samples
+    if work(small) < work(big):
+        seconds_small, n_small, per_seed_small, _ = _calibrate(small, rows_per_seed)
+        overhead = max(seconds_small / n_small - per_seed_small / rate, 0.0)
     samples = sum(c.samples for c in todo)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    rows_per_seed = table.num_rows / len(small.seeds)
-    bytes_per_row = buffer.tell() / max(table.num_rows, 1)
-    disk = sum(len(c.seeds) for c in todo) * rows_per_seed * bytes_per_row
+    estimate = compile_seconds + sum(c.samples / rate + len(c.seeds) * overhead for c in todo)
+    # Parquet's cost of a row (half the table against all of it: the footer and the
+    # dictionaries of repeated values are paid once per file) and of a file
+    rows = table.num_rows
+    full, half, empty = (_encoded_size(table.slice(0, k)) for k in (rows, rows // 2, 0))
+    bytes_per_row = (full - half) / max(rows - rows // 2, 1)
+    disk = sum(len(c.seeds) * rows_per_seed * bytes_per_row + empty for c in todo)
     free = None
     for path in (Path(out_dir), *Path(out_dir).absolute().parents):
         if path.exists():
@@ -379,8 +410,7 @@ def estimate_cost(todo: list[Cell], out_dir: Path) -> Cost:
             except OSError:
                 pass
             break
-    return Cost(len(todo), samples, max(first - second, 0.0) + samples / rate, rate, disk,
-                free)
+    return Cost(len(todo), samples, estimate, rate, disk, free)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -451,12 +481,12 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
     cost = None
     if todo and (dry_run or samples >= COST_NOTE_SAMPLES or seed_rows >= COST_NOTE_ROWS):
         cost = estimate_cost(todo, out_dir)
-        echo(f"{grid.name}: {cost}")
         if cost.free is not None and cost.disk > cost.free and not dry_run:
             raise FilesystemError(
                 f"{out_dir}: not enough disk space: the results need about "
                 f"{format_bytes(cost.disk)}, {format_bytes(cost.free)} are free (fix: free "
                 "some space, choose another --out directory, or run fewer seeds or cells)")
+        echo(f"{grid.name}: {cost}")
     if dry_run:
         return RunSummary(grid.name, out_dir, len(cells), 0, len(cells) - len(todo), 0,
                           time.perf_counter() - started, len(p.other_files), cost=cost,
@@ -498,11 +528,13 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
 
     def attempt(cell: Cell) -> str:
         """'computed', 'other' (another run finished it) or 'busy' (a live run holds it)."""
-        with _os_errors("claim a cell", results_dir):
-            claim = claims.try_claim(results_dir, cell.id)
-        if claim is None:
-            return "busy"
-        with claim:
+        claim = None
+        try:
+            # (a signal between taking the claim and holding its handle would orphan it)
+            with interrupts_deferred(), _os_errors("claim a cell", results_dir):
+                claim = claims.try_claim(results_dir, cell.id)
+            if claim is None:
+                return "busy"
             if finished_by_another(cell):
                 return "other"
             with _os_errors("write results", results_dir):
@@ -510,7 +542,11 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
                            grid=digest)
                 if cell.id in superseded:
                     superseded.pop(cell.id).unlink(missing_ok=True)
-        return "computed"
+            return "computed"
+        finally:
+            if claim is not None:
+                with interrupts_deferred():
+                    claim.release()
 
     try:
         with bar:
@@ -545,10 +581,12 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
     except (KeyboardInterrupt, Interrupted) as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         name = signal.Signals(signum).name
-        done = done_before + counts["computed"] + counts["by_others"]
+        # counted from the files (the signal may have come between writing and counting)
+        now = plan(p.ids, out_dir, code).done
+        fresh = [i for i in now if _stamp(results_dir / f"{i}.parquet") != at_start.get(i)]
         raise RunInterrupted(
-            f"interrupted by {name}: {done} of {len(cells)} cells done "
-            f"({counts['computed']} computed in this run), no partial file left; "
+            f"interrupted by {name}: {len(now)} of {len(cells)} cells done "
+            f"({len(fresh)} computed in this run), no partial file left; "
             + RESUME.format(grid=grid.path, out=out_dir), signum) from None
 
     return RunSummary(

@@ -70,9 +70,9 @@ def _optimize_work(o) -> int:
 
 
 def calibration(cell: Cell) -> Cell:
-    """A small copy of ``cell`` for the cost estimate: at most 8 seeds, N at most 4096, and
-    for optimisation at most 20 steps (recording every 10) of the same samples per step."""
-    seeds = cell.seeds[:8]
+    """``cell`` with less work per seed, for the cost estimate: N at most 4096, and for
+    optimisation at most 20 steps (recording every 10) of the same samples per step."""
+    seeds = cell.seeds
     if cell.point["mode"] == "estimate":
         return Cell(NAME, cell.experiment, cell.point, cell.estimators,
                     min(cell.n_samples, 4096), seeds, cell.backend)

@@ -136,7 +136,7 @@ def _check_references(r, v, problem: ExpectationProblem, estimators) -> None:
                 if error is None and math.isfinite(grad) and (
                         math.isfinite(var) or (source == "none" and math.isnan(var))):
                     continue
-                where = ", ".join(f"{n}={x:g}" for n, x in p.items())
+                where = ", ".join(f"{n}={x!r}" for n, x in p.items())
                 what = error or f"gradient {grad:g}, variance {var:g}"
                 r.fail(f"the exact reference of {spec.label} wrt {comp} at {where} cannot "
                        f"be computed in floating point ({what})", v.line, v.key,
@@ -231,10 +231,10 @@ def compute(cell: Cell) -> dict:
 
 
 def calibration(cell: Cell) -> Cell:
-    """A small copy of ``cell`` for the cost estimate: N at most 2^16, at most 16 seeds
-    (the kernel's time is linear in N x seeds beyond a few thousand samples)."""
+    """``cell`` with N at most 2^16, for the cost estimate (the kernel's time per seed is
+    linear in N beyond a few thousand samples)."""
     return Cell(NAME, cell.experiment, cell.point, cell.estimators,
-                min(cell.n_samples, 1 << 16), cell.seeds[:16], cell.backend)
+                min(cell.n_samples, 1 << 16), cell.seeds, cell.backend)
 
 
 def parameter_columns() -> tuple[str, ...]:

@@ -156,6 +156,8 @@ def parse(r, doc: CommentedMap, common: dict) -> ElboProblem:
                    "optimizer", fix="add 'mode: optimize' or remove the optimizer")
         fields["optimizer"] = None
     _check_exact_optimal(r, doc, {**fields, "estimators": common["estimators"]})
+    if "optimize" in modes:
+        _check_trace_size(r, doc, fields)
     points = len(fields["points"])
     check_cell_count(r, points * (len(common["n_samples"]) if "estimate" in modes else 0)
                      + points * (len(common["estimators"]) if "optimize" in modes else 0),
@@ -430,6 +432,22 @@ def _read_optimizer(r, v: Value, estimators) -> OptimizerSpec:
                r.entry(m, "record_every", v.key).line, f"{v.key}.record_every",
                fix="use record_every <= steps")
     return spec
+
+
+# An optimisation cell holds every recorded lambda of a seed at once ([records, params]):
+# at most this many numbers per seed (80 MB), whatever the steps, dimension and family.
+MAX_TRACE_VALUES = 10_000_000
+
+
+def _check_trace_size(r, doc, fields) -> None:
+    o = fields["optimizer"]
+    records = len(range(0, o.steps, o.record_every)) + 1
+    params = max(FAMILIES[pt.family].n_params(pt.dim) for pt in fields["points"])
+    if records * params > MAX_TRACE_VALUES:
+        v = r.entry(doc, "optimizer", "")
+        r.fail(f"{records:,} records of {params:,} parameters per seed are more than "
+               f"{MAX_TRACE_VALUES:,} numbers", v.line, v.key,
+               fix="record less often (a larger record_every), or run fewer steps")
 
 
 def describe(grid) -> str:
