@@ -36,12 +36,13 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from helpers import fake_backend
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import harness
@@ -662,8 +663,8 @@ def test_seed_blocks_are_row_groups_bitwise_equal_to_one_block(real_kernel, tmp_
         assert pq.read_metadata(blocks).num_row_groups == 1 + math.ceil((50 - 3) / 7)
         a, b = pq.read_table(one).to_pandas(), pq.read_table(blocks).to_pandas()
         pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
-        assert a["seed"].tolist() == list(range(50)) * 2 or sorted(set(a["seed"])) == \
-            list(range(50))
+        # rows by seed, then estimator (2): every seed once, in order, in both files
+        assert a["seed"].tolist() == [seed for seed in range(50) for _ in range(2)]
 
 
 RSS = textwrap.dedent("""\
@@ -684,16 +685,16 @@ def test_peak_memory_does_not_grow_with_the_number_of_seeds(compiled_kernel, tmp
         .replace("wrt: [mu, sigma]", "wrt: [mu]").replace("n_samples: [10, 100]",
                                                           "n_samples: [2]")
     peaks = {}
-    for seeds in (50_000, 500_000):
+    for seeds in (30_000, 300_000):
         done = subprocess.run([sys.executable, "-c", RSS, str(tmp_path / str(seeds))], env=env,
                               input=text.replace("seeds: 20", f"seeds: {seeds}"),
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         peaks[seeds] = int(done.stdout) / 1024
-    # ten times the seeds (one row per seed and estimator: 2e5 -> 2e6 rows) in about the
-    # same memory; without blocks the rows alone would add ~ 400 MB
-    assert peaks[500_000] - peaks[50_000] < 100, peaks
-    assert peaks[500_000] < 1500, peaks
+    # ten times the seeds (one row per seed and estimator: 6e4 -> 6e5 rows) in about the
+    # same memory (measured: +2 MiB; the unblocked runner of main grew by 270 MiB here)
+    assert peaks[300_000] - peaks[30_000] < 100, peaks
+    assert peaks[300_000] < 1500, peaks
 
 
 def test_dry_run_prints_the_cost_and_writes_nothing(tmp_path, calls):
@@ -797,18 +798,37 @@ ELBO_BASE = {
     "optimizer": {"steps": 4, "samples": 4, "record_every": 2, "var_samples": 10},
     "seeds": 3,
 }
-VALUES = [Raw(v) for v in (
-    "0", "-1", "1", "2", "3", "0.5", "1e-320", "1e308", "-1e308", "1e12", "10000001",
-    "9223372036854775808", ".nan", ".inf", "-.inf", "true", "null", '""', '"a/b"', '"\\0"',
-    json.dumps("x" * 300), "[]", "{}", "[1, 2]", "[0.5, -3]", "{a: 1}", "2001-12-14", "'3'",
-    "!!python/object/apply:os.getcwd []", "!!binary aGk=", "!x 3", "!!str 3",
-    "score_function", "pathwise", "reparam", "stl", "{name: score_function, baseline: optimal}",
-    "{name: score_function, baseline: exact_optimal}", "[reparam, reparam]", "gaussian",
-    "logistic_regression", "ripple", "banana", "full", "diag", "[diag, full]", "cos", "exp",
-    "square", "cuda", "optimum", "standard", "{mu: 0.0, scale: 1.0}", "{mu: 1e300, scale: 2}",
-    "{mu: 0.0, scale: 1e-300}", "[mu]", "[sigma, mu]", "estimate", "optimize", "sgd", "adam",
-    "200", "201", "[10, 1e6]", "[2]", "1e6", "{steps: 3, record_every: 5}",
+PLAUSIBLE = [Raw(v) for v in ("1", "2", "3", "4", "0.5", "-1", "-3.5", "10", "100", "1e3")]
+NUMBERS = PLAUSIBLE * 2 + [Raw(v) for v in (
+    "0", "1e-3", "1e-320", "1e308", "-1e308", "1e12", "10000001", "9223372036854775808",
+    "200", "201", ".nan", ".inf", "-.inf",
 )]
+# the valid names under a key (or in a list under it), mostly drawn where they belong
+CONTEXT = {
+    "estimators": ["score_function", "pathwise", "delta_cv", "measure_valued", "reparam",
+                   "stl", "reparam_sampled_entropy"],
+    "cost": ["square", "quadratic", "exp", "cos"], "distribution": ["normal"],
+    "target": ["gaussian", "logistic_regression", "ripple", "banana"],
+    "family": ["diag", "full"], "mode": ["estimate", "optimize"], "wrt": ["mu", "sigma"],
+    "name": ["adam", "sgd"], "schedule": ["constant", "cosine"], "backend": ["cpu", "cuda"],
+    "kind": ["elbo", "expectation"], "q": ["standard", "optimum"],
+}
+NAMES = [Raw(v) for v in (
+    "score_function", "pathwise", "delta_cv", "measure_valued", "reparam", "stl",
+    "reparam_sampled_entropy", "{name: score_function, baseline: optimal}",
+    "{name: score_function, baseline: exact_optimal}", "{name: delta_cv, coefficient: 1}",
+    "gaussian", "logistic_regression", "ripple", "banana", "full", "diag", "normal", "cos",
+    "exp", "square", "quadratic", "cpu", "cuda", "optimum", "standard", "mu", "sigma",
+    "estimate", "optimize", "sgd", "adam", "cosine", "elbo", "expectation", "xyz",
+)]
+ODD = [Raw(v) for v in (
+    "true", "null", '""', '"a/b"', '"\\0"', json.dumps("x" * 300), "[]", "{}", "[1, 2]",
+    "[0.5, -3]", "{a: 1}", "2001-12-14", "'3'", "!!python/object/apply:os.getcwd []",
+    "!!binary aGk=", "!x 3", "!!str 3", "[reparam, reparam]", "[diag, full]",
+    "{mu: 0.0, scale: 1.0}", "{mu: 1e300, scale: 2}", "{mu: 0.0, scale: 1e-300}", "[mu]",
+    "[sigma, mu]", "[10, 1e6]", "[2]", "{steps: 3, record_every: 5}",
+)]
+VALUES = NUMBERS + NAMES + ODD
 KEYS = ["name", "problem", "kind", "distribution", "cost", "mu", "sigma", "k", "wrt",
         "estimators", "n_samples", "seeds", "backend", "mode", "optimizer", "target",
         "target_seed", "dim", "family", "q", "mean", "cov", "a", "omega", "batch", "steps",
@@ -827,28 +847,55 @@ def nodes(value, path=()):
 
 
 def mutate(doc, draw):
-    """One random edit: replace a value, delete or add a key, or rename one."""
+    """One random edit: mostly a value of the same type (a number for a number, a name for a
+    name: edits a user makes), sometimes anything, a deleted, added or renamed key."""
     doc = json.loads(json.dumps(doc))
-    paths = [p for p, _ in nodes(doc)]
+    paths = [p for p, _ in nodes(doc) if p]
     path = draw(st.sampled_from(paths))
     parent = doc
     for step in path[:-1]:
         parent = parent[step]
-    op = draw(st.sampled_from(["replace", "replace", "delete", "add", "rename"]))
-    if not path:
-        return draw(st.sampled_from(VALUES)) if op == "replace" else doc
-    last = path[-1]
-    if op == "replace":
+    last, value = path[-1], parent[path[-1]]
+    key = next((p for p in reversed(path) if isinstance(p, str)), None)
+    op = draw(st.sampled_from(["similar"] * 5 + ["any"] * 2 + ["delete", "add", "rename"]))
+    if op == "similar" and isinstance(value, str) and key in CONTEXT and draw(st.booleans()):
+        parent[last] = draw(st.sampled_from(CONTEXT[key]))
+    elif op == "similar":
+        pool = (NUMBERS if isinstance(value, (int, float)) else
+                NAMES if isinstance(value, str) else VALUES)
+        parent[last] = draw(st.sampled_from(pool))
+    elif op == "any":
         parent[last] = draw(st.sampled_from(VALUES))
     elif op == "delete":
         del parent[last]
-    elif op == "add" and isinstance(parent, dict):
+    elif isinstance(parent, dict) and op == "add":
         parent[draw(st.sampled_from(KEYS))] = draw(st.sampled_from(VALUES))
-    elif op == "add":
-        parent.append(draw(st.sampled_from(VALUES)))
-    elif op == "rename" and isinstance(parent, dict):
+    elif isinstance(parent, dict):
         parent[draw(st.sampled_from(KEYS))] = parent.pop(last)
+    else:
+        parent.append(draw(st.sampled_from(VALUES)))
     return doc
+
+
+@contextlib.contextmanager
+def installed(name: str, module):
+    """``sys.modules[name] = module`` for the block (only that entry is restored)."""
+    missing = object()
+    previous = sys.modules.get(name, missing)
+    sys.modules[name] = module
+    try:
+        yield
+    finally:
+        if previous is missing:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = previous
+
+
+def zeros(call):
+    """Stand-in kernel for the expectation kind: zeros, at any N and number of seeds."""
+    shape = (len(call.seeds), len(call.estimators), len(call.components))
+    return np.zeros(shape), np.ones(shape)
 
 
 def fake_grad_kernel(k0, k1, n_samples, chunk, stream, tcode, ta, tm, ti, fam, mus, Cs, codes,
@@ -864,7 +911,7 @@ def fake_opt_kernel(k0, k1, steps, samples, tcode, ta, tm, ti, fam, dim, code, t
     rec[:] = theta
 
 
-@settings(max_examples=60, deadline=None, database=None, derandomize=True,
+@settings(max_examples=300, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_grids_run_or_fail_in_one_line(tmp_path, data):
@@ -872,19 +919,25 @@ def test_mutated_grids_run_or_fail_in_one_line(tmp_path, data):
 
     base = data.draw(st.sampled_from([EXPECTATION_BASE, ELBO_BASE]))
     doc = base
-    for _ in range(data.draw(st.integers(1, 3))):
+    for _ in range(data.draw(st.integers(1, 2))):
         doc = mutate(doc, data.draw)
     directory = tmp_path / f"case{abs(hash(emit(doc))) % 10**8}"
     directory.mkdir(exist_ok=True)
     path = write_grid(directory, emit(doc) + "\n")
-    with mock.patch.dict(sys.modules, {"harness.backends.cpu": fake_backend()}), \
+    # (not mock.patch.dict(sys.modules): it would also drop the modules numba imports
+    # meanwhile, and their re-import breaks numba's registries)
+    with installed("harness.backends.cpu", fake_backend(kernel=zeros)), \
             mock.patch.object(kernels, "grad_kernel", fake_grad_kernel), \
             mock.patch.object(kernels, "opt_kernel", fake_opt_kernel):
         checked = cli("validate", path)
         assert "Traceback" not in checked.output
-        if checked.exit_code == 0:
-            result = cli("run", path, "--out", directory / "run")
-            assert result.exit_code == 0, (path.read_text(), result.output,
-                                           result.exc_info)
-        else:
+        if checked.exit_code != 0:
+            event("rejected by validate")
             one_line_error(checked, str(path))
+            return
+        result = cli("run", path, "--out", directory / "run")
+        if result.exit_code == 0:
+            event("run")
+        else:   # what the machine lacks (a GPU for backend: cuda), not the grid
+            event(f"run refused: {result.stderr.split(':')[1].strip()}")
+            one_line_error(result, "backend")

@@ -428,8 +428,12 @@ def _read_optimizer(r, v: Value, estimators) -> OptimizerSpec:
                r.entry(m, "samples", v.key).line if "samples" in m else v.line,
                f"{v.key}.samples", fix="use samples >= 2")
     if spec.record_every > spec.steps:
-        r.fail(f"record_every {spec.record_every} exceeds steps {spec.steps}",
-               r.entry(m, "record_every", v.key).line, f"{v.key}.record_every",
+        # (either may be the default: point at the one written, else at the optimizer)
+        at = next((k for k in ("record_every", "steps") if k in m), None)
+        r.fail(f"record_every {spec.record_every} exceeds steps {spec.steps}"
+               + ("" if "record_every" in m else " (record_every defaults to "
+                  f"{OptimizerSpec.record_every})"),
+               r.entry(m, at, v.key).line if at else v.line, f"{v.key}.{at or 'steps'}",
                fix="use record_every <= steps")
     return spec
 
