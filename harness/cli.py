@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import math
 import pathlib
+import signal
+import threading
 
 import click
 
 from . import __version__, registry
 from .config import Grid, load_grid, values_text
-from .errors import HarnessError
+from .errors import OS_ERRNOS, HarnessError, Interrupted, filesystem_error, on_signal
 
 
 class OneLineError(click.ClickException):
@@ -50,13 +52,14 @@ class _Group(click.Group):
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx):
-        with _one_line_errors():
+        with _one_line_errors(), _signals_raise():
             return super().invoke(ctx)
 
 
 @contextlib.contextmanager
 def _one_line_errors():
-    """Re-raise user errors (usage errors, HarnessError) as :class:`OneLineError`."""
+    """Re-raise user errors (usage errors, HarnessError), interruptions and the file
+    system's errors as :class:`OneLineError`."""
     try:
         yield
     except click.exceptions.NoArgsIsHelpError:
@@ -66,6 +69,34 @@ def _one_line_errors():
         raise OneLineError(err.format_message() + hint, err.exit_code) from err
     except HarnessError as err:
         raise OneLineError(str(err), err.exit_code) from err
+    except (KeyboardInterrupt, Interrupted) as err:
+        # (run says more: RunInterrupted)  Click would print only "Aborted!".
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        raise OneLineError(f"interrupted by {signal.Signals(signum).name}; nothing partial "
+                           "was written", 128 + signum) from None
+    except OSError as err:
+        # The machine's file system (a path we did not anticipate): one line, not a bug.
+        if err.errno not in OS_ERRNOS:
+            raise
+        failure = filesystem_error(err, "access", elsewhere="choose another path")
+        raise OneLineError(str(failure), failure.exit_code) from err
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGINT and SIGTERM raise KeyboardInterrupt / :class:`~harness.errors.Interrupted` in
+    the main thread (``errors.on_signal``: deferred inside blocks that must not be split),
+    so temporary files and claims are cleaned up on the way out instead of the process
+    vanishing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class _Count(click.ParamType):
@@ -114,29 +145,43 @@ def main():
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
               default=None, help="Output directory [default: runs/<grid name>].")
 @click.option("--force", is_flag=True, help="Recompute cells that already have results.")
-def run(grid: pathlib.Path, out_dir, force: bool):
+@click.option("--keep-stale", is_flag=True,
+              help="Keep cells computed by other code instead of recomputing them.")
+@click.option("--dry-run", is_flag=True,
+              help="Print what the run would cost (cells, samples, time, disk) and stop.")
+def run(grid: pathlib.Path, out_dir, force: bool, keep_stale: bool, dry_run: bool):
     """Run every cell of GRID and write one Parquet file per cell.
 
-    Finished cells are skipped, so an interrupted run resumes where it stopped.
+    Finished cells are skipped, so an interrupted run resumes where it stopped; cells
+    computed by other code (an edited estimator) are recomputed unless --keep-stale.
+    Several runs on one directory share the work.  Ctrl-C or SIGTERM stop cleanly
+    (exit 130 / 143) and say how to resume.
 
     \b
     Example:
       harness run examples/reparam_trick.yaml --out runs/reparam_trick
+      harness run examples/reparam_trick.yaml --dry-run
     """
     from .runner import run_grid
 
     g = load_grid(grid)
     out_dir = out_dir if out_dir is not None else pathlib.Path("runs") / g.name
-    # progress=None: the runner decides (progress on a terminal, quiet in pipes and CI).
-    summary = run_grid(g, out_dir, force=force, progress=None)
+    # progress=None: the runner decides (a bar on a terminal, a line every 30 s otherwise).
+    summary = run_grid(g, out_dir, force=force, progress=None, keep_stale=keep_stale,
+                       dry_run=dry_run, echo=lambda text: click.echo(text, err=True))
     click.echo(str(summary))
 
 
 @main.command(short_help="Build the report (PNGs + HTML) of a run directory.")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False,
                                            path_type=pathlib.Path))
-def report(run_dir: pathlib.Path):
+@click.option("--all", "include_all", is_flag=True,
+              help="Include result files of other grids and other code, grouped by grid.")
+def report(run_dir: pathlib.Path, include_all: bool):
     """Build figures and an HTML page from the results stored in RUN_DIR.
+
+    The page shows the cells of the grid last run in RUN_DIR computed by this code; files
+    of other grids or other code are counted and left out (--all includes them).
 
     \b
     Example:
@@ -144,19 +189,52 @@ def report(run_dir: pathlib.Path):
     """
     from .report import build_report
 
-    click.echo(str(build_report(run_dir)))
+    click.echo(str(build_report(run_dir, include_all=include_all,
+                                echo=lambda text: click.echo(text, err=True))))
 
 
 @main.command()
-@click.argument("grid", type=click.Path(dir_okay=False, path_type=pathlib.Path))
-def validate(grid: pathlib.Path):
-    """Check GRID without running it and print what it would run.
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False,
+                                           path_type=pathlib.Path))
+def status(run_dir: pathlib.Path):
+    """List the cells of the grid last run in RUN_DIR: done, missing, stale (computed by
+    other code), running (claimed by a live run), and the files of other grids, with the
+    code versions that computed them.
+
+    \b
+    Example:
+      harness status runs/reparam_trick
+    """
+    from .runner import run_status
+
+    click.echo(run_status(run_dir))
+
+
+@main.command()
+@click.argument("grids", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=pathlib.Path))
+def validate(grids):
+    """Check each GRID without running it and print what it would run.
+
+    Every problem is one line ``Error: file:line: key: message (fix: ...)``; exit 2 if any
+    grid is invalid.
 
     \b
     Example:
       harness validate examples/reparam_trick.yaml
+      harness validate examples/*.yaml
     """
-    click.echo(describe_grid(load_grid(grid)))
+    failed = []
+    for grid in grids:
+        try:
+            click.echo(describe_grid(load_grid(grid)))
+        except HarnessError as err:
+            if len(grids) == 1:
+                raise
+            click.echo(f"Error: {' '.join(str(err).split())}", err=True)
+            failed.append(err.exit_code)
+    if failed:
+        raise click.exceptions.Exit(max(failed))
 
 
 def describe_grid(g: Grid) -> str:
@@ -164,7 +242,9 @@ def describe_grid(g: Grid) -> str:
     from .kinds import KINDS
 
     n = len(g.seeds)
-    which = f"0..{n - 1}" if g.seeds == tuple(range(n)) else values_text(g.seeds)
+    consecutive = (g.seeds == range(n) if isinstance(g.seeds, range)
+                   else tuple(g.seeds) == tuple(range(n)))
+    which = f"0..{n - 1}" if consecutive else values_text(g.seeds)
     seed_text = f"{n} seed{'s' if n != 1 else ''} ({which})"
     return (f"{g.path}: OK: {g.name}: {KINDS[g.kind].describe(g)}; "
             f"estimators {', '.join(e.label for e in g.estimators)}; {seed_text}; "

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
@@ -54,9 +54,18 @@ COMMON_KEYS = ("name", "problem", "estimators", "n_samples", "seeds", "backend")
 
 # n_samples and seeds end up in int64 arrays and Parquet columns.
 MAX_INT64 = 2**63 - 1
-# ``seeds: R`` expands to a tuple of R ints; a typo such as ``seeds: 1e12`` must fail fast
-# instead of exhausting memory.
+# ``seeds: R`` is computed in blocks (memory does not grow with R), but every seed is a row
+# of the result file per estimator and component: ten million is 0.8 GB per cell already,
+# and a typo such as ``seeds: 1e12`` must fail at once.
 MAX_SEED_COUNT = 10_000_000
+# A grid file is a few lines; a larger one is a mistake (a pasted data file) and would take
+# minutes to parse.  1 MiB holds e.g. a list of 100 000 sweep values.
+MAX_GRID_BYTES = 1 << 20
+# Cells of one grid (the product of the sweep lists and N): each is a file and a kernel
+# call; more would take hours to list, and the expansion itself would exhaust memory.
+MAX_CELLS = 100_000
+# The name is the default output directory runs/<name>: one path component.
+MAX_NAME_CHARS = 128
 
 EXAMPLE = "examples/reparam_trick.yaml"
 
@@ -67,6 +76,13 @@ def load_grid(path) -> Grid:
     """Read and validate the grid file at ``path``; raise ConfigError on any problem."""
     path = pathlib.Path(path)
     try:
+        size = path.stat().st_size if path.is_file() else 0
+        if size > MAX_GRID_BYTES:
+            raise ConfigError(f"the file is {size:,} bytes, more than a grid file may be "
+                              f"({MAX_GRID_BYTES:,})", file=path,
+                              fix="a grid lists values to sweep; generate long sweeps with "
+                                  "fewer, coarser values, or split the study into several "
+                                  "grids")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("no such file", file=path,
@@ -82,8 +98,9 @@ def load_grid(path) -> Grid:
     return parse_grid(text, path)
 
 
-def parse_grid(text: str, path="<string>") -> Grid:
-    """Validate grid YAML ``text``; ``path`` names it in errors and gives the default name.
+def parse_grid(text: str, path="<string>", default_name: str | None = None) -> Grid:
+    """Validate grid YAML ``text``; ``path`` names it in errors and gives the default name
+    (``default_name`` instead, if given: a copy of a grid keeps the original's name).
 
     The common keys are read here; ``problem`` and the kind's own top-level keys by the
     problem kind (``problem.kind``, default ``expectation``; see ``harness.kinds``).
@@ -92,7 +109,12 @@ def parse_grid(text: str, path="<string>") -> Grid:
 
     path = pathlib.Path(path)
     reader = Reader(path)
+    if len(text) > MAX_GRID_BYTES:
+        reader.fail(f"the grid is {len(text):,} characters, more than a grid file may be "
+                    f"({MAX_GRID_BYTES:,})", None, None,
+                    fix="sweep fewer values, or split the study into several grids")
     doc = _load_yaml(text, reader)
+    _reject_tags(reader, doc)
     if doc is None:
         reader.fail("the file is empty", None, None,
                     fix=f"write a grid; see {EXAMPLE}")
@@ -119,7 +141,7 @@ def parse_grid(text: str, path="<string>") -> Grid:
     reader.reject_unknown(doc, "", COMMON_KEYS + kind.top_level_keys, hint)
     common: dict[str, Any] = {
         "name": read_name(reader, reader.entry(doc, "name", "")) if "name" in doc
-        else path.stem,
+        else default_name or path.stem,
     }
     for key in ("estimators", "seeds"):
         if key not in doc:
@@ -133,6 +155,57 @@ def parse_grid(text: str, path="<string>") -> Grid:
                          if "backend" in doc else "cpu")
     spec = kind.parse(reader, doc, common)
     return Grid(kind=kind.name, path=path, source_text=text, problem=spec, **common)
+
+
+def check_cell_count(r: Reader, count: int, v: Value) -> None:
+    """Fail (at ``v``, e.g. the ``problem`` key) if a grid expands to more than MAX_CELLS
+    cells; kinds call this before expanding anything."""
+    if count > MAX_CELLS:
+        r.fail(f"the grid expands to {count:,} cells, more than {MAX_CELLS:,}", v.line, v.key,
+               fix="sweep fewer values (every list multiplies the cell count), or split the "
+                   "study into several grids")
+
+
+# Plain YAML values only: a tag (``!!python/object/apply:...``, ``!foo``, ``!!binary``) or a
+# type no grid key takes (bytes, sets, dates) is refused where it stands, before any key is
+# read, so no reader ever meets an unexpected type.
+_PLAIN_TYPES = (str, int, float, bool, type(None), CommentedMap, CommentedSeq)
+
+
+def _reject_tags(reader: Reader, doc) -> None:
+    seen: set[int] = set()
+
+    def check(value, line, key):
+        tag = getattr(getattr(value, "tag", None), "value", None)
+        if tag is not None or isinstance(value, TaggedScalar):
+            reader.fail(f"YAML tag {tag or '?'} is not allowed", line, key,
+                        fix="remove the tag: grid files hold plain numbers, text, lists and "
+                            "mappings")
+        if not isinstance(value, _PLAIN_TYPES) or type(value).__name__ in (
+                "CommentedSet", "CommentedOrderedMap"):
+            reader.fail(f"{describe_value(value)} is not a grid value", line, key,
+                        fix="write a number, text, a list or a mapping (quote text that "
+                            "looks like a date)")
+
+    def walk(node, prefix):
+        if id(node) in seen:       # an alias: checked where its anchor is
+            return
+        seen.add(id(node))
+        if isinstance(node, CommentedMap):
+            for k, value in node.items():
+                key = join_key(prefix, str(k))
+                line = node.lc.key(k)[0] + 1
+                check(k, line, key)
+                check(value, line, key)
+                walk(value, key)
+        elif isinstance(node, CommentedSeq):
+            for i, value in enumerate(node):
+                line = node.lc.item(i)[0] + 1
+                check(value, line, f"{prefix}[{i}]")
+                walk(value, f"{prefix}[{i}]")
+
+    check(doc, 1, None)
+    walk(doc, "")
 
 
 # --------------------------------------------------------------------------- YAML loading
@@ -324,10 +397,15 @@ def read_name(r: Reader, v: Value) -> str:
     if not isinstance(x, str) or not x.strip():
         r.fail(f"expected a non-empty name, got {describe_value(x)}", v.line, v.key,
                fix="write e.g. name: my_experiment; quote names that look like numbers")
-    # The name becomes the default output directory runs/<name>.
-    if any(c in x for c in "/\\") or x in (".", ".."):
+    # The name becomes the default output directory runs/<name>: one valid path component.
+    if (any(c in x for c in "/\\") or x in (".", "..")
+            or any(not c.isprintable() for c in x)):
         r.fail(f"{x!r} is not a valid directory name", v.line, v.key,
-               fix="use letters, digits, '_', '-' or '.' without slashes")
+               fix="use letters, digits, '_', '-' or '.' without slashes or control "
+                   "characters")
+    if len(x) > MAX_NAME_CHARS or len(x.encode("utf-8", "surrogatepass")) > 255:
+        r.fail(f"the name is {len(x)} characters, more than {MAX_NAME_CHARS}", v.line, v.key,
+               fix="use a shorter name (it becomes the output directory runs/<name>)")
     return str(x)
 
 
@@ -384,7 +462,7 @@ def read_seeds(r: Reader, v: Value) -> tuple[int, ...]:
     if not isinstance(v.value, CommentedSeq):
         count = r.whole(v, 1, MAX_SEED_COUNT,
                         fix="give a count R for seeds 0..R-1, or a list of non-negative ints")
-        return tuple(range(count))
+        return range(count)        # not a tuple: ten million seeds cost nothing here
     items = r.items(v, "seed")
     seeds = [r.whole(item, 0, MAX_INT64, fix="seeds are non-negative integers")
              for item in items]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,30 @@ class Grid:
 
 
 def config_id(config: dict) -> str:
-    """First 16 hex digits of the sha256 of a configuration's canonical JSON."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """First 16 hex digits of the sha256 of a configuration's canonical JSON.
+
+    ``config["seeds"]`` may be a ``range``: it hashes as the list it stands for, streamed in
+    pieces, so ten million seeds never become one 80 MB string (the id is the same).
+    """
+    seeds = config.get("seeds")
+    if not isinstance(seeds, range):
+        text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                          allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    marker = "\x00seeds\x00"           # cannot occur in JSON text (it would be escaped)
+    text = json.dumps({**config, "seeds": marker}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False)
+    head, tail = text.split(json.dumps(marker))
+    h = hashlib.sha256(head.encode())
+    h.update(b"[")
+    piece = 1 << 16
+    for start in range(0, len(seeds), piece):
+        if start:
+            h.update(b",")
+        h.update(",".join(map(str, seeds[start:start + piece])).encode())
+    h.update(b"]")
+    h.update(tail.encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +95,9 @@ class Cell:
     ``point`` is the kind's resolved problem point in plain JSON types (it is stored in the
     result file's metadata and hashed into ``id``); ``samples`` is the number of draws the
     cell computes (for progress and summaries; not part of the id).  All estimators of a cell
-    see the same random numbers (common random numbers).
+    see the same random numbers (common random numbers).  ``seeds`` is a tuple of ints, or a
+    ``range`` for ``seeds: R`` (ten million seeds cost nothing until a block of them runs).
+    The runner computes a cell in blocks of seeds (``block``); the id is that of the whole.
     """
 
     kind: str
@@ -86,29 +108,42 @@ class Cell:
     seeds: tuple
     backend: str = "cpu"
     samples: int = 0
+    _id: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "n_samples", int(self.n_samples))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not isinstance(self.seeds, range):
+            object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "estimators", tuple(self.estimators))
         if not self.samples:
             object.__setattr__(self, "samples", self.n_samples * len(self.seeds))
 
-    def to_dict(self) -> dict:
+    def to_dict(self, with_seeds: bool = True) -> dict:
         """The resolved configuration: plain JSON types, stored in the file metadata."""
-        return {
+        d = {
             "experiment": self.experiment,
             "problem": self.kind,
             **self.point,
             "estimators": [e.to_dict() for e in self.estimators],
             "n_samples": self.n_samples,
-            "seeds": list(self.seeds),
             "backend": self.backend,
         }
+        if with_seeds:
+            d["seeds"] = list(self.seeds)
+        return d
 
     @property
     def id(self) -> str:
-        return config_id(self.to_dict())
+        """The hash of ``to_dict()`` (computed once: a cell may have ten million seeds)."""
+        if self._id is None:
+            seeds = self.seeds if isinstance(self.seeds, range) else list(self.seeds)
+            config = {**self.to_dict(with_seeds=False), "seeds": seeds}
+            object.__setattr__(self, "_id", config_id(config))
+        return self._id
+
+    def block(self, seeds) -> Cell:
+        """The same cell restricted to some of its seeds (what a kind computes at a time)."""
+        return replace(self, seeds=seeds, samples=0)
 
     def __eq__(self, other):
         return isinstance(other, Cell) and self.id == other.id
@@ -134,6 +169,10 @@ class ProblemKind:
     ``report_section(df, summary, out_dir) -> list[(title, html)]``: the kind's part of
         the report page (figures embedded), from stored results only.
     ``listing() -> list[str]``: lines for ``harness list``.
+    ``calibration(cell) -> Cell`` (optional): ``cell`` with the same seeds and rows but less
+        work per seed at the same cost per sample (e.g. a smaller N), of which the runner
+        computes a block of seeds to estimate a run's time and disk before it starts;
+        without it the runner computes a few seeds of the cell itself.
     """
 
     name: str
@@ -150,3 +189,4 @@ class ProblemKind:
     columns: tuple = field(default_factory=tuple)
     # numeric columns a study may sweep (drawn against in the report)
     sweep_columns: tuple[str, ...] = ()
+    calibration: Callable | None = None

@@ -5,10 +5,11 @@ treats a finished cell whose digest differs from the running code's as *stale* a
 recomputes it (``--keep-stale`` keeps it), and ``harness status`` lists each cell's state.
 
 The digest covers every ``.py`` file of the package that can change a number: kernels,
-estimators, families, costs, targets, random numbers, exact references, the kinds and the
-row builder.  Files that only present results (the CLI, the report pages, the benchmark)
-are left out, so editing a figure does not invalidate a study.  User-written costs or
-targets add their own files (``extra_files``).
+estimators, families, costs, targets, random numbers, exact references, the kinds, the grid
+reader, the run loop and the row builder.  Files that only present results (the CLI, the
+report pages, the benchmark) or only coordinate processes (claims, the kernel cache, this
+module, the error messages) are left out, so editing a figure does not invalidate a study.
+User-written code outside the package adds its own files (``extra_files``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parent
 # modules that never change a computed number (relative to the package directory)
 PRESENTATION_ONLY = frozenset({
     "cli.py", "report.py", "report_study.py", "vi/report.py", "bench.py", "__main__.py",
+    "claims.py", "kernel_cache.py", "provenance.py", "errors.py",
 })
 
 

@@ -30,6 +30,10 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,9 +46,9 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from . import __version__
-from .errors import ResultsError
+from .errors import ResultsError, filesystem_error
 from .kinds import KINDS
-from .results import atomic_write_bytes, read_results
+from .results import atomic_write_bytes, read_results, scan
 
 # Columns that identify a problem point (everything but N, estimator and component): the
 # kind and its ``point`` label, written by the kind at compute time.
@@ -358,6 +362,7 @@ table { border-collapse: collapse; font-size: 0.85em; margin-bottom: 1em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
 th { background: #eee; } td.text { text-align: left; }
 td.flag { background: #fdd; font-weight: 600; }
+p.warn { background: #fff3cd; border: 1px solid #e0c060; padding: 0.5em 0.8em; }
 tr.first td { border-top: 2px solid #888; }
 .note { font-size: 0.9em; color: #444; max-width: 60em; }
 """
@@ -413,35 +418,46 @@ def img_html(path: Path, alt: str) -> str:
             f'data-file="{html.escape(path.name)}"></figure>')
 
 
-def _header_html(df, summary, run_dir: Path, created: str) -> str:
+def _header_html(df, summary, run_dir: Path, created: str, group: Group,
+                 level: str = "h1") -> str:
     experiments = ", ".join(dict.fromkeys(df["experiment"]))
     seeds = sorted(df.groupby("cell")["seed"].nunique().unique())
     seeds_text = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}"
-    per_cell = df.groupby("cell")["seconds"].first()
+    per_cell = df.groupby(["cell", "seconds"]).size().reset_index()
     sources = [f"{e}/{c}: {s}" for e, c, s in summary[["estimator", "param", "exact_source"]]
                .drop_duplicates().itertuples(index=False)][:40]
     writers = ", ".join(df.attrs.get("harness_versions", [])) or "?"
+    shape = (f"{_plural(df['point'].nunique(), 'problem point')} "
+             f"x {_plural(df['n_samples'].nunique(), 'value')} of N")
+    cells = df["cell"].nunique()
+    if group.total is not None and cells < group.total:
+        cells_text = f"{cells} of {group.total}: incomplete ({shape} in the results)"
+    else:
+        cells_text = f"{cells} ({shape})"
     items = [
         ("experiment", experiments),
         ("run directory", str(run_dir)),
         ("problem", ", ".join(f"{k}: {KINDS[k].description}" if k in KINDS else k
                               for k in dict.fromkeys(df["problem"]))),
-        ("cells", f"{df['cell'].nunique()} ({_plural(df['point'].nunique(), 'problem point')} "
-                  f"x {_plural(df['n_samples'].nunique(), 'value')} of N)"),
+        ("cells", cells_text),
         ("seeds per cell", seeds_text),
         ("N", ", ".join(str(n) for n in sorted(df["n_samples"].unique()))),
         ("estimators", ", ".join(dict.fromkeys(df["estimator"]))),
         ("backend", ", ".join(dict.fromkeys(df["backend"]))),
-        ("compute time", f"{per_cell.sum():.1f} s (sum over cells)"),
+        # a cell computed in blocks of seeds has one wall time per block
+        ("compute time", f"{per_cell['seconds'].sum():.1f} s (sum over cells)"),
         ("exact references", "; ".join(dict.fromkeys(sources))),
         ("harness version", f"{__version__} (report); data written by {writers}"),
+        ("code", group.code_text),
         ("created", created),
     ]
     meta = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items)
-    grid_path = run_dir / "grid.yaml"
-    grid = grid_path.read_text() if grid_path.is_file() else "(grid.yaml not found)"
-    return (f"<h1>{html.escape(experiments)}</h1><dl class=\"meta\">{meta}</dl>"
-            f"<h2>Grid</h2><pre>{html.escape(grid)}</pre>")
+    notes = "".join(f'<p class="warn">{html.escape(n)}</p>' for n in group.warnings)
+    grid = group.grid_text if group.grid_text is not None else "(grid not recorded)"
+    sub = "h2" if level == "h1" else "h3"
+    return (f"<{level}>{html.escape(group.title or experiments)}</{level}>{notes}"
+            f"<dl class=\"meta\">{meta}</dl>"
+            f"<{sub}>Grid</{sub}><pre>{html.escape(grid)}</pre>")
 
 
 NOTES = f"""<p class="note">Each seed gives one N-sample estimate; <em>mean</em> and
@@ -457,24 +473,209 @@ variance. Slopes are least-squares fits of log<sub>10</sub> var against log<sub>
 (&minus;1 expected).</p>"""
 
 
-def build_report(run_dir) -> Path:
+@dataclass
+class Group:
+    """One grid's results on the page: its files, its YAML and what to say about them."""
+
+    title: str | None
+    files: list[Path]
+    grid_text: str | None
+    total: int | None = None          # cells of the grid (None: unknown)
+    warnings: list[str] = field(default_factory=list)
+    code_text: str = ""
+
+
+@dataclass
+class Selection:
+    """Which result files the report shows (``select``), and what it leaves out."""
+
+    groups: list[Group]
+    notes: list[str]                  # for stderr (also on the page)
+
+
+def select(run_dir, include_all: bool = False) -> Selection:
+    """The cells of the grid last run in ``run_dir`` (``run_dir/grid.yaml``) computed by the
+    running code; files of other grids or of other code are left out and counted.  With
+    ``include_all`` every file is shown, grouped by the grid that computed it (the last
+    grid's cells first, whatever code computed them).  A directory without ``grid.yaml``
+    (written before it was kept) shows every file."""
+    from .runner import last_run, plan
+
+    run_dir = Path(run_dir)
+    stored = scan(run_dir)
+    if not stored:
+        read_results(run_dir)          # raises the one-line ResultsError (no results)
+    by_path = {f.path: f for f in stored}
+    record = last_run(run_dir)
+    if record is None:
+        note = f"{run_dir}: no grid recorded (no grid.json): every result file is reported"
+        if include_all:
+            return Selection(_groups_by_grid(run_dir, stored, "results"), [note])
+        return Selection([Group(None, [f.path for f in stored], None,
+                                warnings=[note], code_text=_codes(stored))], [note])
+
+    p = plan(record.ids, run_dir)
+    done, stale = p.done, p.stale
+    total = len(record.ids)
+    others = [by_path[path] for path in p.other_files if path in by_path]
+    notes, warnings = [], []
+    if len(done) < total:
+        text = (f"incomplete run: {len(done)} of {total} cells of grid {record.name} done "
+                f"({len(p.missing)} missing, {len(stale)} computed by other code); "
+                f"resume with: harness run {record.path} --out {run_dir}")
+        notes.append(text)
+        warnings.append(text)
+    left = []
+    if others:
+        left.append(f"{_plural(len(others), 'result file')} of other grids")
+    if stale and not include_all:
+        left.append(f"{_plural(len(stale), 'cell')} computed by other code")
+    if left and not include_all:
+        text = f"left out: {' and '.join(left)} (harness report --all includes them)"
+        notes.append(text)
+        warnings.append(text)
+    if not include_all:
+        files = [p.stored[i].path for i in done]
+        if not files:
+            raise ResultsError(
+                f"{run_dir}: none of the {total} cells of grid {record.name} has results "
+                f"computed by this code ({len(stale)} computed by other code, "
+                f"{_plural(len(others), 'file')} of other grids) (fix: `harness run {record.path} "
+                f"--out {run_dir}` to compute them, or `harness report --all {run_dir}`)")
+        return Selection([Group(record.name, files, record.text, total, warnings,
+                                _codes([p.stored[i] for i in done]))], notes)
+    mine = [p.stored[i] for i in record.ids if i in p.stored and p.stored[i].readable]
+    groups = []
+    if mine:
+        if stale:
+            warnings.append(f"{len(stale)} of these cells were computed by other code")
+        groups.append(Group(f"{record.name} (the grid last run here)", [f.path for f in mine],
+                            record.text, total, warnings, _codes(mine)))
+    groups += _groups_by_grid(run_dir, others, "other grid")
+    if others:
+        notes.append(f"--all: {_plural(len(others), 'result file')} of other grids "
+                     "included, grouped by grid")
+    return Selection(groups, notes)
+
+
+def _codes(stored) -> str:
+    """The code digests (and harness versions) that computed some files, current marked."""
+    from .provenance import code_digest
+
+    current = code_digest()
+    seen = {}
+    for f in stored:
+        seen.setdefault((f.code or "unknown", f.version), 0)
+        seen[(f.code or "unknown", f.version)] += 1
+    return "; ".join(f"{code} (harness {version}{', current' if code == current else ''}): "
+                     f"{_plural(n, 'cell')}" for (code, version), n in seen.items())
+
+
+def _groups_by_grid(run_dir: Path, stored, what: str) -> list[Group]:
+    """Files grouped by the grid that computed them (its digest), each with its YAML."""
+    groups: dict[str | None, list] = {}
+    for f in stored:
+        if f.readable:
+            groups.setdefault(f.grid, []).append(f)
+    out = []
+    for digest, files in groups.items():
+        text = None
+        if digest is not None:
+            path = run_dir / "grids" / f"{digest}.yaml"
+            text = path.read_text() if path.is_file() else None
+        names = ", ".join(sorted({f.experiment or "?" for f in files}))
+        title = f"{names} ({what}" + (f" {digest})" if digest else ", grid not recorded)")
+        out.append(Group(title, [f.path for f in files], text, None, [], _codes(files)))
+    return out
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def build_report(run_dir, include_all: bool = False, echo=None) -> Path:
     """Write ``run_dir/report/`` (PNGs, summary.csv, index.html); returns the index.html path.
 
-    One page for every kind: the header, the variance and mean figures and the seed-000
-    tables of the estimate rows, then each problem kind's own section (``report_section``).
-    Raises ``ResultsError`` (via ``read_results``) if the run has no readable results.
+    Shows the cells of the grid last run in ``run_dir`` computed by the running code
+    (``select``; ``include_all``: every file, grouped by grid).  One page for every kind:
+    the header, the variance and mean figures and the seed-000 tables of the estimate rows,
+    then each problem kind's own section (``report_section``).  Notes (an incomplete run,
+    files left out) go to ``echo`` (default stderr) and on the page.  The report is built in
+    a hidden directory and then replaces ``report/`` as a whole, so a failure (a full disk)
+    or an interruption leaves the previous report intact.  Raises ``ResultsError`` if the
+    run has no readable results, ``FilesystemError`` if the report cannot be written.
     """
     run_dir = Path(run_dir)
-    df = read_results(run_dir)
-    summary = summarise(df)
-    experiment = ", ".join(dict.fromkeys(df["experiment"]))
-
+    echo = echo or _stderr
+    selection = select(run_dir, include_all)
+    for note in selection.notes:
+        if note:
+            echo(f"report: {note}")
     out = run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    # of an earlier report (a set: study_*.png matches both patterns)
-    for stale in {*out.glob("*.png"), *out.glob("study_*")}:
-        stale.unlink()
+    tmp = run_dir / f".report.tmp-{os.getpid()}"
+    _remove_stale_report_dirs(run_dir)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        tmp.mkdir()
+        parts, titles = [], []
+        single = len(selection.groups) == 1 and not include_all
+        for i, group in enumerate(selection.groups, 1):
+            group_dir = tmp if single else tmp / f"grid-{i}"
+            group_dir.mkdir(exist_ok=True)
+            df = read_results(run_dir, group.files)
+            titles.append(group.title or ", ".join(dict.fromkeys(df["experiment"])))
+            parts += _group_html(df, group, run_dir, group_dir, created,
+                                 level="h1" if single else "h2")
+        title = ", ".join(titles)
+        if not single:
+            parts.insert(0, f"<h1>{html.escape(title)}</h1>" + "".join(
+                f'<p class="warn">{html.escape(n)}</p>' for n in selection.notes if n))
+        page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>{html.escape(title)}: harness report</title>"
+                f"<style>{CSS}</style></head><body>{''.join(parts)}"
+                f"<p class=\"note\">Generated by harness {__version__} from "
+                f"{run_dir / 'results'} on {created}.</p></body></html>\n")
+        atomic_write_bytes(tmp / "index.html", lambda fh: fh.write(page.encode("utf-8")))
+        _replace_dir(tmp, out)
+    except OSError as err:
+        raise filesystem_error(err, "write the report", out,
+                               elsewhere="copy the run directory somewhere writable and "
+                                         "report it there") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "index.html"
 
+
+def _remove_stale_report_dirs(run_dir: Path) -> None:
+    """Hidden report directories of killed processes (``.report.tmp-<pid>``, ``.old-``)."""
+    from .claims import pid_alive
+
+    for path in run_dir.glob(".report.*-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target``: the old one is renamed aside first and removed
+    after, so ``target`` is always either the old report or the new one."""
+    old = target.with_name(f".report.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _group_html(df, group: Group, run_dir: Path, out: Path, created: str,
+                level: str) -> list[str]:
+    """The header, figures, kind sections and tables of one group's rows (files in out)."""
+    summary = summarise(df)
+    experiment = group.title or ", ".join(dict.fromkeys(df["experiment"]))
     figures, tables = [], []
     if not summary.empty:
         figures, tables = _estimate_figures(summary, experiment, out)
@@ -485,10 +686,9 @@ def build_report(run_dir) -> Path:
             kind_figures, kind_html = KINDS[name].report_section(df, summary, out)
             sections.append((kind_figures, kind_html))
 
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    parts = [_header_html(df, summary, run_dir, created)]
+    parts = [_header_html(df, summary, run_dir, created, group, level)]
     if figures:
-        parts.append("<h2>Figures</h2>")
+        parts.append("<h2>Figures</h2>" if level == "h1" else "<h3>Figures</h3>")
     for name, caption in figures:
         parts.append(img_html(out / name, caption))
         parts.append(f'<p class="note">{html.escape(caption)}</p>')
@@ -498,15 +698,7 @@ def build_report(run_dir) -> Path:
             parts.append(f'<p class="note">{html.escape(caption)}</p>')
         parts.append(kind_html)
     parts += tables
-
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(experiment)}: harness report</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}"
-            f"<p class=\"note\">Generated by harness {__version__} from {run_dir / 'results'} "
-            f"on {created}.</p></body></html>\n")
-    index = out / "index.html"
-    atomic_write_bytes(index, lambda fh: fh.write(page.encode("utf-8")))
-    return index
+    return parts
 
 
 def _estimate_figures(summary, experiment: str, out: Path):

@@ -11,18 +11,32 @@ Files are written atomically (hidden temporary file in the same directory, fsync
 never leaves a partial non-hidden file; hidden names (``.``/``_``) are skipped by every
 reader, including ``pandas.read_parquet(RUN_DIR / "results")``.
 
+A cell is written as one file even when it is computed in blocks of seeds: each block is a
+Parquet row group of the same hidden temporary file, renamed into place after the last one
+(``write_cell`` takes one table or an iterable of them), so memory is bounded by a block.
+
 File key-value metadata (all values UTF-8 strings):
 
 ``harness.schema_version``  ``SCHEMA_VERSION`` of the writer
 ``harness.version``         the harness package version of the writer
-``harness.cell``            the resolved cell configuration, ``json.dumps(cell.to_dict())``
-``harness.seeds``           the cell's seeds as a JSON list
+``harness.code``            the digest of the code that computed the cell
+                            (``harness.provenance.code_digest``; absent before it was recorded)
+``harness.grid``            the digest of the grid file that computed it (``grid_digest``);
+                            the grid's text is kept in ``RUN_DIR/grids/<digest>.yaml``
+``harness.cell``            the resolved cell configuration, ``json.dumps(cell.to_dict())``,
+                            with ``seeds`` as in ``harness.seeds``
+``harness.seeds``           the cell's seeds as a JSON list, or ``{"start": a, "stop": b}``
+                            (Python ``range`` semantics) for more than ``COMPACT_SEEDS``
+                            consecutive seeds (ten million seeds as a list would exceed what
+                            Parquet readers accept in a footer)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -34,6 +48,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .errors import ResultsError
 from .model import config_id
+from .provenance import code_digest
 
 # 3: one model of a study (problem kinds): ``problem`` holds the kind (``expectation`` for
 #    the former ``gaussian_cost``), ``distribution`` the family for every kind (ELBO: diag |
@@ -87,6 +102,10 @@ META_SCHEMA_VERSION = b"harness.schema_version"
 META_VERSION = b"harness.version"
 META_CELL = b"harness.cell"
 META_SEEDS = b"harness.seeds"
+META_CODE = b"harness.code"
+META_GRID = b"harness.grid"
+
+COMPACT_SEEDS = 1000
 
 TMP_MARKER = ".parquet.tmp-"
 
@@ -241,23 +260,79 @@ def atomic_write_bytes(path: Path, write) -> Path:
     return path
 
 
-def write_cell(results_dir, cell, table: pa.Table) -> Path:
-    """Write ``table`` (from ``cell_table``) atomically to ``results_dir/<cell.id>.parquet``.
+def grid_digest(text: str) -> str:
+    """First 16 hex digits of the sha256 of a grid file's text (``harness.grid``)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    The table is cast to ``SCHEMA`` and the file carries the metadata in the module docstring.
-    Returns the path written.
-    """
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
+
+def seeds_to_json(seeds):
+    """A cell's seeds for the metadata: a list, or ``{"start": a, "stop": b}`` for more than
+    ``COMPACT_SEEDS`` consecutive seeds."""
+    n = len(seeds)
+    if n > COMPACT_SEEDS:
+        first = int(seeds[0])
+        consecutive = (seeds.step == 1 if isinstance(seeds, range)
+                       else all(int(s) == first + i for i, s in enumerate(seeds)))
+        if consecutive:
+            return {"start": first, "stop": first + n}
+    return [int(s) for s in seeds]
+
+
+def seeds_from_json(value):
+    """The inverse of :func:`seeds_to_json`: a list of ints or a ``range``."""
+    if isinstance(value, dict):
+        return range(int(value["start"]), int(value["stop"]))
+    return [int(s) for s in value]
+
+
+def cell_metadata(cell, code: str | None = None, grid: str | None = None) -> dict:
+    """The key-value metadata of a cell's file (module docstring); ``code`` defaults to the
+    running code's digest."""
+    seeds = seeds_to_json(cell.seeds)
+    config = {**cell.to_dict(with_seeds=False), "seeds": seeds}
     metadata = {
         META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(),
         META_VERSION: __version__.encode(),
-        META_CELL: json.dumps(cell.to_dict(), sort_keys=True).encode(),
-        META_SEEDS: json.dumps([int(s) for s in cell.seeds]).encode(),
+        META_CODE: (code or code_digest()).encode(),
+        META_CELL: json.dumps(config, sort_keys=True).encode(),
+        META_SEEDS: json.dumps(seeds).encode(),
     }
-    table = conform(table).replace_schema_metadata(metadata)
-    return atomic_write_bytes(results_dir / f"{cell.id}.parquet",
-                              lambda fh: pq.write_table(table, fh))
+    if grid:
+        metadata[META_GRID] = grid.encode()
+    return metadata
+
+
+def write_cell(results_dir, cell, tables, *, code: str | None = None,
+               grid: str | None = None) -> Path:
+    """Write a cell's rows atomically to ``results_dir/<cell.id>.parquet``.
+
+    ``tables``: one ``pyarrow.Table`` (from ``cell_table``) or an iterable of them, e.g. a
+    generator computing one block of seeds at a time; each becomes a row group of the same
+    hidden temporary file, renamed into place after the last.  Every table is cast to the
+    schema; the file carries the metadata in the module docstring (``code``: the digest of the
+    code that computed the rows, default the running code's; ``grid``: the grid's digest).
+    Returns the path written.  Nothing visible is left if computing or writing fails.
+    """
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(tables, pa.Table):
+        tables = [tables]
+    file_schema = schema().with_metadata(cell_metadata(cell, code, grid))
+
+    def write(fh):
+        writer = pq.ParquetWriter(fh, file_schema)
+        try:
+            for table in tables:
+                writer.write_table(conform(table).replace_schema_metadata(file_schema.metadata))
+        except BaseException:
+            try:            # (the file is deleted next; closing only releases the writer)
+                writer.close()
+            except Exception:
+                pass
+            raise
+        writer.close()
+
+    return atomic_write_bytes(results_dir / f"{cell.id}.parquet", write)
 
 
 def file_metadata(path) -> dict[bytes, bytes]:
@@ -265,54 +340,95 @@ def file_metadata(path) -> dict[bytes, bytes]:
     return dict(pq.read_schema(path).metadata or {})
 
 
+@dataclass(frozen=True)
+class StoredCell:
+    """What a result file's footer says about it (``scan``)."""
+
+    path: Path
+    cell: str                    # the cell id (the file's stem)
+    schema_version: int | None   # None: not a readable harness results file
+    version: str = "?"           # the harness version that wrote it
+    code: str | None = None      # the digest of the code that computed it (None: unknown)
+    grid: str | None = None      # the digest of the grid that computed it (None: unknown)
+    experiment: str | None = None
+    config: dict | None = None   # the resolved cell configuration (seeds as stored)
+
+    @property
+    def readable(self) -> bool:
+        return self.schema_version in READABLE_VERSIONS
+
+    @property
+    def current_schema(self) -> bool:
+        return self.schema_version == SCHEMA_VERSION
+
+
+def stored_cell(path: Path) -> StoredCell:
+    """Read one result file's footer (never its rows)."""
+    path = Path(path)
+    try:
+        meta = file_metadata(path)
+        version = int(meta[META_SCHEMA_VERSION])
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return StoredCell(path, path.stem, None)
+    try:
+        config = json.loads(meta.get(META_CELL, b"null"))
+    except ValueError:
+        config = None
+
+    def text(key):
+        raw = meta.get(key)
+        return raw.decode(errors="replace") if raw is not None else None
+
+    return StoredCell(path, path.stem, version, text(META_VERSION) or "?", text(META_CODE),
+                      text(META_GRID),
+                      config.get("experiment") if isinstance(config, dict) else None,
+                      config if isinstance(config, dict) else None)
+
+
+def scan(run_dir) -> list[StoredCell]:
+    """Every (non-hidden) result file of a run with what its footer says, sorted by name."""
+    results = _results_dir(run_dir)
+    return [stored_cell(p) for p in _result_files(results)] if results.is_dir() else []
+
+
 def _schema_version(path: Path) -> int | None:
     """The file's schema version, or None if it is not a readable harness results file."""
-    try:
-        raw = file_metadata(path).get(META_SCHEMA_VERSION)
-        return int(raw) if raw is not None else None
-    except (OSError, ValueError, pa.ArrowException):
-        return None
+    return stored_cell(path).schema_version
 
 
 def finished_cells(run_dir) -> set[str]:
-    """Ids of the cells whose results file is complete and has the current schema version.
+    """Ids of the cells whose results file is complete and has the current schema version
+    (computed by any code: ``harness.provenance`` tells current from stale).
 
     Files of another schema version (or unreadable ones) are not finished: a rerun
     recomputes and replaces them.
     """
-    results = _results_dir(run_dir)
-    if not results.is_dir():
-        return set()
-    return {p.stem for p in _result_files(results) if _schema_version(p) == SCHEMA_VERSION}
+    return {f.cell for f in scan(run_dir) if f.current_schema}
 
 
-def superseded_files(run_dir) -> dict[str, Path]:
+def superseded_files(run_dir, stored: list[StoredCell] | None = None) -> dict[str, Path]:
     """Files of an older readable schema version whose cell has another id today, keyed by
     that id.  Rerunning the grid computes that cell into ``<id>.parquet``; the runner then
     removes the old file, which would otherwise hold a second copy of the cell's rows."""
-    results = _results_dir(run_dir)
     out = {}
-    for path in _result_files(results) if results.is_dir() else []:
-        version = _schema_version(path)
-        if version == SCHEMA_VERSION or version not in READABLE_VERSIONS:
+    for f in scan(run_dir) if stored is None else stored:
+        if f.current_schema or not f.readable or f.config is None:
             continue
-        try:
-            config = json.loads(file_metadata(path)[META_CELL])
-        except (KeyError, ValueError, OSError, pa.ArrowException):
-            continue
+        config = {**f.config, "seeds": seeds_from_json(f.config.get("seeds", []))}
         cell_id = config_id(_upgrade_v2_config(config))
-        if cell_id != path.stem:
-            out[cell_id] = path
+        if cell_id != f.cell:
+            out[cell_id] = f.path
     return out
 
 
-def read_results(run_dir):
+def read_results(run_dir, files=None):
     """All rows of a run as a pandas DataFrame with the columns and types of the schema.
 
-    Reads ``run_dir/results/*.parquet`` (hidden files skipped), each file cast to the one
-    schema (version-2 files upgraded).  ``df.attrs`` holds ``schema_version``,
-    ``harness_versions`` (of the writers) and ``files``.  Raises ``ResultsError`` if the
-    directory is missing or empty, or a file is unreadable or of an unknown schema version.
+    Reads ``run_dir/results/*.parquet`` (hidden files skipped), or only ``files`` (paths),
+    each file cast to the one schema (version-2 files upgraded).  ``df.attrs`` holds
+    ``schema_version``, ``harness_versions`` (of the writers) and ``files``.  Raises
+    ``ResultsError`` if the directory is missing or empty, or a file is unreadable or of an
+    unknown schema version.
     """
     run_dir = Path(run_dir)
     results = _results_dir(run_dir)
@@ -320,7 +436,7 @@ def read_results(run_dir):
     if not results.is_dir():
         raise ResultsError(f"{results}: no results directory (fix: run `harness run GRID "
                            f"--out {run_dir}` first, or pass the run's directory)")
-    files = _result_files(results)
+    files = _result_files(results) if files is None else sorted(Path(p) for p in files)
     if not files:
         raise ResultsError(f"{results}: no result files (fix: {rerun} to compute them)")
     writers, current, old = set(), [], []

@@ -199,10 +199,10 @@ def test_directory_instead_of_file(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["validate"], "Missing argument 'GRID'"),
+    (["validate"], "Missing argument 'GRIDS...'"),
     (["run"], "Missing argument 'GRID'"),
     (["report"], "Missing argument 'RUN_DIR'"),
-    (["validate", "a.yaml", "b.yaml"], "unexpected extra argument"),
+    (["run", "a.yaml", "b.yaml"], "unexpected extra argument"),
     (["validate", "--bogus", "a.yaml"], "No such option '--bogus'"),
     (["--bogus"], "No such option '--bogus'"),
     (["valdate"], "No such command 'valdate'"),

@@ -233,8 +233,8 @@ KIND_EDITS = [
      'df = df[df["mode"] != "optimize"].copy()'),
     ("report.py", "from .kinds import KINDS",
      "from .kinds import KINDS\nfrom .kinds.elbo import point_label"),
-    ("report.py", "    df = read_results(run_dir)\n",
-     '    df = read_results(run_dir)\n    if (df["problem"] == "elbo").all():\n'
+    ("report.py", "    summary = summarise(df)\n",
+     '    summary = summarise(df)\n    if (df["problem"] == "elbo").all():\n'
      "        raise ValueError\n"),
     ("report.py", 'POINT_COLUMNS = ["problem", "point"]',
      'POINT_COLUMNS = ["problem", "point", "mu", "sigma", "k"]'),

@@ -190,12 +190,23 @@ def test_report_without_results_raises(tmp_path):
     assert not (tmp_path / "report").exists()
 
 
-def test_two_cells_for_one_point_raise(tmp_path):
-    # Same problem point and N from two different grids in one directory: seeds would mix.
+def test_two_grids_in_one_directory_report_the_last_one(tmp_path, capsys):
+    # Same problem point and N from two different grids in one directory: their seeds must
+    # never be mixed.  The report shows the grid last run; --all shows each grid apart.
     run_grid(make_grid(name="a", n_samples=(10,)), tmp_path, progress=False)
     run_grid(make_grid(name="b", n_samples=(10,)), tmp_path, progress=False)
+    page = build_report(tmp_path).read_text()
+    assert "<h1>b</h1>" in page and "left out: 1 result file of other grids" in page
+    assert "left out: 1 result file of other grids" in capsys.readouterr().err
+    assert set(pd.read_csv(tmp_path / "report" / "summary.csv")["seeds"]) == {200}
+    page = build_report(tmp_path, include_all=True).read_text()
+    assert "<h2>b (the grid last run here)</h2>" in page and "<h2>a (other grid " in page
+    for group in ("grid-1", "grid-2"):
+        summary = pd.read_csv(tmp_path / "report" / group / "summary.csv")
+        assert set(summary["seeds"]) == {200}          # one grid's seeds each
+    # Mixed in one table, the statistics refuse them.
     with pytest.raises(ResultsError, match="own --out directory"):
-        build_report(tmp_path)
+        summarise(read_results(tmp_path))
 
 
 def test_report_of_a_single_seed_run_does_not_fail(tmp_path):

@@ -236,13 +236,12 @@ def test_interrupted_write_leaves_old_file_and_no_partial(tmp_path, monkeypatch,
     path = write(tmp_path, cell, seconds=1.0)
     before = path.read_bytes()
 
-    def half_write(table, where, **kwargs):
-        where.write(b"PAR1 half a file")
+    def blocks():      # the second block of seeds fails: the first is already written
+        yield table_of(cell, 2.0)
         raise interrupt
 
-    monkeypatch.setattr(results.pq, "write_table", half_write)
     with pytest.raises(type(interrupt)):
-        write(tmp_path, cell, seconds=2.0)
+        write_cell(tmp_path / "results", cell, blocks())
     assert path.read_bytes() == before
     assert os.listdir(tmp_path / "results") == [path.name]   # no hidden leftovers either
     assert read_results(tmp_path)["seconds"].eq(1.0).all()

@@ -5,6 +5,7 @@ Most tests replace the kernel with ``helpers.fake_backend`` (installed as the mo
 ``test_run_grid_with_the_real_kernel`` needs the real ``harness.backends.cpu``.
 """
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -67,11 +68,10 @@ def test_cell_id_is_stable_and_depends_on_everything_resolved():
     ]
     ids = {cell.id}
     for change in variants:
-        fields = {**cell.__dict__, **change}
-        ids.add(Cell(**fields).id)
+        ids.add(dataclasses.replace(cell, **change).id)
     assert len(ids) == len(variants) + 1
     # The sample count is bookkeeping (progress), not configuration: the id ignores it.
-    assert Cell(**{**cell.__dict__, "samples": 7}).id == cell.id
+    assert dataclasses.replace(cell, samples=7).id == cell.id
 
 
 def test_cell_normalises_values_and_serialises():

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from .. import __version__, registry
+from .. import __version__, kernel_cache, registry
 from ..errors import ConfigError
 from ..rng import INDEPENDENT_STREAM_OFFSET
 
@@ -220,9 +220,8 @@ def _source_digest(functions) -> str:
 
 def kernel_dir() -> Path:
     """Where generated kernels (and numba's cache of them) live: $HARNESS_KERNEL_DIR, else
-    ~/.cache/harness/kernels."""
-    env = os.environ.get("HARNESS_KERNEL_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "harness" / "kernels"
+    ~/.cache/harness/kernels; a temporary one if that is not writable (kernel_cache)."""
+    return kernel_cache.kernel_dir()
 
 
 def _accumulate(n_terms, indent) -> str:
@@ -374,6 +373,7 @@ def load_kernel(family, cost, estimators: tuple[str, ...], components: tuple[str
             tmp = directory / f".{name}.{os.getpid()}.tmp"
             tmp.write_text(source)
             os.replace(tmp, path)  # atomic: concurrent processes never import half a file
+        kernel_cache.ensure_numba_cache()   # numba picks its cache dir at definition
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -474,8 +474,10 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
     keys0 = seeds_u & np.uint64(0xFFFFFFFF)
     keys1 = seeds_u >> np.uint64(32)
     partials = np.empty((seeds.size, n_chunks, 1 + 3 * n_terms))
-    kernel(keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs),
-           param_vector(family, cost, params), consts, partials)
+    args = (keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs),
+            param_vector(family, cost, params), consts, partials)
+    kernel_cache.compile_once(kernel, args)   # one compile across processes (file lock)
+    kernel(*args)
     return reduce_partials(labels, components, partials, int(n_samples), consts)
 
 

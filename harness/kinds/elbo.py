@@ -55,13 +55,33 @@ def cells(grid) -> list[Cell]:
                                 grid.estimators, n, grid.seeds, grid.backend))
         if "optimize" in p.modes:
             o = p.optimizer
-            work = (o.steps * o.samples + len(api.record_steps(o)) * o.var_samples)
+            work = _optimize_work(o)
             for e in grid.estimators:
                 out.append(Cell(NAME, grid.name, {**_point_dict(point), "mode": "optimize",
                                                   "optimizer": dict(o.__dict__)},
                                 (e,), o.samples, grid.seeds, grid.backend,
                                 samples=work * len(grid.seeds)))
     return out
+
+
+def _optimize_work(o) -> int:
+    """Samples one seed of an optimisation cell draws: every step's, and every record's."""
+    return o.steps * o.samples + len(api.record_steps(o)) * o.var_samples
+
+
+def calibration(cell: Cell) -> Cell:
+    """``cell`` with less work per seed, for the cost estimate: N at most 4096, and for
+    optimisation at most 20 steps (recording every 10) of the same samples per step."""
+    seeds = cell.seeds
+    if cell.point["mode"] == "estimate":
+        return Cell(NAME, cell.experiment, cell.point, cell.estimators,
+                    min(cell.n_samples, 4096), seeds, cell.backend)
+    o = {**cell.point["optimizer"]}
+    o.update(steps=min(o["steps"], 20), record_every=min(o["record_every"], 10),
+             var_samples=min(o["var_samples"], 4096))
+    work = _optimize_work(api.OptimizerSpec(**o))
+    return Cell(NAME, cell.experiment, {**cell.point, "optimizer": o}, cell.estimators,
+                cell.n_samples, seeds, cell.backend, samples=work * len(seeds))
 
 
 def problem_of(cell: Cell) -> api.Problem:
@@ -191,4 +211,5 @@ KIND = ProblemKind(
         pa.field("grad_var_max", pa.float64()),               # mean / max over components
     ),
     sweep_columns=("dim",),
+    calibration=calibration,
 )

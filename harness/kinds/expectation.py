@@ -24,6 +24,7 @@ import itertools
 import math
 import pathlib
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ import pyarrow as pa
 from ruamel.yaml.comments import CommentedMap
 
 from .. import registry
-from ..config import Value, describe_value, read_numbers, union, values_text
+from ..config import Value, check_cell_count, describe_value, read_numbers, union, values_text
 from ..errors import ConfigError
 from ..model import Cell, ProblemKind
 from ..results import estimate_columns
@@ -109,7 +110,42 @@ def parse(r, doc, common) -> ExpectationProblem:
     _check_estimators(r, doc, common["estimators"], family.name, cost_spec)
     if not common["n_samples"]:
         r.missing(Value(doc, 1, ""), "n_samples")
-    return ExpectationProblem(family.name, cost_spec, tuple(params), tuple(wrt))
+    problem = ExpectationProblem(family.name, cost_spec, tuple(params), tuple(wrt))
+    check_cell_count(r, math.prod(len(values) for _, values in params)
+                     * len(common["n_samples"]), v)
+    _check_references(r, v, problem, common["estimators"])
+    return problem
+
+
+def _check_references(r, v, problem: ExpectationProblem, estimators) -> None:
+    """Compute every exact reference the run will compute, and fail (one line) where one
+    cannot be computed or is not finite: e.g. sigma = 1e-320 (1 / sigma overflows) or
+    mu = 1e308 (mu^2 overflows).  A NaN variance is fine only where no exact reference
+    exists (``exact_source: none``).  Costs a fraction of a millisecond per reference."""
+    from ..exact import reference
+
+    names = [name for name, _ in problem.params]
+    for values in itertools.product(*(vals for _, vals in problem.params)):
+        p = dict(zip(names, values))
+        for spec in estimators:
+            for comp in problem.wrt:
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        grad, var, source = reference(spec.label, comp, problem.distribution,
+                                                      problem.cost, p)
+                        error = None
+                    except (ArithmeticError, ValueError) as err:
+                        error = type(err).__name__
+                if error is None and math.isfinite(grad) and (
+                        math.isfinite(var) or (source == "none" and math.isnan(var))):
+                    continue
+                where = ", ".join(f"{n}={x!r}" for n, x in p.items())
+                what = error or f"gradient {grad:g}, variance {var:g}"
+                r.fail(f"the exact reference of {spec.label} wrt {comp} at {where} cannot "
+                       f"be computed in floating point ({what})", v.line, v.key,
+                       fix="use parameter values of moderate magnitude (e.g. |mu| < 1e100, "
+                           "sigma between 1e-100 and 1e100)")
 
 
 def _read_cost(r, v, grid_path):
@@ -217,6 +253,13 @@ def compute(cell: Cell) -> dict:
     return columns
 
 
+def calibration(cell: Cell) -> Cell:
+    """``cell`` with N at most 2^16, for the cost estimate (the kernel's time per seed is
+    linear in N beyond a few thousand samples)."""
+    return Cell(NAME, cell.experiment, cell.point, cell.estimators,
+                min(cell.n_samples, 1 << 16), cell.seeds, cell.backend)
+
+
 def parameter_columns() -> tuple[str, ...]:
     """Every registered family and cost parameter: one float64 results column each (NaN
     where a cell's problem has no such parameter)."""
@@ -278,4 +321,5 @@ KIND = ProblemKind(
     listing=listing,
     columns=_columns(),
     sweep_columns=parameter_columns(),
+    calibration=calibration,
 )

@@ -32,12 +32,13 @@ lr, steps, samples, schedule constant|cosine, record_every, var_samples).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from ..config import Value, describe_value, or_none, show
+from ..config import Value, check_cell_count, describe_value, or_none, show
 from .api import OptimizerSpec
 from .families import FAMILIES
 from .targets import TARGETS
@@ -155,6 +156,12 @@ def parse(r, doc: CommentedMap, common: dict) -> ElboProblem:
                    "optimizer", fix="add 'mode: optimize' or remove the optimizer")
         fields["optimizer"] = None
     _check_exact_optimal(r, doc, {**fields, "estimators": common["estimators"]})
+    if "optimize" in modes:
+        _check_trace_size(r, doc, fields)
+    points = len(fields["points"])
+    check_cell_count(r, points * (len(common["n_samples"]) if "estimate" in modes else 0)
+                     + points * (len(common["estimators"]) if "optimize" in modes else 0),
+                     r.entry(doc, "problem", ""))
     return ElboProblem(**fields)
 
 
@@ -242,6 +249,8 @@ def _read_problem(r, v: Value) -> dict:
     q = _read_q(r, m, v, families, axes["dim"], tname)
 
     sweep_keys = [k for k in SWEEPABLE if k in axes and k != "family"]
+    # before building them: a product of long lists would exhaust memory
+    check_cell_count(r, len(families) * math.prod(len(axes[k]) for k in sweep_keys), v)
     points = []
     for fam in families:
         for combo in itertools.product(*(axes[k] for k in sweep_keys)):
@@ -419,10 +428,30 @@ def _read_optimizer(r, v: Value, estimators) -> OptimizerSpec:
                r.entry(m, "samples", v.key).line if "samples" in m else v.line,
                f"{v.key}.samples", fix="use samples >= 2")
     if spec.record_every > spec.steps:
-        r.fail(f"record_every {spec.record_every} exceeds steps {spec.steps}",
-               r.entry(m, "record_every", v.key).line, f"{v.key}.record_every",
+        # (either may be the default: point at the one written, else at the optimizer)
+        at = next((k for k in ("record_every", "steps") if k in m), None)
+        r.fail(f"record_every {spec.record_every} exceeds steps {spec.steps}"
+               + ("" if "record_every" in m else " (record_every defaults to "
+                  f"{OptimizerSpec.record_every})"),
+               r.entry(m, at, v.key).line if at else v.line, f"{v.key}.{at or 'steps'}",
                fix="use record_every <= steps")
     return spec
+
+
+# An optimisation cell holds every recorded lambda of a seed at once ([records, params]):
+# at most this many numbers per seed (80 MB), whatever the steps, dimension and family.
+MAX_TRACE_VALUES = 10_000_000
+
+
+def _check_trace_size(r, doc, fields) -> None:
+    o = fields["optimizer"]
+    records = len(range(0, o.steps, o.record_every)) + 1
+    params = max(FAMILIES[pt.family].n_params(pt.dim) for pt in fields["points"])
+    if records * params > MAX_TRACE_VALUES:
+        v = r.entry(doc, "optimizer", "")
+        r.fail(f"{records:,} records of {params:,} parameters per seed are more than "
+               f"{MAX_TRACE_VALUES:,} numbers", v.line, v.key,
+               fix="record less often (a larger record_every), or run fewer steps")
 
 
 def describe(grid) -> str:

@@ -64,10 +64,12 @@ Parameter vector layout (``theta``, also the order of gradient components): see
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
 
+from harness.kernel_cache import ensure_numba_cache
 from harness.rng import INDEPENDENT_STREAM_OFFSET, normal_pair, uniform_pair
 from harness.vi.codes import (
     E_REPARAM,
@@ -86,6 +88,9 @@ from harness.vi.codes import (
     T_RIPPLE,
 )
 from harness.vi.families import diag, full
+
+# numba picks where to cache each function below when it is defined: a writable place first.
+ensure_numba_cache(Path(__file__).parent)
 
 LOG_2PI = math.log(2.0 * math.pi)
 
