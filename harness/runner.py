@@ -10,6 +10,7 @@ grid finds the cells already computed and skips them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -110,13 +111,15 @@ def compute_cell(cell: Cell):
     return cell_table(cell, KINDS[cell.kind].compute(cell))
 
 
-def run_grid(grid, out_dir, force: bool = False, progress=None) -> RunSummary:
+def run_grid(grid, out_dir, force: bool = False, progress=None, executor=None) -> RunSummary:
     """Compute every unfinished cell of ``grid`` into ``out_dir/results/<cell>.parquet``.
 
     Copies the grid text to ``out_dir/grid.yaml``; skips cells whose file is complete unless
     ``force``.  ``progress``: None shows a progress bar on stderr only if stderr is a
     terminal; True/False force it on/off.  Safe to interrupt at any point: files are
-    written atomically and a rerun completes the run.
+    written atomically and a rerun completes the run.  ``executor``: who computes the cells
+    (``harness.executors``: ``executor.compute(cells)`` yields ``(cell, table)`` as cells
+    finish; this process writes them); None computes them here, one after another.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -141,9 +144,13 @@ def run_grid(grid, out_dir, force: bool = False, progress=None) -> RunSummary:
         superseded.pop(cell_id).unlink(missing_ok=True)
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    with _Progress(grid.name, todo, len(cells) - len(todo), enabled=show) as bar:
-        for cell in todo:
-            write_cell(results_dir, cell, compute_cell(cell))
+    # The hook for executors (harness.executors): they compute, this loop writes.
+    computed = (((c, compute_cell(c)) for c in todo) if executor is None
+                else executor.compute(todo))
+    with _Progress(grid.name, todo, len(cells) - len(todo), enabled=show) as bar, \
+            contextlib.closing(computed):
+        for cell, table in computed:
+            write_cell(results_dir, cell, table)
             if cell.id in superseded:
                 superseded.pop(cell.id).unlink(missing_ok=True)
             bar.advance(cell)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from .. import __version__, registry
+from .. import __version__, kernel_cache, registry
 from ..errors import ConfigError
 from ..registry import COSTS, DISTRIBUTIONS
 
@@ -361,8 +361,10 @@ def estimate(distribution: str, cost: str, estimators, components, mu: float, si
     keys0 = seeds_u & np.uint64(0xFFFFFFFF)
     keys1 = seeds_u >> np.uint64(32)
     partials = np.empty((seeds.size, n_chunks, 1 + 3 * n_terms))
-    kernel(keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs), float(mu), float(sigma),
-           float(k), consts, partials)
+    args = (keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs), float(mu), float(sigma),
+            float(k), consts, partials)
+    kernel_cache.compile_once(kernel, args)   # one compile across processes (file lock)
+    kernel(*args)
     return finish(labels, components, partials, int(n_samples), consts)
 
 
