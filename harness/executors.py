@@ -194,7 +194,16 @@ class DaskExecutor:
 
     def _connect(self) -> None:
         from distributed import Client
+        from distributed.comm.addressing import parse_address, parse_host_port
 
+        try:       # a malformed address is a usage error (and a Client made of one
+            scheme, location = parse_address(self.scheduler)   # fails noisily at exit)
+            if scheme in ("tcp", "tls"):
+                parse_host_port(location)
+        except ValueError as err:
+            raise ClusterError(f"--scheduler {self.scheduler!r} is not a scheduler address "
+                               f"({err}) (fix: write it as tcp://HOST:PORT, e.g. "
+                               "tcp://10.0.0.5:8786)", exit_code=2) from None
         try:
             self.client = Client(self.scheduler, timeout=self.connect_timeout,
                                  set_as_default=False)

@@ -303,3 +303,7 @@ def test_executor_options_need_the_dask_executor():
         assert err.value.exit_code == 2
     with pytest.raises(ClusterError):
         make_executor("dask", "tcp://127.0.0.1:1", workers=2)
+    for address in ("nonsense", "tcp://host-without-port"):
+        with pytest.raises(ClusterError, match="not a scheduler address") as err:
+            DaskExecutor(address).start()
+        assert err.value.exit_code == 2
