@@ -149,26 +149,50 @@ def main():
               help="Keep cells computed by other code instead of recomputing them.")
 @click.option("--dry-run", is_flag=True,
               help="Print what the run would cost (cells, samples, time, disk) and stop.")
-def run(grid: pathlib.Path, out_dir, force: bool, keep_stale: bool, dry_run: bool):
+# -- executors (harness/executors.py): who computes the cells
+@click.option("--executor", type=click.Choice(["serial", "dask"]), default="serial",
+              show_default=True, help="serial: cells one after another in this process; "
+              "dask: cells as tasks on a Dask cluster (pip install -e \".[dask]\").")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="A running Dask scheduler (tcp://host:8786) whose workers compute the "
+                   "cells (implies --executor dask) [default: a LocalCluster on this machine].")
+@click.option("--workers", type=_Count(1), default=None,
+              help="LocalCluster worker processes [default: one per core, at most one per "
+                   "cell].")
+@click.option("--threads", type=_Count(1), default=None,
+              help="LocalCluster numba threads per worker [default: cores / workers].")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to reach --scheduler.")
+def run(grid: pathlib.Path, out_dir, force: bool, keep_stale: bool, dry_run: bool,
+        executor: str, scheduler, workers, threads, connect_timeout: float):
     """Run every cell of GRID and write one Parquet file per cell.
 
     Finished cells are skipped, so an interrupted run resumes where it stopped; cells
     computed by other code (an edited estimator) are recomputed unless --keep-stale.
     Several runs on one directory share the work.  Ctrl-C or SIGTERM stop cleanly
-    (exit 130 / 143) and say how to resume.
+    (exit 130 / 143) and say how to resume.  With --executor dask the cells are computed on
+    Dask workers and written here: the same files, bitwise the same numbers.
 
     \b
     Example:
       harness run examples/reparam_trick.yaml --out runs/reparam_trick
       harness run examples/reparam_trick.yaml --dry-run
+      harness run examples/mohamed_section3_quadratic.yaml --executor dask
+      harness run examples/mohamed_section3_quadratic.yaml --scheduler tcp://10.0.0.5:8786
     """
+    from .executors import make_executor
     from .runner import run_grid
 
     g = load_grid(grid)
     out_dir = out_dir if out_dir is not None else pathlib.Path("runs") / g.name
+    pool = None if dry_run else make_executor(
+        executor, scheduler, workers=workers, threads=threads,
+        connect_timeout=connect_timeout, echo=lambda text: click.echo(text, err=True))
     # progress=None: the runner decides (a bar on a terminal, a line every 30 s otherwise).
-    summary = run_grid(g, out_dir, force=force, progress=None, keep_stale=keep_stale,
-                       dry_run=dry_run, echo=lambda text: click.echo(text, err=True))
+    with pool if pool is not None else contextlib.nullcontext():
+        summary = run_grid(g, out_dir, force=force, progress=None, keep_stale=keep_stale,
+                           dry_run=dry_run, echo=lambda text: click.echo(text, err=True),
+                           executor=pool)
     click.echo(str(summary))
 
 

@@ -43,6 +43,16 @@ class ResultsError(HarnessError):
     exit_code = 2
 
 
+class ClusterError(HarnessError):
+    """A Dask cluster cannot be used: its scheduler cannot be reached, a cell was lost with
+    too many workers, a worker runs other code (``harness.executors``).  Exit 2 where the
+    command line is the cause (an address, the options), else 1."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class BackendError(HarnessError):
     """A backend cannot run here (e.g. ``backend: cuda`` without a GPU)."""
 

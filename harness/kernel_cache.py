@@ -19,6 +19,9 @@ numba cache entry; an unchanged tree reuses the compiled code in the next proces
   found by reading ``import`` statements (nothing is executed).
 - :func:`load_module`: a module of this package, e.g. ``"harness.vi.kernels"``, loaded by
   :func:`load_source` with its own :func:`package_dependencies`.
+- :func:`compile_once`: compile a kernel for a call's types (or load it from numba's cache)
+  under a file lock, so processes that need the same new kernel at once (the workers of a
+  host, ``harness.executors``) compile it once: the others wait, then load it.
 
 A module loaded this way must use absolute imports (its copy lives outside the package) and
 should be used only through the returned module object: functions called through a plain
@@ -59,6 +62,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -66,6 +70,7 @@ from types import ModuleType
 from .errors import filesystem_error
 
 DIGEST_CHARS = 16     # hex digits of the sha256 in the module name (64 bits)
+NOTE_AFTER = 2.0      # seconds waiting for another process's compile before saying so
 
 _chosen: dict[str, Path] = {}      # preferred directory -> the directory used
 _relocated: dict[Path, Path] = {}  # kernel directories replaced by a temporary one
@@ -232,38 +237,6 @@ def _relocate_entries(source: Path, target: Path) -> None:
             _copy_tree(old, new, lambda name: name.startswith("harness_kernel_"))
 
 
-@contextlib.contextmanager
-def compile_lock(directory: Path, name: str, what: str = "kernel"):
-    """Hold an exclusive lock on ``directory/.<name>.lock`` (blocking; a note if another
-    process holds it).  The lock is released when the process dies, so it never goes stale."""
-    path = Path(directory) / f".{name}.lock"
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            note(f"waiting for another process compiling {what} {name}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)             # closing releases the lock
-
-
-def compile_once(dispatcher, args, directory: Path | None = None) -> None:
-    """Compile ``dispatcher`` (a ``cache=True`` numba function) for the types of ``args``,
-    or load it from numba's cache, under :func:`compile_lock`; a no-op once this process has
-    it.  Another process needing the same kernel waits and then loads it from the cache."""
-    from numba import typeof
-
-    types = tuple(typeof(a) for a in args)
-    if types in dispatcher.overloads:
-        return
-    name = dispatcher.py_func.__module__
-    with compile_lock(directory or kernel_dir(), name):
-        if types not in dispatcher.overloads:
-            dispatcher.compile(types)
-
-
 def source_digest(source: str, dependencies: Iterable[Path]) -> str:
     """sha256 (hex) of ``source`` and of the name and bytes of every dependency file."""
     h = hashlib.sha256(source.encode())
@@ -383,3 +356,46 @@ def load_module(module: str) -> ModuleType:
     source = files[-1][1].read_text()
     return load_source(module.replace(".", "_"), source,
                        package_dependencies(source, package))
+
+
+@contextlib.contextmanager
+def compile_lock(directory: Path, name: str, what: str = "kernel"):
+    """Hold an exclusive lock on ``directory/.<name>.lock`` (``fcntl.flock``, blocking; a
+    note on stderr if another process holds it for more than ``NOTE_AFTER`` seconds, i.e.
+    compiles rather than loads).  The operating system releases it when the holder dies, so
+    it never goes stale."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / f".{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        waited = 0.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waited >= NOTE_AFTER:
+                    print(f"note: waiting for another process compiling {what} {name}",
+                          file=sys.stderr, flush=True)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    break
+                time.sleep(0.05)
+                waited += 0.05
+        yield
+    finally:
+        os.close(fd)             # closing releases the lock
+
+
+def compile_once(dispatcher, args, directory: Path | None = None) -> None:
+    """Compile ``dispatcher`` (a ``cache=True`` numba function) for the types of ``args``,
+    or load it from numba's cache, under :func:`compile_lock`; a no-op once this process
+    has it.  Another process needing the same kernel waits, then loads what the first one
+    wrote to the cache (``Dispatcher.compile`` looks there first)."""
+    from numba import typeof
+
+    types = tuple(typeof(a) for a in args)
+    if types in dispatcher.overloads:
+        return
+    with compile_lock(directory or kernel_dir(), dispatcher.py_func.__module__):
+        if types not in dispatcher.overloads:
+            dispatcher.compile(types)

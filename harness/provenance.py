@@ -24,6 +24,7 @@ PACKAGE = Path(__file__).resolve().parent
 PRESENTATION_ONLY = frozenset({
     "cli.py", "report.py", "report_study.py", "vi/report.py", "bench.py", "__main__.py",
     "claims.py", "kernel_cache.py", "provenance.py", "errors.py",
+    "executors.py",       # where cells run; results do not depend on it (nor on threads)
 })
 
 

@@ -37,6 +37,7 @@ Rules (``run_grid``):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -451,7 +452,8 @@ class _OSErrors:
 
 
 def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: bool = False,
-             dry_run: bool = False, echo: Callable[[str], None] | None = None) -> RunSummary:
+             dry_run: bool = False, echo: Callable[[str], None] | None = None,
+             executor=None) -> RunSummary:
     """Compute every cell of ``grid`` that ``out_dir`` does not hold (module docstring).
 
     Writes ``out_dir/results/<cell>.parquet``, the grid's text to ``out_dir/grid.yaml``
@@ -460,7 +462,11 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
     cells computed by other code.  ``progress``: None shows a bar on stderr only if stderr is
     a terminal (else a line every ``PROGRESS_EVERY`` s); True/False force the bar on/off.
     ``dry_run``: print the cost and stop (nothing is written).  ``echo``: where notes go
-    (default stderr).
+    (default stderr).  ``executor``: who computes the cells (``harness.executors``:
+    ``executor.compute(cells)`` yields ``(cell, table)`` as cells finish, e.g. on Dask
+    workers); this process claims each cell before handing it out and writes every result,
+    so the skip, stale and claim rules are the same.  None computes them here, one after
+    another, block by block.
     """
     started = time.perf_counter()
     echo = echo or _stderr
@@ -548,18 +554,59 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
                 with interrupts_deferred():
                     claim.release()
 
+    def record(cell: Cell, outcome: str) -> None:
+        nonlocal computed_samples
+        bar.cell_done(cell, outcome == "computed")
+        computed_samples += cell.samples if outcome == "computed" else 0
+        counts["computed" if outcome == "computed" else "by_others"] += 1
+        counts["stale"] += outcome == "computed" and cell.id in stale_ids
+
+    def claimed(cells, waiting, held):
+        """The cells this run claims, as the executor asks for them (busy ones wait)."""
+        for cell in cells:
+            with interrupts_deferred(), _os_errors("claim a cell", results_dir):
+                claim = claims.try_claim(results_dir, cell.id)
+            if claim is None:
+                waiting.append(cell)
+            elif finished_by_another(cell):
+                with interrupts_deferred():
+                    claim.release()
+                record(cell, "other")
+            else:
+                held[cell.id] = claim
+                yield cell
+
+    def run_on(executor, cells, waiting) -> None:
+        held = {}
+        executor.start(len(cells))
+        computed = executor.compute(claimed(cells, waiting, held))
+        try:
+            with contextlib.closing(computed):
+                for cell, table in computed:
+                    with _os_errors("write results", results_dir):
+                        write_cell(results_dir, cell, table, code=code, grid=digest)
+                        if cell.id in superseded:
+                            superseded.pop(cell.id).unlink(missing_ok=True)
+                    with interrupts_deferred():
+                        held.pop(cell.id).release()
+                    record(cell, "computed")
+        finally:
+            with interrupts_deferred():
+                for claim in held.values():
+                    claim.release()
+
     try:
         with bar:
             waiting = []
-            for cell in todo:
-                outcome = attempt(cell)
-                if outcome == "busy":
-                    waiting.append(cell)
-                    continue
-                bar.cell_done(cell, outcome == "computed")
-                computed_samples += cell.samples if outcome == "computed" else 0
-                counts["computed" if outcome == "computed" else "by_others"] += 1
-                counts["stale"] += outcome == "computed" and cell.id in stale_ids
+            if executor is not None and todo:
+                run_on(executor, todo, waiting)
+            else:
+                for cell in todo:
+                    outcome = attempt(cell)
+                    if outcome == "busy":
+                        waiting.append(cell)
+                    else:
+                        record(cell, outcome)
             if waiting:
                 holders = sorted({_holder(results_dir, c.id) for c in waiting} - {None})
                 echo(f"{grid.name}: waiting for {len(waiting)} cells being computed by "
@@ -570,11 +617,8 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
                     outcome = attempt(cell)
                     if outcome == "busy":
                         still.append(cell)
-                        continue
-                    bar.cell_done(cell, outcome == "computed")
-                    computed_samples += cell.samples if outcome == "computed" else 0
-                    counts["computed" if outcome == "computed" else "by_others"] += 1
-                    counts["stale"] += outcome == "computed" and cell.id in stale_ids
+                    else:
+                        record(cell, outcome)
                 waiting = still
                 if waiting:
                     time.sleep(WAIT_POLL)

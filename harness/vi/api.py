@@ -136,7 +136,9 @@ def _moments(problem: Problem, variants, n_samples: int, seeds, stream: int = 0,
         chunk_pairs, n_chunks = chunking(n_samples)
         chunk = 2 * chunk_pairs        # the 1-D rule counts Box-Muller pairs; here samples
         partials = np.empty((S, n_chunks, 1 + 3 * n_terms))
-        kernels().grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk), *args, partials)
+        call = (k0, k1, np.int64(n_samples), np.int64(chunk), *args, partials)
+        kernel_cache.compile_once(kernels().grad_kernel, call)   # once across processes
+        kernels().grad_kernel(*call)
     elif backend == "cuda":
         from ..backends.cuda import require
 
@@ -257,11 +259,13 @@ def optimize(problem: Problem, estimator, opt: OptimizerSpec, seeds) -> np.ndarr
     P = problem.n_params
     _, _, n_terms = layout([v], P)
     rec = np.empty((k0.size, len(record_steps(opt)), P))
-    kernels().opt_kernel(
+    call = (
         k0, k1, np.int64(opt.steps), np.int64(opt.samples), np.int64(t.code), t.ta, t.tm, t.ti,
         np.int64(problem.family.code), np.int64(P), np.int64(problem.dim), np.int64(v.code),
         np.int64(n_terms), problem.theta(), opt.name == "adam", float(opt.lr),
         opt.schedule == "cosine", np.int64(opt.record_every), float(opt.min_diag), rec)
+    kernel_cache.compile_once(kernels().opt_kernel, call)   # once across processes
+    kernels().opt_kernel(*call)
     return rec
 
 
