@@ -230,7 +230,7 @@ class DaskExecutor:
         # nanny sets it before starting the worker process.
         self.cluster = LocalCluster(
             n_workers=w, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, env={"NUMBA_NUM_THREADS": str(t)})
+            dashboard_address=":0", env={"NUMBA_NUM_THREADS": str(t)})
         self.client = Client(self.cluster, set_as_default=False)
 
     def start(self, cells: int = 1) -> DaskExecutor:

@@ -100,9 +100,9 @@ def written_cells(monkeypatch) -> list:
     ids = []
     write = runner.write_cell
 
-    def recording(results_dir, cell, table):
+    def recording(results_dir, cell, table, **metadata):
         ids.append(cell.id)
-        return write(results_dir, cell, table)
+        return write(results_dir, cell, table, **metadata)
 
     monkeypatch.setattr(runner, "write_cell", recording)
     return ids
@@ -219,11 +219,11 @@ def test_driver_lost_mid_run_then_a_rerun_computes_only_the_missing_cells(
     write = runner.write_cell
     written = []
 
-    def write_two_then_die(results_dir, cell, table):
+    def write_two_then_die(results_dir, cell, table, **metadata):
         if len(written) == 2:
             raise DriverLost
         written.append(cell.id)
-        return write(results_dir, cell, table)
+        return write(results_dir, cell, table, **metadata)
 
     monkeypatch.setattr(runner, "write_cell", write_two_then_die)
     with pytest.raises(DriverLost):
