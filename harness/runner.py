@@ -37,6 +37,7 @@ Rules (``run_grid``):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -431,23 +432,14 @@ def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
 def _os_errors(action: str, path: Path):
-    """Turn an OSError into a one-line FilesystemError (``with`` block)."""
-    return _OSErrors(action, path)
-
-
-class _OSErrors:
-    def __init__(self, action, path):
-        self.action, self.path = action, path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if isinstance(err, OSError) and not isinstance(err, FilesystemError):
-            raise filesystem_error(err, self.action, self.path,
-                                   elsewhere="choose another --out directory") from err
-        return False
+    """Turn an OSError of the block into a one-line FilesystemError naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        raise filesystem_error(err, action, path,
+                               elsewhere="choose another --out directory") from err
 
 
 def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: bool = False,
@@ -495,8 +487,6 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
     with _os_errors("create the run directory", out_dir):
         for d in (out_dir, results_dir, out_dir / "grids"):
             d.mkdir(parents=True, exist_ok=True)
-            if not d.is_dir():
-                raise NotADirectoryError(20, "Not a directory", str(d))
     with _os_errors("write the grid", out_dir):
         _remove_stale_temp_files(out_dir, results_dir, out_dir / "grids")
         write_record(out_dir, grid, cells, digest)
@@ -548,6 +538,16 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
                 with interrupts_deferred():
                     claim.release()
 
+    def record(cell: Cell, outcome: str) -> None:
+        nonlocal computed_samples
+        bar.cell_done(cell, outcome == "computed")
+        if outcome == "computed":
+            computed_samples += cell.samples
+            counts["computed"] += 1
+            counts["stale"] += cell.id in stale_ids
+        else:
+            counts["by_others"] += 1
+
     try:
         with bar:
             waiting = []
@@ -555,29 +555,22 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
                 outcome = attempt(cell)
                 if outcome == "busy":
                     waiting.append(cell)
-                    continue
-                bar.cell_done(cell, outcome == "computed")
-                computed_samples += cell.samples if outcome == "computed" else 0
-                counts["computed" if outcome == "computed" else "by_others"] += 1
-                counts["stale"] += outcome == "computed" and cell.id in stale_ids
+                else:
+                    record(cell, outcome)
             if waiting:
                 holders = sorted({_holder(results_dir, c.id) for c in waiting} - {None})
                 echo(f"{grid.name}: waiting for {len(waiting)} cells being computed by "
                      f"another run ({', '.join(holders) or 'unknown'})")
-            while waiting:
+            while waiting:        # a live run's cells: finished by it, or taken over
+                time.sleep(WAIT_POLL)
                 still = []
                 for cell in waiting:
                     outcome = attempt(cell)
                     if outcome == "busy":
                         still.append(cell)
-                        continue
-                    bar.cell_done(cell, outcome == "computed")
-                    computed_samples += cell.samples if outcome == "computed" else 0
-                    counts["computed" if outcome == "computed" else "by_others"] += 1
-                    counts["stale"] += outcome == "computed" and cell.id in stale_ids
+                    else:
+                        record(cell, outcome)
                 waiting = still
-                if waiting:
-                    time.sleep(WAIT_POLL)
     except (KeyboardInterrupt, Interrupted) as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         name = signal.Signals(signum).name

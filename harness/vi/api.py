@@ -19,6 +19,7 @@ import numpy as np
 
 from ..backends.cpu import merge_chunks
 from ..errors import HarnessError
+from ..kernel_cache import compile_once
 from . import kernels
 from .estimators import ESTIMATORS, code_of
 from .families import FAMILIES, Family
@@ -62,6 +63,13 @@ class Problem:
 
     def theta(self) -> np.ndarray:
         return self.family.theta(self.mu, self.C)
+
+
+def _run(kernel, *args):
+    """Call a kernel, compiling it first under the cross-process compile lock
+    (``harness.kernel_cache.compile_once``: processes needing it at once compile it once)."""
+    compile_once(kernel, args)
+    return kernel(*args)
 
 
 def chunking(n_samples: int) -> tuple[int, int]:
@@ -124,7 +132,7 @@ def raw_moments(problem: Problem, codes, n_samples: int, seeds, stream: int = 0,
         # pre-pass on the independent baseline stream: b^_p = sum f s_p^2 / sum s_p^2
         bc = np.array([kernels.E_BSTAR_NUM, kernels.E_BSTAR_DEN], np.int64)
         part = np.empty((S, n_chunks, 1 + 3 * (2 * P + 1)))
-        kernels.grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk),
+        _run(kernels.grad_kernel, k0, k1, np.int64(n_samples), np.int64(chunk),
                             np.int64(stream + kernels.STREAM_BASELINE), np.int64(t.code),
                             t.ta, t.tm, t.ti, np.int64(fam), mus, Cs, bc, f_sums,
                             np.zeros((S, 2 * P)), part)
@@ -141,14 +149,14 @@ def raw_moments(problem: Problem, codes, n_samples: int, seeds, stream: int = 0,
     if (codes == kernels.E_SCORE_LOO).any():
         # first pass: the sum of f over the seed's N samples (same draws, same order)
         part = np.empty((S, n_chunks, 4))
-        kernels.grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk), np.int64(stream),
+        _run(kernels.grad_kernel, k0, k1, np.int64(n_samples), np.int64(chunk), np.int64(stream),
                             np.int64(t.code), t.ta, t.tm, t.ti, np.int64(fam), mus, Cs,
                             codes[:0], f_sums, bases, part)
         m, _ = merge_chunks(part, 1)
         f_sums = m[:, 0] * n_samples
     T = codes.size * P + 1
     part = np.empty((S, n_chunks, 1 + 3 * T))
-    kernels.grad_kernel(k0, k1, np.int64(n_samples), np.int64(chunk), np.int64(stream),
+    _run(kernels.grad_kernel, k0, k1, np.int64(n_samples), np.int64(chunk), np.int64(stream),
                         np.int64(t.code), t.ta, t.tm, t.ti, np.int64(fam), mus, Cs, codes,
                         f_sums, bases, part)
     return merge_chunks(part, T)
@@ -293,7 +301,7 @@ def optimize(problem: Problem, estimator, opt: OptimizerSpec, seeds) -> np.ndarr
     t = problem.target
     n_rec = len(record_steps(opt))
     rec = np.empty((k0.size, n_rec, problem.family.n_params(problem.dim)))
-    kernels.opt_kernel(k0, k1, np.int64(opt.steps), np.int64(opt.samples), np.int64(t.code),
+    _run(kernels.opt_kernel, k0, k1, np.int64(opt.steps), np.int64(opt.samples), np.int64(t.code),
                        t.ta, t.tm, t.ti, np.int64(problem.family.code), np.int64(problem.dim),
                        np.int64(code), problem.theta(), opt.name == "adam", float(opt.lr),
                        opt.schedule == "cosine", np.int64(opt.record_every),
