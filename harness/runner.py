@@ -780,7 +780,7 @@ def run_status(run_dir) -> str:
                          + (f"  code {code or 'unknown'}" if cell_id in stale else ""))
         if len(not_done) > STATUS_CELLS:
             lines.append(f"  ... and {len(not_done) - STATUS_CELLS} more")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 STATUS_CELLS = 20
