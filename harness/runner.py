@@ -560,7 +560,7 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
             if waiting:
                 holders = sorted({_holder(results_dir, c.id) for c in waiting} - {None})
                 echo(f"{grid.name}: waiting for {len(waiting)} cells being computed by "
-                     f"another run ({', '.join(holders) or 'unknown'})")
+                     "another run" + (f" ({', '.join(holders)})" if holders else ""))
             while waiting:        # a live run's cells: finished by it, or taken over
                 time.sleep(WAIT_POLL)
                 still = []
