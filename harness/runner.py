@@ -254,6 +254,11 @@ def last_run(run_dir) -> RunRecord | None:
     try:
         about = json.loads((run_dir / "grid.json").read_text())
         cells = tuple((str(i), int(n)) for i, n in about["cells"])
+        # the text of this very grid (grid.yaml may be a newer run's, interrupted between
+        # writing it and grid.json)
+        kept = run_dir / "grids" / f"{about.get('grid')}.yaml"
+        if kept.is_file():
+            text = kept.read_text(encoding="utf-8", errors="replace")
         return RunRecord(str(about["name"]), str(about["path"]), about.get("grid"), cells,
                          text or "")
     except (OSError, ValueError, KeyError, TypeError):

@@ -23,6 +23,7 @@ with the reason, where the machine does not allow it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -176,6 +177,27 @@ def test_result_files_record_the_version_and_the_code(tmp_path, calls):
         assert meta[b"harness.code"] == provenance.code_digest().encode()
         grid_digest = meta[b"harness.grid"].decode()
         assert (out / "grids" / f"{grid_digest}.yaml").read_text() == GRID
+
+
+def test_cell_ids_are_those_of_earlier_versions(tmp_path):
+    """``seeds: R`` is now a range (ten million seeds cost nothing), hashed in pieces: the
+    ids must still be the sha256 of the cell's JSON with the list of seeds, as before, so
+    existing result files stay finished."""
+    import hashlib
+
+    from harness.config import load_grid
+
+    grid = load_grid(REPO / "examples" / "reparam_trick.yaml")
+    assert isinstance(grid.seeds, range)
+    for cell in runner.expand_cells(grid):
+        text = json.dumps(cell.to_dict(), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=True, allow_nan=False)
+        assert cell.id == hashlib.sha256(text.encode()).hexdigest()[:16]
+        as_tuple = runner.Cell(cell.kind, cell.experiment, cell.point, cell.estimators,
+                               cell.n_samples, tuple(cell.seeds), cell.backend)
+        assert as_tuple.id == cell.id
+    many = dataclasses.replace(cell, seeds=range(3, 150_003))       # hashed in 3 pieces
+    assert many.id == dataclasses.replace(cell, seeds=tuple(many.seeds)).id
 
 
 def test_the_code_digest_follows_the_computing_sources_only(tmp_path, monkeypatch):
