@@ -254,6 +254,11 @@ def last_run(run_dir) -> RunRecord | None:
     try:
         about = json.loads((run_dir / "grid.json").read_text())
         cells = tuple((str(i), int(n)) for i, n in about["cells"])
+        # the text of this very grid (grid.yaml may be a newer run's, interrupted between
+        # writing it and grid.json)
+        kept = run_dir / "grids" / f"{about.get('grid')}.yaml"
+        if kept.is_file():
+            text = kept.read_text(encoding="utf-8", errors="replace")
         return RunRecord(str(about["name"]), str(about["path"]), about.get("grid"), cells,
                          text or "")
     except (OSError, ValueError, KeyError, TypeError):
@@ -432,23 +437,14 @@ def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
 def _os_errors(action: str, path: Path):
-    """Turn an OSError into a one-line FilesystemError (``with`` block)."""
-    return _OSErrors(action, path)
-
-
-class _OSErrors:
-    def __init__(self, action, path):
-        self.action, self.path = action, path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if isinstance(err, OSError) and not isinstance(err, FilesystemError):
-            raise filesystem_error(err, self.action, self.path,
-                                   elsewhere="choose another --out directory") from err
-        return False
+    """Turn an OSError of the block into a one-line FilesystemError naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        raise filesystem_error(err, action, path,
+                               elsewhere="choose another --out directory") from err
 
 
 def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: bool = False,
@@ -501,8 +497,6 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
     with _os_errors("create the run directory", out_dir):
         for d in (out_dir, results_dir, out_dir / "grids"):
             d.mkdir(parents=True, exist_ok=True)
-            if not d.is_dir():
-                raise NotADirectoryError(20, "Not a directory", str(d))
     with _os_errors("write the grid", out_dir):
         _remove_stale_temp_files(out_dir, results_dir, out_dir / "grids")
         write_record(out_dir, grid, cells, digest)
@@ -557,9 +551,12 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
     def record(cell: Cell, outcome: str) -> None:
         nonlocal computed_samples
         bar.cell_done(cell, outcome == "computed")
-        computed_samples += cell.samples if outcome == "computed" else 0
-        counts["computed" if outcome == "computed" else "by_others"] += 1
-        counts["stale"] += outcome == "computed" and cell.id in stale_ids
+        if outcome == "computed":
+            computed_samples += cell.samples
+            counts["computed"] += 1
+            counts["stale"] += cell.id in stale_ids
+        else:
+            counts["by_others"] += 1
 
     def claimed(cells, waiting, held):
         """The cells this run claims, as the executor asks for them (busy ones wait)."""
@@ -610,8 +607,9 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
             if waiting:
                 holders = sorted({_holder(results_dir, c.id) for c in waiting} - {None})
                 echo(f"{grid.name}: waiting for {len(waiting)} cells being computed by "
-                     f"another run ({', '.join(holders) or 'unknown'})")
-            while waiting:
+                     "another run" + (f" ({', '.join(holders)})" if holders else ""))
+            while waiting:        # a live run's cells: finished by it, or taken over
+                time.sleep(WAIT_POLL)
                 still = []
                 for cell in waiting:
                     outcome = attempt(cell)
@@ -620,8 +618,6 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
                     else:
                         record(cell, outcome)
                 waiting = still
-                if waiting:
-                    time.sleep(WAIT_POLL)
     except (KeyboardInterrupt, Interrupted) as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         name = signal.Signals(signum).name
@@ -831,7 +827,7 @@ def run_status(run_dir) -> str:
                          + (f"  code {code or 'unknown'}" if cell_id in stale else ""))
         if len(not_done) > STATUS_CELLS:
             lines.append(f"  ... and {len(not_done) - STATUS_CELLS} more")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 STATUS_CELLS = 20
