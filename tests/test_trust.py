@@ -501,9 +501,9 @@ COMPILE = textwrap.dedent("""\
     ready.touch()
     while not go.exists():
         time.sleep(0.01)
-    cpu.estimate("normal", "square", ["score_function", "pathwise"], ["mu"], 2.0, 1.0, 0.0,
-                 100, np.arange(4))
-    kernel = cpu.load_kernel("square", ("score_function", "pathwise"), ("mu",))
+    cpu.estimate("normal", "square", ["score_function", "pathwise"], ["mu"],
+                 {"mu": 2.0, "sigma": 1.0}, 100, np.arange(4))
+    kernel = cpu.load_kernel("normal", "square", ("score_function", "pathwise"), ("mu",))
     print(json.dumps({"hits": sum(kernel.stats.cache_hits.values()),
                       "misses": sum(kernel.stats.cache_misses.values())}))
 """)
