@@ -1,5 +1,5 @@
 """Deterministic quadrature rules for the exact references (``harness.exact`` and the
-estimators' ``exact_moments``).  Plain NumPy; no registry imports, so estimator modules can
+estimators' ``reference`` functions).  Plain NumPy; no registry imports, so estimator modules can
 use it.
 
 - ``normal_expect(h)``: E[h(eps)], eps ~ N(0, 1), by ``GH_NODES``-point Gauss-Hermite

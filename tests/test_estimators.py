@@ -478,3 +478,21 @@ def test_combinations_that_cannot_work_are_rejected_before_running():
         with pytest.raises(ConfigError, match="needs the derivative of the cost") as info:
             registry.check_combination(label, FAMILY, no_derivative)
         assert "\n" not in str(info.value) and "use score_function" in str(info.value)
+
+
+def test_validate_rejects_delta_cv_on_a_cost_without_a_second_derivative(monkeypatch):
+    """Before issue 9 this grid passed validation and failed when run; now the config loader
+    rejects it at the estimator's line, in one line."""
+    from harness.config import parse_grid
+    from harness.errors import ConfigError
+
+    monkeypatch.setitem(registry.COSTS, "no_f2", Cost(
+        name="no_f2", params=(), value=quartic_value, derivative=quartic_derivative))
+    text = ("problem:\n  distribution: normal\n  cost: no_f2\n  mu: 2.0\n  sigma: 1.0\n"
+            "estimators: [pathwise, delta_cv]\nn_samples: 100\nseeds: 3\n")
+    with pytest.raises(ConfigError) as info:
+        parse_grid(text, "g.yaml")
+    message = str(info.value)
+    assert message.startswith("g.yaml:6: estimators[1]: delta_cv needs the second derivative")
+    assert "\n" not in message
+    parse_grid(text.replace(", delta_cv", ""), "g.yaml")  # pathwise alone is fine

@@ -136,7 +136,8 @@ def kernel(keys0, keys1, n_samples, chunk_pairs, params, consts, out):
     chunk's quantities, shifted by those of its first sample (guards against cancellation)."""
     n_seeds, n_chunks = out.shape[0], out.shape[1]
     n_pairs = (n_samples + 1) // 2  # an odd N uses the first draw of its last pair
-    theta = ({theta},)  # as unpack(params): parfor's array analysis rejects a nested tuple
+    # theta and k as unpack(params) gives them (parfor's array analysis rejects that call)
+    theta = ({theta},)
     k = {k}
     cell_consts = constants_tuple(consts)  # scalars, so the hot loop never reads the array
     for job in prange(n_seeds * n_chunks):
@@ -151,12 +152,10 @@ def kernel(keys0, keys1, n_samples, chunk_pairs, params, consts, out):
         shift = first_sample_terms(theta, k, e0, e0_copy, key0, key1, 2 * first, cell_consts)
         acc = np.zeros((2, N_TERMS, LANES))  # [sum | sum of squares, term, lane]
         eps = np.empty((2, LANES))            # the block's pairs of base draws
-        eps_copy = np.full((2, LANES), math.nan)  # and their copies (if drawn)
-        for b in range((last - first + LANES - 1) // LANES):
+{copy_alloc}        for b in range((last - first + LANES - 1) // LANES):
             for lane in range(LANES):
                 pair = first + b * LANES + lane
-                eps[0, lane], eps[1, lane] = family_draw_pair(key0, key1, pair, 0)
-{copy_draw}
+                eps[0, lane], eps[1, lane] = family_draw_pair(key0, key1, pair, 0){copy_draw}
             # Sample 2p + h of pair p = first + b * LANES + lane.  The lane loop is innermost
             # (LLVM vectorises innermost loops only) and the (large, inlined) sample body has
             # one call site: numba's IR inlining is the bulk of the compile time.  Each lane
@@ -166,7 +165,7 @@ def kernel(keys0, keys1, n_samples, chunk_pairs, params, consts, out):
                     p = first + b * LANES + lane  # int64: mixing in uint64 would give floats
                     # past the chunk's end (or N's) a draw adds exactly 0.0: no tail copy
                     use = p < last and (h == 0 or 2 * p + 1 < n_samples)
-                    t = sample_terms(theta, k, eps[h, lane], eps_copy[h, lane], key0, key1,
+                    t = sample_terms(theta, k, eps[h, lane], {copy_arg}, key0, key1,
                                      2 * p + h, cell_consts)
 {accumulate_pair}
         out[s, c, 0] = min(2 * last, n_samples) - 2 * first
@@ -340,8 +339,11 @@ def kernel_source(family, cost, estimators: tuple[str, ...], components: tuple[s
                          *lines, f"    return ({', '.join(names)},)"]),
         consts_tuple=", ".join(f"consts[{j}]" for j in range(max(n_consts, 1))),
         first_copy="family_draw_pair(key0, key1, first, COPY_STREAM)[0]" if copy else "math.nan",
-        copy_draw=(" " * 16 + "eps_copy[0, lane], eps_copy[1, lane] = family_draw_pair(key0, "
-                   "key1, pair, COPY_STREAM)") if copy else "",
+        copy_alloc=(" " * 8 + "eps_copy = np.empty((2, LANES))       # and their copies\n"
+                    if copy else ""),
+        copy_draw=("\n" + " " * 16 + "eps_copy[0, lane], eps_copy[1, lane] = family_draw_pair("
+                   "key0, key1, pair, COPY_STREAM)") if copy else "",
+        copy_arg="eps_copy[h, lane]" if copy else "math.nan",
         accumulate_pair=_accumulate(n_terms, " " * 20),
     )
 
