@@ -54,9 +54,13 @@ def drive(grid_path: str, out: str, executor: str, workers: str, threads: str) -
             summary = run_grid(grid, out, progress=False, executor=ex)
             shape = ex.shape
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": round(seconds, 3), "computed": summary.computed,
-                      "peak_rss_mib": round(peak, 1), "shape": shape}))
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    # the workers' CPU time too: they are descendants, waited for when the cluster closed
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    print(json.dumps({"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+                      "computed": summary.computed, "peak_rss_mib": round(me.ru_maxrss / 1024, 1),
+                      "shape": shape}))
 
 
 def run(grid_text_or_path, executor="serial", workers=0, threads=0, env=None) -> dict:
@@ -77,44 +81,52 @@ def run(grid_text_or_path, executor="serial", workers=0, threads=0, env=None) ->
 
 
 def overhead() -> None:
-    small, large = 200, 2000
+    """Per cell: the difference between a 1,000- and a 200-cell run (start-up cancels)."""
+    small, large = 200, 1000
     for label, kwargs in (("serial", {}),
                           ("dask 1 worker", {"executor": "dask", "workers": 1, "threads": 1}),
                           ("dask 2 workers", {"executor": "dask", "workers": 2, "threads": 1})):
         a, b = run(tiny_grid(small), **kwargs), run(tiny_grid(large), **kwargs)
-        per_cell = (b["seconds"] - a["seconds"]) / (large - small)
+        wall = (b["seconds"] - a["seconds"]) / (large - small)
+        cpu = (b["cpu_seconds"] - a["cpu_seconds"]) / (large - small)
         print(f"{label:15} {small} cells {a['seconds']:.2f} s, {large} cells "
-              f"{b['seconds']:.2f} s: {1000 * per_cell:.2f} ms per cell "
-              f"({1 / per_cell:.0f} cells/s)", flush=True)
+              f"{b['seconds']:.2f} s: {1000 * wall:.1f} ms wall, {1000 * cpu:.1f} ms CPU "
+              f"(all processes) per cell", flush=True)
 
 
 def memory() -> None:
-    for label, kwargs in (("serial", {}),
-                          ("dask 2 workers", {"executor": "dask", "workers": 2, "threads": 1})):
-        for cells in (1000, 10000):
-            r = run(tiny_grid(cells), **kwargs)
-            print(f"{label:15} {cells:6} cells: {r['seconds']:.1f} s, driver peak RSS "
-                  f"{r['peak_rss_mib']:.0f} MiB", flush=True)
+    for label, cells, kwargs in (
+            ("serial", 1000, {}),
+            ("dask 2 workers", 1000, {"executor": "dask", "workers": 2, "threads": 1}),
+            ("dask 2 workers", 10000, {"executor": "dask", "workers": 2, "threads": 1})):
+        r = run(tiny_grid(cells), **kwargs)
+        print(f"{label:15} {cells:6} cells: {r['seconds']:.1f} s, driver peak RSS "
+              f"{r['peak_rss_mib']:.0f} MiB", flush=True)
 
 
-def speedup() -> None:
+def speedup(repeats: int = 2) -> None:
+    """The study grid, warm caches; the configurations alternate (the machine's load
+    drifts), each run printed with the load average before it."""
     run(STUDY)                            # warm the kernel cache
-    for label, kwargs in (("serial (2 numba threads)", {}),
-                          ("dask 2 workers x 1 thread", {"executor": "dask"}),
-                          ("dask 1 worker x 2 threads", {"executor": "dask", "workers": 1})):
-        r = run(STUDY, **kwargs)
-        print(f"{label:26} {r['seconds']:.1f} s ({r['computed']} cells, shape "
-              f"{r['shape']})", flush=True)
+    for i in range(repeats):
+        for label, kwargs in (("serial (2 numba threads)", {}),
+                              ("dask 2 workers x 1 thread", {"executor": "dask"}),
+                              ("dask 1 worker x 2 threads", {"executor": "dask", "workers": 1})):
+            load = os.getloadavg()[0]
+            r = run(STUDY, **kwargs)
+            print(f"run {i + 1}: {label:26} {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s "
+                  f"CPU ({r['computed']} cells; load average {load:.1f} before)", flush=True)
 
 
 def cold() -> None:
     for label, kwargs in (("serial", {}), ("dask 2 workers x 1 thread", {"executor": "dask"})):
         with tempfile.TemporaryDirectory(prefix="harness-cold-") as tmp:
             env = {"HARNESS_KERNEL_DIR": f"{tmp}/kernels", "NUMBA_CACHE_DIR": f"{tmp}/numba"}
+            load = os.getloadavg()[0]
             first = run(STUDY, env=env, **kwargs)
             second = run(STUDY, env=env, **kwargs)
-        print(f"{label:26} cold {first['seconds']:.1f} s, warm {second['seconds']:.1f} s",
-              flush=True)
+        print(f"{label:26} cold {first['seconds']:.1f} s, warm {second['seconds']:.1f} s "
+              f"(load average {load:.1f} before)", flush=True)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,10 @@ def numba_threads() -> int:
     import numba
 
     if os.environ.get("NUMBA_NUM_THREADS"):
+        # The nanny sets the worker's environment after the process started, and numba may
+        # have been imported before (a spawned worker re-imports the driver's main module,
+        # e.g. harness.cli): read the variable again before numba starts its threads.
+        numba.core.config.reload_config()
         wanted = numba.config.NUMBA_NUM_THREADS
     else:
         from distributed import get_worker

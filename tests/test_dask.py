@@ -11,9 +11,11 @@ every cell written once); a driver stopped mid-run (a rerun computes only what i
 an unreachable scheduler (one line, exit 2); a bounded number of cells in flight.
 """
 
+import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import cloudpickle  # noqa: E402  (a dependency of distributed)
 from click.testing import CliRunner  # noqa: E402
 from helpers import expectation_grid  # noqa: E402
 
+import harness  # noqa: E402
 from harness import runner  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.errors import ClusterError  # noqa: E402
@@ -44,6 +47,7 @@ from harness.runner import compute_cell, expand_cells, run_grid  # noqa: E402
 # this test module).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
+REPO = Path(harness.__file__).resolve().parent.parent
 GRID = expectation_grid(name="dask", params=(("mu", (2.0,)), ("sigma", (1.0,)),
                                              ("k", (-1.0, 0.0, 2.0))),
                         n_samples=(100, 1000), seeds=tuple(range(16)))
@@ -163,16 +167,50 @@ def _kernel_stats():
     return (hits, misses) if hits + misses else None
 
 
+GRID_YAML = ("name: dask\nproblem: {distribution: normal, cost: quadratic, mu: 2.0, "
+             "sigma: 1.0,\n          k: [-1.0, 0.0, 2.0]}\n"
+             "estimators: [score_function, pathwise]\nn_samples: [100, 1000]\nseeds: 16\n")
+
+
 def test_cli_runs_on_an_existing_cluster(executor, serial, tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text(
-        "name: dask\nproblem: {distribution: normal, cost: quadratic, mu: 2.0, sigma: 1.0,\n"
-        "          k: [-1.0, 0.0, 2.0]}\nestimators: [score_function, pathwise]\n"
-        "n_samples: [100, 1000]\nseeds: 16\n")
+    grid.write_text(GRID_YAML)
     result = CliRunner().invoke(main, ["run", str(grid), "--out", str(tmp_path / "run"),
                                        "--scheduler", executor.cluster.scheduler_address])
     assert result.exit_code == 0, result.output
     assert "6 cells (6 computed, 0 skipped)" in result.output
+    assert_bitwise_equal(serial, tmp_path / "run")
+
+
+# Run as its own program: like the `harness` console script, its main module imports
+# harness (hence numba) at the top, so the spawned workers import numba before the nanny
+# sets NUMBA_NUM_THREADS in their environment.
+DRIVER = """
+import json, sys
+from harness.cli import main  # noqa: F401  (what the console script imports first)
+from harness.executors import DaskExecutor, numba_threads
+from harness.runner import run_grid
+from harness.config import load_grid
+if __name__ == "__main__":
+    with DaskExecutor(workers=2, threads=1) as ex:
+        summary = run_grid(load_grid(sys.argv[1]), sys.argv[2], progress=False, executor=ex)
+        threads = ex.client.run(numba_threads)
+        print(json.dumps({"computed": summary.computed, "threads": sorted(threads.values()),
+                          "shape": ex.shape}))
+"""
+
+
+def test_a_local_cluster_started_by_a_driver_program(serial, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID_YAML)
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    result = subprocess.run([sys.executable, str(script), str(grid), str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"computed": 6, "threads": [1, 1], "shape": [2, 1]}
     assert_bitwise_equal(serial, tmp_path / "run")
 
 
