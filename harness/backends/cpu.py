@@ -341,8 +341,10 @@ def kernel_source(family, cost, estimators: tuple[str, ...], components: tuple[s
         first_copy="family_draw_pair(key0, key1, first, COPY_STREAM)[0]" if copy else "math.nan",
         copy_alloc=(" " * 8 + "eps_copy = np.empty((2, LANES))       # and their copies\n"
                     if copy else ""),
-        copy_draw=("\n" + " " * 16 + "eps_copy[0, lane], eps_copy[1, lane] = family_draw_pair("
-                   "key0, key1, pair, COPY_STREAM)") if copy else "",
+        copy_draw=("\n" + " " * 12 + "for lane in range(LANES):  # a loop of its own: LLVM "
+                   "vectorises it\n" + " " * 16 + "pair = first + b * LANES + lane\n" + " " * 16
+                   + "eps_copy[0, lane], eps_copy[1, lane] = family_draw_pair(key0, key1, pair, "
+                   "COPY_STREAM)") if copy else "",
         copy_arg="eps_copy[h, lane]" if copy else "math.nan",
         accumulate_pair=_accumulate(n_terms, " " * 20),
     )

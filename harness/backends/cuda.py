@@ -123,7 +123,7 @@ def load_kernel(family, cost, estimators: tuple[str, ...], components: tuple[str
 def _kernel(family, cost, estimators: tuple[str, ...], components: tuple[str, ...]):
     from . import _cuda_kernels
 
-    key = (family, registry.cost_key(cost), estimators, components)
+    key = (registry.get_family(family).name, registry.cost_key(cost), estimators, components)
     with _lock:
         if key not in _loaded:
             module = sys.modules[cpu.load_kernel(family, cost, estimators, components).__module__]
