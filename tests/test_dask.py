@@ -282,7 +282,7 @@ def _fake_rows(cell):
 
 def test_cells_in_flight_are_bounded(executor):
     cells = expand_cells(expectation_grid(name="many", params=(
-        ("mu", (2.0,)), ("sigma", (1.0,)), ("k", tuple(float(k) for k in range(60)))),
+        ("mu", (2.0,)), ("sigma", (1.0,)), ("k", tuple(float(k) for k in range(24)))),
         n_samples=(10,), seeds=(0,)))
     taken = []
 
