@@ -8,13 +8,18 @@ n_samples, seeds)`` call by name) and :func:`exact_reference`.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import os
+import subprocess
+import sys
 import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from harness.exact import reference
 from harness.kinds.expectation import ExpectationProblem
@@ -109,3 +114,22 @@ def fake_backend(delay=0.0, calls=None, kernel=fake_estimate) -> types.ModuleTyp
 
     module.estimate = estimate
     return module
+
+
+# ------------------------------------------------------------------- CUDA (numba-cuda) tests
+
+HAS_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def _gpu_available() -> bool:
+    if not HAS_NUMBA_CUDA or SIMULATOR:
+        return False
+    out = subprocess.run([sys.executable, "-c", "from harness.backends.cuda import require; "
+                          "print(require().is_available())"], capture_output=True, text=True)
+    return out.stdout.strip() == "True"
+
+
+CAN_RUN_CUDA = HAS_NUMBA_CUDA and (SIMULATOR or _gpu_available())
+needs_cuda = pytest.mark.skipif(not CAN_RUN_CUDA, reason="needs numba-cuda and a GPU or "
+                                "NUMBA_ENABLE_CUDASIM=1 (tox -e cudasim)")

@@ -10,7 +10,6 @@ Stated tolerance (also in harness.backends.cuda): Philox integers bitwise equal;
 to a relative 1e-10 (the GPU contracts multiply-adds differently and sums in another order).
 """
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -19,25 +18,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import CAN_RUN_CUDA as CAN_RUN  # noqa: E402
+from helpers import SIMULATOR, needs_cuda  # noqa: E402
 
 from harness import rng
 from harness.backends import cpu
-
-HAS_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-
-
-def _gpu_available() -> bool:
-    if not HAS_NUMBA_CUDA or SIMULATOR:
-        return False
-    out = subprocess.run([sys.executable, "-c", "from harness.backends.cuda import require; "
-                          "print(require().is_available())"], capture_output=True, text=True)
-    return out.stdout.strip() == "True"
-
-
-CAN_RUN = HAS_NUMBA_CUDA and (SIMULATOR or _gpu_available())
-needs_cuda = pytest.mark.skipif(not CAN_RUN, reason="needs numba-cuda and a GPU or "
-                                "NUMBA_ENABLE_CUDASIM=1 (tox -e cudasim)")
 
 GRID = textwrap.dedent("""\
     name: tiny

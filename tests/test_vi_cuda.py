@@ -7,7 +7,6 @@ need no CUDA run.  Stated tolerance (harness.vi.cuda): estimates within
 simulator, which calls the CPU-compiled per-chunk function, bitwise equal.
 """
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -16,26 +15,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import CAN_RUN_CUDA as CAN_RUN  # noqa: E402
+from helpers import HAS_NUMBA_CUDA, SIMULATOR, needs_cuda  # noqa: E402
 
 from harness.backends import cpu
 from harness.vi import api
 from harness.vi.api import Problem
-
-HAS_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-
-
-def _gpu_available() -> bool:
-    if not HAS_NUMBA_CUDA or SIMULATOR:
-        return False
-    out = subprocess.run([sys.executable, "-c", "from harness.backends.cuda import require; "
-                          "print(require().is_available())"], capture_output=True, text=True)
-    return out.stdout.strip() == "True"
-
-
-CAN_RUN = HAS_NUMBA_CUDA and (SIMULATOR or _gpu_available())
-needs_cuda = pytest.mark.skipif(not CAN_RUN, reason="needs numba-cuda and a GPU or "
-                                "NUMBA_ENABLE_CUDASIM=1 (tox -e cudasim)")
 
 ALL = [("reparam", ()), ("reparam_sampled_entropy", ()), ("stl", ()), ("score_function", ()),
        ("score_function", (("baseline", "mean"),)),
