@@ -193,7 +193,8 @@ def describe(grid) -> str:
     p = grid.problem
     cells = math.prod(len(values) for _, values in p.params) * len(grid.n_samples)
     params = " ".join(f"{name}={values_text(values)}" for name, values in p.params)
-    return (f"{cells} cells; {p.distribution}/{p.cost} {params}; wrt {','.join(p.wrt)}; "
+    cost = registry.get_cost(p.cost).name
+    return (f"{cells} cells; {p.distribution}/{cost} {params}; wrt {','.join(p.wrt)}; "
             f"N={values_text(grid.n_samples)}")
 
 
