@@ -30,7 +30,6 @@ import cloudpickle  # noqa: E402  (a dependency of distributed)
 from click.testing import CliRunner  # noqa: E402
 from helpers import expectation_grid  # noqa: E402
 
-import harness  # noqa: E402
 from harness import runner  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.errors import ClusterError  # noqa: E402
@@ -47,7 +46,7 @@ from harness.runner import compute_cell, expand_cells, run_grid  # noqa: E402
 # this test module).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-REPO = Path(harness.__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 GRID = expectation_grid(name="dask", params=(("mu", (2.0,)), ("sigma", (1.0,)),
                                              ("k", (-1.0, 0.0, 2.0))),
                         n_samples=(100, 1000), seeds=tuple(range(16)))

@@ -19,13 +19,12 @@ import pandas as pd
 import pytest
 from helpers import QUADRATIC, expectation_grid, fake_backend
 
-import harness
 from harness.config import EstimatorSpec
 from harness.errors import BackendError
 from harness.results import finished_cells, read_results, temp_files
 from harness.runner import Cell, RunSummary, expand_cells, format_count, run_grid
 
-REPO = Path(harness.__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 

@@ -51,7 +51,7 @@ from harness import claims, kernel_cache, provenance, runner
 from harness.cli import main
 from harness.results import finished_cells, temp_files
 
-REPO = Path(harness.__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 GRID = """\
