@@ -221,7 +221,10 @@ def test_progress_shows_cells_and_rate(tmp_path, calls, capsys):
 # ------------------------------------------------------------------- interruption (kill)
 
 INTERRUPTED_RUN = textwrap.dedent("""
-    import sys
+    import signal, sys
+    # a shell's background job starts with SIGINT ignored, and Python then keeps it ignored:
+    # restore Ctrl-C's KeyboardInterrupt so the test does not depend on how it was launched
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path[:0] = [{repo!r}, {tests!r}]
     from test_runner import fake_backend, make_grid, INTERRUPT_GRID
     sys.modules["harness.backends.cpu"] = fake_backend(delay=0.12)
