@@ -96,14 +96,15 @@ def _on_path(path):
 
 
 def import_function(ref, key, path, where="problem.cost", arities=(1, 2),
-                    arguments="x, or x and k", example="my_costs:quartic"):
+                    arguments="x, or x and k", example="my_costs:quartic", what="cost"):
     """Import the plain Python function ``ref`` (``"module:function"``) with the grid's
     directory ``path`` first on the import path: ``(UserFunction, function)``.
 
     A one-line ``ConfigError`` (key ``where``) if the reference is malformed, the module
     cannot be imported (or is already imported from another directory), the function is
     missing or is not a plain Python function, or its number of arguments is not in
-    ``arities`` (``arguments`` says what it takes, ``example`` is a well-formed reference).
+    ``arities`` (``arguments`` says what a ``what`` function takes, ``example`` is a
+    well-formed reference).
     Shared by user costs and user ELBO targets (``harness.vi.targets.user``)."""
     def fail(message, fix):
         raise ConfigError(message, key=where, fix=fix)
@@ -134,7 +135,7 @@ def import_function(ref, key, path, where="problem.cost", arities=(1, 2),
              f"wrap it: def {fn_name}({arguments.split(',')[0]}): return ...")
     n_args = len(inspect.signature(fn).parameters)
     if n_args not in arities:
-        fail(f"{ref} takes {n_args} arguments", f"a {key} function takes {arguments}")
+        fail(f"{ref} takes {n_args} arguments", f"a {what} function takes {arguments}")
     return UserFunction(module_name, fn_name, n_args == 2), fn
 
 

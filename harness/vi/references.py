@@ -23,7 +23,8 @@ Definitions (eps ~ N(0, I_d), z = mu + C eps, target g = N(m, S), q = N(mu, C C^
                                   b*_j = E[f s_j^2] / E[s_j^2]
 
 Finite N (``finite_n``: the variance of the N-sample estimate and the expected within-seed
-sample variance, which the N -> infinity values above approach as O(1/N)):
+sample variance, which the N -> infinity values above approach as O(1/N); the algebra is the
+1-D study's, ``harness.estimators.score_function.finite_n_*_from_moments``):
 
   ``baseline=mean``: the estimate is the sample covariance of f and s_j, so exactly
       N Var[estimate] = V_j + (c_j^2 + Var[f] E[s_j^2]) / (N - 1)
@@ -67,6 +68,10 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from ..errors import HarnessError
+from ..estimators.score_function import (
+    finite_n_mean_from_moments,
+    finite_n_optimal_from_moments,
+)
 from ..quadrature import hermite_tensor
 from .codes import (
     E_REPARAM,
@@ -255,11 +260,12 @@ def finite_n(problem, code: int, n: int) -> tuple[np.ndarray, np.ndarray] | None
     else:
         return None
     if code == E_SCORE_MEAN:
-        c2, spread = m["grad"] ** 2, m["var_f"] * m["mean_s2"]
-        return (m["var_mean"] + (c2 + spread) / (n - 1),
-                m["var_mean"] + spread / (n - 1) - c2 / (n - 1) ** 2)
-    value = m["var_optimal"] + fourth / (n * m["mean_s2"])
-    return value, value
+        sample_var, n_var = finite_n_mean_from_moments(m["var_mean"], m["grad"], m["var_f"],
+                                                       m["mean_s2"], n)
+    else:
+        sample_var, n_var = finite_n_optimal_from_moments(m["var_optimal"], fourth,
+                                                          m["mean_s2"], n)
+    return n_var, sample_var
 
 
 # ----------------------------------------------------------------------------- user targets

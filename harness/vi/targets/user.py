@@ -140,7 +140,7 @@ def _load(key: tuple) -> UserTarget:
     for role, ref in (("python", python), ("gradient", gradient)):
         origin, fn = import_function(ref, role, path, where=WHERE, arities=(1,),
                                      arguments="z (a 1-D float array)",
-                                     example="my_targets:log_density")
+                                     example="my_targets:log_density", what="target")
         origins.append(origin)
         files.append(Path(fn.__code__.co_filename).resolve())
         jitted.append(_compiled(fn, ref))
