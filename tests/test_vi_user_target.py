@@ -18,13 +18,13 @@ import textwrap
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import run_grid
 from test_vi import ALL, Z, finite_n_reference, worst, z_scores
 
 from harness import kernel_cache
 from harness.cli import main
 from harness.config import parse_grid
 from harness.errors import BackendError, ConfigError
-from harness.results import read_results
 from harness.vi import api, codes, references
 from harness.vi.api import Problem
 from harness.vi.targets import ripple, user
@@ -243,16 +243,11 @@ def test_grid_errors_are_one_line(module_dir, replacements, fragment):
     assert "grid.yaml:" in message
 
 
-def test_a_grid_with_a_user_target_runs_end_to_end(module_dir, tmp_path):
-    grid = module_dir / "grid.yaml"
-    grid.write_text(GRID)
-    runner = CliRunner()
-    result = runner.invoke(main, ["validate", str(grid)])
-    assert result.exit_code == 0 and "elbo target vi_user_targets_for_tests:mixture" in \
-        result.output, result.output
-    result = runner.invoke(main, ["run", str(grid), "--out", str(tmp_path / "run")])
-    assert result.exit_code == 0, result.output
-    df = read_results(tmp_path / "run" / "results")
+def test_a_grid_with_a_user_target_runs_end_to_end(module_dir):
+    _, df = run_grid(module_dir, GRID, "grid.yaml")      # the module sits beside the grid
+    result = CliRunner().invoke(main, ["validate", str(module_dir / "grid.yaml")])
+    assert result.exit_code == 0 and f"elbo target {MODULE_NAME}:mixture" in result.output, \
+        result.output
     assert set(df["target"]) == {f"{MODULE_NAME}:mixture"} and set(df["dim"]) == {2}
     assert set(df["exact_source"]) == {"quadrature"}
     assert np.isfinite(df["exact_var"]).all() and np.isfinite(df["exact_elbo"]).all()
