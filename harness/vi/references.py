@@ -279,10 +279,13 @@ def gradient(problem) -> np.ndarray | None:
 
 
 def elbo(problem) -> float | None:
-    """The exact ELBO E f of a user target (None as for ``gradient``)."""
+    """The exact ELBO E f of a user target (None as for ``gradient``).  Computed alone (f at
+    the nodes, not the estimators' terms): optimisation traces ask for it at every record."""
     if problem.target.code != T_USER or unavailable(T_USER, problem.dim):
         return None
-    value = user_moments(problem)["mean_f"]
+    value = _converged(("user_elbo", *_key(problem)), lambda nodes: {"mean_f": sum(
+        w @ _integrand_score_pieces(problem, eps)[0]
+        for eps, w in hermite_tensor(nodes, problem.dim))})["mean_f"]
     return None if value is None else float(value)
 
 
@@ -348,15 +351,37 @@ def _user_moments_at(problem, nodes: int) -> dict:
 
 def user_moments(problem) -> dict:
     """The user-target references: each quantity of ``_user_moments_at`` from the first pair
-    of rules of ``USER_NODES`` that agree to ``USER_RTOL`` (else None), and ``var``: code ->
-    per-sample variance (the codes with a converged reference).  Cached per (target,
-    family, q)."""
+    of rules of ``USER_NODES`` that agree (``_converged``; None where none does), and
+    ``var``: code -> per-sample variance (the codes with a converged reference).  Cached
+    per (target, family, q)."""
     key = ("user", *_key(problem))
+    if key in _cache:
+        return _cache[key]
+    out = dict(_converged(("user_rules", *key[1:]), lambda n: _user_moments_at(problem, n)))
+    for name in ("mean_f", "var_f"):
+        out[name] = None if out[name] is None else float(out[name][0])
+    out["var"] = {code: out[name] for code, name in (
+        (E_SCORE, "var_none"), (E_SCORE_MEAN, "var_mean"), (E_SCORE_OPTIMAL, "var_optimal"),
+        (E_SCORE_EXACT_OPTIMAL, "var_optimal"), (E_REPARAM, f"var_{E_REPARAM}"),
+        (E_STL, f"var_{E_STL}"),
+        (E_REPARAM_SAMPLED_ENTROPY, f"var_{E_REPARAM_SAMPLED_ENTROPY}"))
+        if out[name] is not None}
+    if len(_cache) > 64:
+        _cache.clear()
+    _cache[key] = out
+    return out
+
+
+def _converged(key, compute) -> dict:
+    """``compute(nodes)`` (a dict of quantities) by the pairs of rules of ``USER_NODES``,
+    coarse to fine: each quantity from the first pair that agrees to ``USER_RTOL`` relative
+    to its largest component (plus ``USER_ATOL``), the finer rule's value; None where no
+    pair agrees.  Cached under ``key``."""
     if key in _cache:
         return _cache[key]
     out: dict = {}
     for coarse_nodes, fine_nodes in USER_NODES:
-        coarse, fine = (_user_moments_at(problem, n) for n in (coarse_nodes, fine_nodes))
+        coarse, fine = compute(coarse_nodes), compute(fine_nodes)
         for name, value in fine.items():
             if out.get(name) is not None:
                 continue
@@ -367,14 +392,6 @@ def user_moments(problem) -> dict:
             out[name] = value if ok else None
         if all(v is not None for v in out.values()):
             break
-    for name in ("mean_f", "var_f"):
-        out[name] = None if out[name] is None else float(out[name][0])
-    out["var"] = {code: out[name] for code, name in (
-        (E_SCORE, "var_none"), (E_SCORE_MEAN, "var_mean"), (E_SCORE_OPTIMAL, "var_optimal"),
-        (E_SCORE_EXACT_OPTIMAL, "var_optimal"), (E_REPARAM, f"var_{E_REPARAM}"),
-        (E_STL, f"var_{E_STL}"),
-        (E_REPARAM_SAMPLED_ENTROPY, f"var_{E_REPARAM_SAMPLED_ENTROPY}"))
-        if out[name] is not None}
     if len(_cache) > 64:
         _cache.clear()
     _cache[key] = out
