@@ -7,7 +7,9 @@ rest, with the same one-line errors (file:line: key: message (fix: ...)).  Forma
     name: vi_gaussian
     problem:
       kind: elbo
-      target: gaussian            # gaussian | logistic_regression | ripple | banana
+      target: gaussian            # gaussian | logistic_regression | ripple | banana, or
+                                  # {python: "mod:log_g", gradient: "mod:grad_log_g", dim: d}
+                                  # (your own module beside the grid: harness.vi.targets.user)
       mean: [0.5, -1.0, 2.0]      # gaussian: mean + cov, or target_seed + dim
       cov: [[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 1.5]]
       family: full                # diag | full (or a list: both are run)
