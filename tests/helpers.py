@@ -1,5 +1,6 @@
-"""Shared test helpers: expectation grids built in code, and a stand-in for the expectation
-kind's kernel (``harness.backends.cpu``), so pipeline tests run without compiling anything.
+"""Shared test helpers: expectation grids built in code, a stand-in for the expectation
+kind's kernel (``harness.backends.cpu``), so pipeline tests run without compiling anything,
+and a grid file run through the command line (``run_grid``, any kind).
 
 The backend's and ``harness.exact``'s call signatures are known in two places only:
 :func:`kernel_call` (reads a backend ``estimate(family, cost, estimators, components, params,
@@ -42,6 +43,22 @@ def expectation_grid(name="unit", distribution="normal", cost="quadratic", param
                          for e in estimators),
         n_samples=tuple(n_samples), seeds=tuple(seeds), backend=backend,
     )
+
+
+def run_grid(directory: Path, text: str, name: str = "tiny.yaml"):
+    """Write grid ``text`` to ``directory/name``, ``harness run`` it through the command line
+    into ``directory/out`` (it must succeed): ``(the command's output, the results as a
+    DataFrame)``."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    grid = Path(directory) / name
+    grid.write_text(text)
+    result = CliRunner().invoke(main, ["run", str(grid), "--out", str(Path(directory) / "out")])
+    assert result.exit_code == 0, result.output
+    return result.output, pd.read_parquet(Path(directory) / "out" / "results")
 
 
 # ------------------------------------------------------------------- the kernel's interface

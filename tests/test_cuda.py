@@ -19,7 +19,7 @@ import textwrap
 import numpy as np
 import pytest
 from helpers import CAN_RUN_CUDA as CAN_RUN  # noqa: E402
-from helpers import SIMULATOR, needs_cuda  # noqa: E402
+from helpers import SIMULATOR, needs_cuda, run_grid  # noqa: E402
 
 from harness import rng
 from harness.backends import cpu
@@ -151,16 +151,7 @@ def test_cell_kernel_has_no_atomics_and_a_fixed_tree():
 
 @needs_cuda
 def test_run_grid_with_backend_cuda_end_to_end(tmp_path):
-    import pandas as pd
-    from click.testing import CliRunner
-
-    from harness.cli import main
-
-    grid = tmp_path / "tiny.yaml"
-    grid.write_text(GRID)
-    result = CliRunner().invoke(main, ["run", str(grid), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    df = pd.read_parquet(tmp_path / "out" / "results")
+    _, df = run_grid(tmp_path, GRID)
     assert set(df["backend"]) == {"cuda"} and len(df) == 2 * 3 * 2 * 2
     assert np.isfinite(df["estimate"]).all()
 

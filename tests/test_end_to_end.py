@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 from click.testing import CliRunner
+from helpers import run_grid
 
 from harness.cli import main
 
@@ -25,15 +26,10 @@ seeds: 20
 
 
 def test_run_then_report_from_the_command_line(tmp_path):
-    grid = tmp_path / "e2e.yaml"
-    grid.write_text(GRID)
-    out = tmp_path / "run"
+    output, df = run_grid(tmp_path, GRID, "e2e.yaml")
+    grid, out = tmp_path / "e2e.yaml", tmp_path / "out"
     runner = CliRunner()
-
-    first = runner.invoke(main, ["run", str(grid), "--out", str(out)])
-    assert first.exit_code == 0, first.output
-    assert "4 cells (4 computed, 0 skipped)" in first.output
-    df = pd.read_parquet(out / "results")
+    assert "4 cells (4 computed, 0 skipped)" in output
     assert len(df) == 4 * 20 * 2 * 2  # cells x seeds x estimators x components
     assert (out / "grid.yaml").read_text() == GRID
 

@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 from helpers import CAN_RUN_CUDA as CAN_RUN  # noqa: E402
-from helpers import HAS_NUMBA_CUDA, SIMULATOR, needs_cuda  # noqa: E402
+from helpers import HAS_NUMBA_CUDA, SIMULATOR, needs_cuda, run_grid  # noqa: E402
 
 from harness.backends import cpu
 from harness.vi import api
@@ -107,21 +107,13 @@ GRID = textwrap.dedent("""\
 
 @needs_cuda
 def test_elbo_grid_with_backend_cuda_end_to_end(tmp_path):
-    import pandas as pd
-    from click.testing import CliRunner
-
-    from harness.cli import main
     from harness.config import load_grid
     from harness.kinds.elbo import problem_of
     from harness.runner import expand_cells
 
-    grid = tmp_path / "tiny.yaml"
-    grid.write_text(GRID)
-    result = CliRunner().invoke(main, ["run", str(grid), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    df = pd.read_parquet(tmp_path / "out" / "results")
+    _, df = run_grid(tmp_path, GRID)
     assert set(df["backend"]) == {"cuda"} and len(df) == 2 * 2 * 5
-    (cell,) = expand_cells(load_grid(grid))
+    (cell,) = expand_cells(load_grid(tmp_path / "tiny.yaml"))
     est, _, _ = api.estimate(problem_of(cell), [(e.name, e.options) for e in cell.estimators],
                              cell.n_samples, cell.seeds)
     np.testing.assert_allclose(df["estimate"].to_numpy(), est.ravel(), rtol=1e-12, atol=1e-14)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from helpers import run_grid
 
 from harness.cli import main
 from harness.config import load_grid, parse_grid
@@ -127,14 +128,11 @@ seeds: 6
 
 
 def test_run_and_report_end_to_end(tmp_path):
-    grid = tmp_path / "small.yaml"
-    grid.write_text(SMALL)
-    out = tmp_path / "run"
+    output, _ = run_grid(tmp_path, SMALL, "small.yaml")
+    grid, out = tmp_path / "small.yaml", tmp_path / "out"
     runner = CliRunner()
-    r = runner.invoke(main, ["run", str(grid), "--out", str(out)])
-    assert r.exit_code == 0, r.output
     # 4 points x (2 N + 3 estimators) cells
-    assert "20 cells (20 computed" in r.output
+    assert "20 cells (20 computed" in output
     df = read_results(out)
     assert set(df["mode"]) == {"estimate", "optimize"}
     assert set(df["problem"]) == {"elbo"} and df["point"].notna().all()

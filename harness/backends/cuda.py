@@ -135,28 +135,17 @@ def ptx(family, cost, estimators, components, cc: tuple[int, int] = (8, 0)) -> s
     """PTX of the cell's kernel for compute capability ``cc``, without a GPU (needs the CUDA
     toolkit's NVVM, e.g. ``pip install 'numba-cuda[cu13]'``). For inspecting the code the
     GPU would run (instruction mix, no float atomics) on a machine without one."""
-    if simulator_enabled():
-        raise BackendError("ptx() needs the real CUDA target: unset NUMBA_ENABLE_CUDASIM")
-    if importlib.util.find_spec("numba_cuda") is None:
-        raise BackendError("ptx() needs numba-cuda (fix: pip install 'harness[cuda]')")
-    from numba import cuda, types
+    from numba import types
 
+    from . import cuda_common
+
+    cuda_common.check_ptx_target()
     kernel = _kernel(family, cost, cpu._labels(estimators), tuple(components))
     u64 = types.Array(types.uint64, 1, "C")
     f64 = types.Array(types.float64, 1, "C")
     sig = types.void(u64, u64, types.int64, types.int64, f64, f64,
                      types.Array(types.float64, 3, "C"))
-    # Device functions (the retargeted @njit callees) take the compute capability from the
-    # current device; there is none here, so stand one in while compiling.
-    from types import SimpleNamespace
-    from unittest import mock
-
-    from numba.cuda import dispatcher
-
-    fake = SimpleNamespace(compute_capability=cc)
-    with mock.patch.object(dispatcher, "get_current_device", lambda: fake):
-        text, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
-    return text
+    return cuda_common.ptx(kernel.py_func, sig, cc)
 
 
 def estimate(family, cost, estimators, components, params, n_samples: int, seeds, *,

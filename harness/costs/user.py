@@ -60,7 +60,7 @@ def load(python, derivative=None, second_derivative=None, path=None) -> Cost:
                      ("second_derivative", second_derivative)):
         if ref is None:
             continue
-        origin, fn = _import(ref, key, path)
+        origin, fn = import_function(ref, key, path)
         origins[ROLES[key]] = origin
         jitted[ROLES[key]] = _compiled(fn, origin, ref)
     takes_k = {o.takes_k for o in origins.values()}
@@ -95,38 +95,47 @@ def _on_path(path):
             sys.path.remove(path)
 
 
-def _fail(message, fix):
-    raise ConfigError(message, key="problem.cost", fix=fix)
+def import_function(ref, key, path, where="problem.cost", arities=(1, 2),
+                    arguments="x, or x and k", example="my_costs:quartic", what="cost"):
+    """Import the plain Python function ``ref`` (``"module:function"``) with the grid's
+    directory ``path`` first on the import path: ``(UserFunction, function)``.
 
+    A one-line ``ConfigError`` (key ``where``) if the reference is malformed, the module
+    cannot be imported (or is already imported from another directory), the function is
+    missing or is not a plain Python function, or its number of arguments is not in
+    ``arities`` (``arguments`` says what a ``what`` function takes, ``example`` is a
+    well-formed reference).
+    Shared by user costs and user ELBO targets (``harness.vi.targets.user``)."""
+    def fail(message, fix):
+        raise ConfigError(message, key=where, fix=fix)
 
-def _import(ref, key, path):
     if not isinstance(ref, str) or ref.count(":") != 1 or not all(ref.split(":")):
-        _fail(f"{key}: expected 'module:function', got {ref!r}",
-              "write e.g. my_costs:quartic (my_costs.py next to the grid file)")
+        fail(f"{key}: expected 'module:function', got {ref!r}",
+             f"write e.g. {example} ({example.split(':')[0]}.py next to the grid file)")
     module_name, _, fn_name = ref.partition(":")
     local = Path(path).resolve() / f"{module_name.split('.')[0]}.py" if path else None
     loaded = sys.modules.get(module_name)
     if loaded is not None and local is not None and local.exists() and \
             Path(getattr(loaded, "__file__", "") or "").resolve() != local:
-        _fail(f"module {module_name} is already imported from {loaded.__file__}, not from the "
-              f"grid's directory", f"rename {local.name} to a name no other module uses")
+        fail(f"module {module_name} is already imported from {loaded.__file__}, not from the "
+             f"grid's directory", f"rename {local.name} to a name no other module uses")
     with _on_path(path):
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # ImportError, or an error raised by the module's own code
-            _fail(f"cannot import {module_name} for {key} {ref}: {type(exc).__name__}: {exc}",
-                  f"put {module_name}.py next to the grid file (or on PYTHONPATH)")
+            fail(f"cannot import {module_name} for {key} {ref}: {type(exc).__name__}: {exc}",
+                 f"put {module_name}.py next to the grid file (or on PYTHONPATH)")
     if not hasattr(module, fn_name):
-        _fail(f"{module_name} has no function {fn_name} ({key} {ref})",
-              f"define def {fn_name}(x) (or (x, k)) in {module_name}")
+        fail(f"{module_name} has no function {fn_name} ({key} {ref})",
+             f"define a function {fn_name} of {arguments} in {module_name}")
     fn = getattr(module, fn_name)
     fn = getattr(fn, "py_func", fn)  # an @njit function: its Python source
     if not inspect.isfunction(fn):
-        _fail(f"{ref} is a {type(fn).__name__}, not a plain Python function ({key})",
-              f"wrap it: def {fn_name}(x): return ...")
+        fail(f"{ref} is a {type(fn).__name__}, not a plain Python function ({key})",
+             f"wrap it: def {fn_name}({arguments.split(',')[0]}): return ...")
     n_args = len(inspect.signature(fn).parameters)
-    if n_args not in (1, 2):
-        _fail(f"{ref} takes {n_args} arguments", "a cost function takes x, or x and k")
+    if n_args not in arities:
+        fail(f"{ref} takes {n_args} arguments", f"a {what} function takes {arguments}")
     return UserFunction(module_name, fn_name, n_args == 2), fn
 
 
@@ -138,10 +147,12 @@ def _compiled(fn, origin: UserFunction, ref):
         jit.compile(signature)
         result = jit.overloads[signature].signature.return_type
     except Exception as exc:
-        _fail(f"numba cannot compile {ref}: {_first_line(exc)}",
-              "use float arithmetic, math functions and branches only (no Python objects)")
+        raise ConfigError(f"numba cannot compile {ref}: {first_line(exc)}", key="problem.cost",
+                          fix="use float arithmetic, math functions and branches only (no "
+                              "Python objects)") from None
     if not isinstance(result, (types.Float, types.Integer)):
-        _fail(f"{ref} returns {result}, not a number", "return a float")
+        raise ConfigError(f"{ref} returns {result}, not a number", key="problem.cost",
+                          fix="return a float")
     if origin.takes_k:
         return jit
 
@@ -152,8 +163,7 @@ def _compiled(fn, origin: UserFunction, ref):
     return with_k
 
 
-
-def _first_line(exc) -> str:
+def first_line(exc) -> str:
     """The informative line of a numba error (not its "Failed in ... pipeline" header), without
     terminal colour codes."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]

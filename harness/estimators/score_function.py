@@ -158,9 +158,7 @@ def finite_n_mean(family, cost, component, params, n):
     w, f, s = _nodes(family, cost, component, params)
     _, v = reference_mean(family, cost, component, params)
     var_f = float(w @ (f * f)) - float(w @ f) ** 2
-    s2 = float(w @ (s * s))
-    x = var_f * s2 + float(w @ (f * s)) ** 2
-    return v + (n * var_f * s2 - x) / (n - 1.0) ** 2, v + x / (n - 1.0)
+    return finite_n_mean_from_moments(v, float(w @ (f * s)), var_f, float(w @ (s * s)), n)
 
 
 def finite_n_optimal(family, cost, component, params, n):
@@ -170,8 +168,26 @@ def finite_n_optimal(family, cost, component, params, n):
     s2 = float(w @ (s * s))
     b = float(w @ (f * s * s)) / s2
     _, v = _mean_var(w, (f - b) * s)
-    excess = float(w @ ((f - b) ** 2 * s ** 4)) / (n * s2)
-    return v + excess, v + excess
+    return finite_n_optimal_from_moments(v, float(w @ ((f - b) ** 2 * s ** 4)), s2, n)
+
+
+# The finite-N algebra from the moments alone, shared with the ELBO kind's references
+# (``harness.vi.references.finite_n``: per gradient component, on arrays).
+
+def finite_n_mean_from_moments(v, c, var_f, mean_s2, n):
+    """(E[sample_var], N Var[estimate]) of the leave-one-out baseline at N = n, exactly, from
+    V = Var[(f - E f) s], c = E[f s], Var[f] and E[s^2]: with X = Var[f] E[s^2] + c^2,
+    N Var[estimate] = V + X / (N - 1) and E[sample_var] = V + (N Var[f] E[s^2] - X) / (N - 1)^2."""
+    x = var_f * mean_s2 + c ** 2
+    return v + (n * var_f * mean_s2 - x) / (n - 1.0) ** 2, v + x / (n - 1.0)
+
+
+def finite_n_optimal_from_moments(v_star, fourth, mean_s2, n):
+    """(E[sample_var], N Var[estimate]) of the estimated optimal baseline at N = n to first
+    order in 1/N, from V* = Var[(f - b*) s], E[(f - b*)^2 s^4] and E[s^2]: both
+    V* + E[(f - b*)^2 s^4] / (N E[s^2])."""
+    excess = fourth / (n * mean_s2)
+    return v_star + excess, v_star + excess
 
 
 def configure(baseline):

@@ -25,7 +25,7 @@ from ..results import estimate_columns
 from ..vi import api, config
 from ..vi.estimators import ESTIMATORS, evals_of
 from ..vi.families import FAMILIES
-from ..vi.targets import TARGETS
+from ..vi.targets import TARGETS, user
 
 NAME = "elbo"
 
@@ -98,7 +98,8 @@ def problem_of(cell: Cell) -> api.Problem:
 def point_label(point) -> str:
     """``gaussian, full, d=3: mean,cov given``."""
     params = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in point["target_params"].items() if k not in ("mean", "cov"))
+                      for k, v in point["target_params"].items()
+                      if k not in config.NOT_IN_LABEL)
     if "mean" in point["target_params"]:
         params = ("mean,cov given " + params).strip()
     return f"{point['target']}, {point['family']}, d={point['dim']}" + (
@@ -175,6 +176,7 @@ def listing() -> list[str]:
     lines = ["elbo targets (problem: {kind: elbo, target: ...}):"]
     for name, t in TARGETS.items():
         lines.append(f"  {name:24} keys: {', '.join(t.keys)}  {t.description}")
+    lines.append(f"  {'{python: ...}':24} {user.TARGET.description}")
     lines.append("elbo families:")
     for name, f in FAMILIES.items():
         lines.append(f"  {name:24} q keys: mu, {f.scale_key}  {f.description}")

@@ -27,12 +27,15 @@ from . import references
 from .codes import E_SCORE_EXACT_OPTIMAL, E_SCORE_MEAN
 from .estimators import ESTIMATORS, Variant, resolve
 from .families import FAMILIES, Family
-from .targets import TARGETS, TargetData
+from .targets import TargetData, get, user
 
 
-def kernels():
+def kernels(target: TargetData | None = None):
     """The ELBO kernel module (``harness/vi/kernels.py``), imported through
-    ``harness.kernel_cache`` so that its numba cache follows every file it depends on."""
+    ``harness.kernel_cache`` so that its numba cache follows every file it depends on; for
+    a user-written target, its generated module (``harness.vi.targets.user.kernels``)."""
+    if target is not None and target.user is not None:
+        return user.kernels(target.user)
     return kernel_cache.load_module("harness.vi.kernels")
 
 
@@ -48,7 +51,7 @@ class Problem:
     @staticmethod
     def make(target: str, family: str, params: dict | None = None, dim=None, mu=None, C=None):
         params = dict(params or {})
-        t = TARGETS[target]
+        t = get(target)
         dim = t.fixed_dim or dim or (len(params["mean"]) if "mean" in params else None)
         data = t.build(params, dim)
         d = data.dim
@@ -137,11 +140,15 @@ def _moments(problem: Problem, variants, n_samples: int, seeds, stream: int = 0,
         chunk = 2 * chunk_pairs        # the 1-D rule counts Box-Muller pairs; here samples
         partials = np.empty((S, n_chunks, 1 + 3 * n_terms))
         call = (k0, k1, np.int64(n_samples), np.int64(chunk), *args, partials)
-        kernel_cache.compile_once(kernels().grad_kernel, call)   # once across processes
-        kernels().grad_kernel(*call)
+        module = kernels(t)
+        kernel_cache.compile_once(module.grad_kernel, call)   # once across processes
+        module.grad_kernel(*call)
     elif backend == "cuda":
         from ..backends.cuda import require
 
+        if t.user is not None:
+            raise BackendError(f"backend cuda does not run user-written targets ({t.name}) "
+                               "(fix: use backend: cpu)")
         require()
         from . import cuda
 
@@ -186,7 +193,7 @@ def quantities_at(problem: Problem, estimators, eps, eps_independent=None, idx=N
     baselines = np.zeros(max(len(variants) * P, 1)) if baselines is None else \
         np.asarray(baselines, float)
     t = problem.target
-    return kernels().quantities_at(
+    return kernels(t).quantities_at(
         np.int64(t.code), t.ta, t.tm, t.ti, np.int64(problem.family.code), np.int64(P),
         problem.mu, problem.C, codes, offsets, baselines, float(f_shift), np.int64(n_terms),
         eps, rows(idx, np.int64, batch), rows(eps_independent, float, problem.dim),
@@ -203,11 +210,12 @@ def exact_bstar_unavailable(target_code: int, dim: int) -> str | None:
 def reference(problem: Problem, estimator) -> tuple[np.ndarray, np.ndarray, str, str]:
     """(exact_grad[P], exact_var[P], grad_source, var_source) for one estimator.
 
-    The gradient: the target's closed form (else NaN, "none").  The per-sample variance:
-    the target's closed form (``closed_form``); else the independent formulas of
+    The gradient: the target's closed form, else (user targets) the quadrature of
+    ``harness.vi.references`` (else NaN, "none").  The per-sample variance: the target's
+    closed form (``closed_form``); else the independent formulas of
     ``harness.vi.references`` (``quadrature``: the score function on the Gaussian target,
-    N -> infinity values for ``baseline=mean`` and ``optimal``); else NaN, ``none``.
-    Never computed from the kernels.
+    N -> infinity values for ``baseline=mean`` and ``optimal``; every estimator on a user
+    target of dim <= 2); else NaN, ``none``.  Never computed from the kernels.
     """
     v = resolve(estimator)
     t, fam = problem.target, problem.family.code
@@ -215,6 +223,8 @@ def reference(problem: Problem, estimator) -> tuple[np.ndarray, np.ndarray, str,
     grad, gsrc = nan, "none"
     if t.exact_grad is not None:
         grad, gsrc = np.asarray(t.exact_grad(fam, problem.mu, problem.C), float), "closed_form"
+    elif references.gradient(problem) is not None:
+        grad, gsrc = np.asarray(references.gradient(problem), float), "quadrature"
     var, vsrc = nan, "none"
     closed = t.exact_var(v.code, fam, problem.mu, problem.C) if t.exact_var else None
     if closed is not None:
@@ -227,9 +237,12 @@ def reference(problem: Problem, estimator) -> tuple[np.ndarray, np.ndarray, str,
 
 
 def exact_elbo(problem: Problem) -> float:
+    """The target's closed-form ELBO at q, else (user targets) its quadrature, else NaN."""
     t = problem.target
-    return math.nan if t.exact_elbo is None else t.exact_elbo(problem.family.code, problem.mu,
-                                                              problem.C)
+    if t.exact_elbo is not None:
+        return t.exact_elbo(problem.family.code, problem.mu, problem.C)
+    value = references.elbo(problem)
+    return math.nan if value is None else value
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -264,8 +277,9 @@ def optimize(problem: Problem, estimator, opt: OptimizerSpec, seeds) -> np.ndarr
         np.int64(problem.family.code), np.int64(P), np.int64(problem.dim), np.int64(v.code),
         np.int64(n_terms), problem.theta(), opt.name == "adam", float(opt.lr),
         opt.schedule == "cosine", np.int64(opt.record_every), float(opt.min_diag), rec)
-    kernel_cache.compile_once(kernels().opt_kernel, call)   # once across processes
-    kernels().opt_kernel(*call)
+    module = kernels(t)
+    kernel_cache.compile_once(module.opt_kernel, call)   # once across processes
+    module.opt_kernel(*call)
     return rec
 
 
@@ -302,6 +316,8 @@ def trace(problem: Problem, estimator, opt: OptimizerSpec, rec: np.ndarray, seed
             out["grad_var_mean"][ok, r] = var[:, 0].mean(axis=1)
             out["grad_var_max"][ok, r] = var[:, 0].max(axis=1)
         for s in range(S):
+            # closed forms only: a user target's quadrature ELBO costs seconds per (seed,
+            # record), so its traces record the estimate alone (exact_elbo NaN)
             if ok[s] and problem.target.exact_elbo is not None:
                 out["exact_elbo"][s, r] = problem.target.exact_elbo(fam.code, mus[s], Cs[s])
             if ok[s] and opt_theta is not None:

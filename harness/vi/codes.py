@@ -11,6 +11,7 @@ T_GAUSSIAN = 0
 T_LOGISTIC = 1
 T_RIPPLE = 2
 T_BANANA = 3
+T_USER = 4                   # a user-written log density (harness.vi.targets.user)
 
 # families q(z; lambda) (harness.vi.families)
 F_DIAG = 0

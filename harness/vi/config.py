@@ -7,7 +7,9 @@ rest, with the same one-line errors (file:line: key: message (fix: ...)).  Forma
     name: vi_gaussian
     problem:
       kind: elbo
-      target: gaussian            # gaussian | logistic_regression | ripple | banana
+      target: gaussian            # gaussian | logistic_regression | ripple | banana, or
+                                  # {python: "mod:log_g", gradient: "mod:grad_log_g", dim: d}
+                                  # (your own module beside the grid: harness.vi.targets.user)
       mean: [0.5, -1.0, 2.0]      # gaussian: mean + cov, or target_seed + dim
       cov: [[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 1.5]]
       family: full                # diag | full (or a list: both are run)
@@ -33,20 +35,25 @@ from __future__ import annotations
 
 import itertools
 import math
+import pathlib
 from dataclasses import dataclass
 
 import numpy as np
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from ..config import Value, check_cell_count, describe_value, or_none, show
+from ..errors import ConfigError
 from .api import OptimizerSpec
 from .families import FAMILIES
-from .targets import TARGETS
+from .targets import TARGETS, get, user
 
 EXAMPLE = "examples/vi_gaussian.yaml"
 SWEEPABLE = ("family", "dim", "target_seed", "batch", "a", "omega", "s", "b")
 INT_KEYS = ("dim", "target_seed", "batch")
 MAX_DIM = 200
+# target parameters left out of the one-line label: matrices, and a user target's spec (its
+# log density is the target's name)
+NOT_IN_LABEL = ("mean", "cov", "python", "gradient", "path")
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ class ElboPoint:
     def label(self) -> str:
         """The target parameters in one short string (``results.target_params``)."""
         parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                 for k, v in self.params if k not in ("mean", "cov")]
+                 for k, v in self.params if k not in NOT_IN_LABEL]
         if any(k == "mean" for k, _ in self.params):
             parts.insert(0, "mean,cov given")
         return " ".join(parts)
@@ -134,6 +141,11 @@ def parse(r, doc: CommentedMap, common: dict) -> ElboProblem:
         r.no_duplicates(items, modes, "mode")
         modes = tuple(m for m in ("estimate", "optimize") if m in modes)
     fields["modes"] = modes
+    if ":" in fields["target"] and common["backend"] != "cpu":
+        v = r.entry(doc, "backend", "")
+        r.fail(f"backend {common['backend']!r} does not run user-written targets", v.line,
+               v.key, fix="use backend: cpu (the user's gradient allocates its result, which a "
+                          "CUDA kernel cannot)")
     if "estimate" in modes:
         if not common["n_samples"]:
             r.missing(top, "n_samples")
@@ -171,15 +183,27 @@ def _read_problem(r, v: Value) -> dict:
     m = r.mapping(v, "kind, target, family, q and the target's parameters")
     if "target" not in m:
         r.missing(v, "target", fix=f"add 'target: <name>' with one of: {or_none(TARGETS)}")
-    tname = r.choice(r.entry(m, "target", v.key), TARGETS, "target")
-    target = TARGETS[tname]
+    tv = r.entry(m, "target", v.key)
+    user_spec = None
+    if isinstance(tv.value, CommentedMap):
+        user_spec = _read_user_target(r, tv)
+        tname, target = user_spec["python"], user.TARGET
+    else:
+        tname = r.choice(tv, TARGETS, "target")
+        target = TARGETS[tname]
+
     def hint(key: str) -> str | None:
+        if user_spec is not None:
+            return (f"a user target takes no {key}" + (": give dim inside target: {python: "
+                                                      "..., gradient: ..., dim: d}"
+                                                      if key == "dim" else ""))
         if key == "dim" and target.fixed_dim is not None:
             return f"target {tname} has dimension {target.fixed_dim}: remove dim"
         takers = [n for n, t in TARGETS.items() if key in t.keys]
         return f"{key} belongs to target {' or '.join(takers)}" if takers else None
 
-    r.reject_unknown(m, v.key, ("kind", "target", "family", "q") + target.keys, hint)
+    r.reject_unknown(m, v.key, ("kind", "target", "family", "q")
+                     + (() if user_spec else target.keys), hint)
 
     # sweepable scalars -> lists of values
     axes: dict[str, list] = {}
@@ -227,6 +251,8 @@ def _read_problem(r, v: Value) -> dict:
             axes["dim"] = [len(mean)]
         elif "target_seed" not in m:
             r.missing(v, "target_seed", fix="give mean and cov, or target_seed and dim")
+    if user_spec is not None:
+        axes["dim"] = [user_spec["dim"]]
     if target.fixed_dim is not None:
         if "dim" in m and axes["dim"] != [target.fixed_dim]:
             r.fail(f"target {tname} has dimension {target.fixed_dim}",
@@ -247,6 +273,8 @@ def _read_problem(r, v: Value) -> dict:
                        f"{v.key}.batch", fix=f"use 0 (full data) to {N_DATA}")
 
     q = _read_q(r, m, v, families, axes["dim"], tname)
+    if user_spec is not None:
+        _check_user_target(r, tv, user_spec, q, families)
 
     sweep_keys = [k for k in SWEEPABLE if k in axes and k != "family"]
     # before building them: a product of long lists would exhaust memory
@@ -259,9 +287,52 @@ def _read_problem(r, v: Value) -> dict:
             if mean is not None:
                 params["mean"] = tuple(mean)
                 params["cov"] = tuple(tuple(row) for row in cov)
+            if user_spec is not None:
+                params.update({k: user_spec[k] for k in ("python", "gradient", "path")})
             points.append(ElboPoint(tname, fam, int(vals["dim"]), tuple(sorted(params.items())),
                                     q))
     return {"target": tname, "points": tuple(points)}
+
+
+def _read_user_target(r, v: Value) -> dict:
+    """``target: {python: "mod:log_density", gradient: "mod:grad_log_density", dim: d}``:
+    the spec of ``harness.vi.targets.user.load`` (with the grid file's directory as path),
+    imported and compile-checked now (one line if it fails)."""
+    m = v.value
+    r.reject_unknown(m, v.key, ("python", "gradient", "dim"))
+    fixes = {"python": "add python: 'module:function' (log g(z) of a 1-D array z)",
+             "gradient": "add gradient: 'module:function' (grad_z log g(z), an array)",
+             "dim": "add dim: <the length of z>"}
+    for key, fix in fixes.items():
+        if key not in m:
+            r.missing(v, key, fix=fix)
+    spec = {"path": str(pathlib.Path(r.path).resolve().parent)}
+    for key in ("python", "gradient"):
+        rv = r.entry(m, key, v.key)
+        if not isinstance(rv.value, str) or ":" not in rv.value:
+            r.fail(f"expected 'module:function', got {describe_value(rv.value)}", rv.line,
+                   rv.key, fix="write e.g. my_targets:log_density (my_targets.py beside the "
+                               "grid)")
+        spec[key] = str(rv.value)
+    spec["dim"] = r.whole(r.entry(m, "dim", v.key), 1, MAX_DIM,
+                          fix=f"dim is a whole number in 1..{MAX_DIM}")
+    try:
+        user.load(spec)                  # import and compile-check now: one line if it fails
+    except ConfigError as err:
+        r.fail(err.message, v.line, v.key, fix=err.fix)
+    return spec
+
+
+def _check_user_target(r, v: Value, spec: dict, q, families) -> None:
+    """The user's functions at every family mean mu of the grid: a finite log g and a finite
+    gradient of shape (dim,)."""
+    target = user.load(spec)
+    for family in families:        # (q: optimum is refused by _read_q: no known optimum)
+        mu, _ = q.resolve(family, spec["dim"], None)
+        try:
+            user.check(target, mu)
+        except ConfigError as err:
+            r.fail(err.message, v.line, v.key, fix=err.fix)
 
 
 def _vector(r, v: Value) -> list[float]:
@@ -307,7 +378,7 @@ def _read_q(r, m, v: Value, families, dims, tname) -> QSpec:
     qv = r.entry(m, "q", v.key)
     if isinstance(qv.value, str):
         kind = r.choice(qv, ("standard", "optimum"), "q")
-        if kind == "optimum" and not TARGETS[tname].has_optimum:
+        if kind == "optimum" and not get(tname).has_optimum:
             r.fail(f"target {tname} has no known optimum", qv.line, qv.key,
                    fix="use q: standard or give mu and the scale")
         return QSpec(kind)
@@ -385,7 +456,7 @@ def _check_exact_optimal(r, doc, fields):
                fix="use baseline: optimal (estimated from an independent stream)")
     from .references import unavailable
     for pt in fields["points"]:
-        why = unavailable(TARGETS[pt.target].code, pt.dim)
+        why = unavailable(get(pt.target).code, pt.dim)
         if why:
             r.fail(f"baseline exact_optimal at target {pt.target}, dim {pt.dim}: {why}",
                    item.line, item.key, fix="use baseline: optimal (estimated from an "

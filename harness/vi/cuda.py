@@ -103,16 +103,11 @@ def ptx(module, cc: tuple[int, int] = (8, 0)) -> str:
     """PTX of the ELBO kernel for compute capability ``cc``, without a GPU (needs the CUDA
     toolkit's NVVM and NVRTC, e.g. ``pip install 'numba-cuda[cu13]'``; not under the
     simulator): checks that the shared per-chunk code compiles for the device."""
-    from types import SimpleNamespace
-    from unittest import mock
-
     from numba import types
-    from numba.cuda import dispatcher
 
-    from ..errors import BackendError
+    from ..backends import cuda_common
 
-    if simulator_enabled():
-        raise BackendError("ptx() needs the real CUDA target: unset NUMBA_ENABLE_CUDASIM")
+    cuda_common.check_ptx_target()
 
     def array(dtype, ndim):
         return types.Array(dtype, ndim, "C")
@@ -122,10 +117,4 @@ def ptx(module, cc: tuple[int, int] = (8, 0)) -> str:
                      array(f64, 1), array(f64, 2), array(i64, 1), i64, i64, array(f64, 2),
                      array(f64, 3), array(i64, 1), array(i64, 1), array(f64, 2), array(f64, 2),
                      array(i64, 2), array(f64, 3))
-    kernel = load_kernel(module)
-    # device functions (the retargeted @njit callees) take the compute capability from the
-    # current device; there is none here, so stand one in while compiling
-    fake = SimpleNamespace(compute_capability=cc)
-    with mock.patch.object(dispatcher, "get_current_device", lambda: fake):
-        text, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
-    return text
+    return cuda_common.ptx(load_kernel(module).py_func, sig, cc)

@@ -86,6 +86,7 @@ from harness.vi.codes import (
     T_GAUSSIAN,
     T_LOGISTIC,
     T_RIPPLE,
+    T_USER,
 )
 from harness.vi.families import diag, full
 
@@ -168,6 +169,18 @@ def log_target(tid, ta, tm, ti, z, idx, grad):
             grad[i] = -r
             grad[0] += r * 2.0 * bb * z[0]
         return lg
+    elif tid == T_USER:
+        return user_log_target(z, grad)
+    return math.nan
+
+
+@njit(cache=True)
+def user_log_target(z, grad):
+    """A user-written target's log g(z) (writing its gradient into ``grad``).  Here a
+    placeholder the built-in targets never reach: the kernel module of a user target
+    (``harness.vi.targets.user.kernels``) is this source with a definition appended that
+    calls the user's functions, and replaces this one (numba looks globals up when it first
+    compiles a function, after the whole module has run)."""
     return math.nan
 
 

@@ -62,12 +62,18 @@ def _figure(n_panels: int, width=4.2, height=3.4):
     return fig, axes
 
 
-def _variance_vs_n(per: pd.DataFrame, estimators, title) -> Figure:
-    points = per[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
+def _point_panels(frame: pd.DataFrame):
+    """One panel per problem point: (figure, axes, [(ax, the point's row, its rows)])."""
+    points = frame[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
     fig, axes = _figure(len(points))
+    return fig, axes, [(ax, pt, frame[(frame[POINT] == pt[POINT]).all(axis=1)])
+                       for ax, (_, pt) in zip(axes, points.iterrows())]
+
+
+def _variance_vs_n(per: pd.DataFrame, estimators, title) -> Figure:
+    fig, axes, panels = _point_panels(per)
     pal = palette(estimators)
-    for ax, (_, pt) in zip(axes, points.iterrows()):
-        sel = per[(per[POINT] == pt[POINT]).all(axis=1)]
+    for ax, pt, sel in panels:
         for e in estimators:
             s = sel[sel["estimator"] == e].sort_values("n_samples")
             if s.empty:
@@ -136,11 +142,9 @@ def _trace_figure(ts: pd.DataFrame, col: str, ylabel: str, estimators, title, lo
                   optimum: bool = False):
     """``optimum``: draw each point's ELBO* (the ``optimal_elbo`` column) as a dashed line
     and zoom the y axis onto the approach to it."""
-    points = ts[POINT].drop_duplicates().sort_values(POINT).reset_index(drop=True)
-    fig, axes = _figure(len(points))
+    fig, axes, panels = _point_panels(ts)
     pal = palette(estimators)
-    for ax, (_, pt) in zip(axes, points.iterrows()):
-        sel = ts[(ts[POINT] == pt[POINT]).all(axis=1)]
+    for ax, pt, sel in panels:
         for e in estimators:
             s = sel[sel["estimator"] == e].sort_values("step")
             if s.empty or s[f"{col}_median"].isna().all():

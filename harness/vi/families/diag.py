@@ -62,9 +62,9 @@ def add_entropy_gradient(C, out):
 @njit
 def unpack_into(theta, mu, C):
     d = mu.size
+    mu[:] = theta[:d]
     C[:, :] = 0.0
     for i in range(d):
-        mu[i] = theta[i]
         C[i, i] = math.exp(theta[d + i])
 
 

@@ -58,14 +58,11 @@ def _solve_transpose(C, eps, v):
 
 @njit
 def score(C, eps, v, out):
+    # the score's v_i eps_j is the pathwise term of h = v; then the - [i = j] / L_ii
+    pathwise(C, eps, v, out)
     d = eps.size
     for i in range(d):
-        out[i] = v[i]
-    for i in range(d):
-        row = d + i * (i + 1) // 2
-        for j in range(i + 1):
-            out[row + j] = v[i] * eps[j]
-        out[row + i] -= 1.0 / C[i, i]
+        out[d + i * (i + 1) // 2 + i] -= 1.0 / C[i, i]
 
 
 @njit
@@ -89,12 +86,10 @@ def add_entropy_gradient(C, out):
 @njit
 def unpack_into(theta, mu, C):
     d = mu.size
+    mu[:] = theta[:d]
     C[:, :] = 0.0
     for i in range(d):
-        mu[i] = theta[i]
-        row = d + i * (i + 1) // 2
-        for j in range(i + 1):
-            C[i, j] = theta[row + j]
+        C[i, :i + 1] = theta[d + i * (i + 1) // 2:d + (i + 1) * (i + 2) // 2]
 
 
 @njit

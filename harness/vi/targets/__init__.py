@@ -3,6 +3,10 @@
 Each module defines ``TARGET`` (a :class:`Target`).  ``Target.build(params, dim)`` turns the
 grid's problem parameters into a :class:`TargetData`: the arrays the kernels read
 (``ta``, ``tm``, ``ti``) and the exact references the target knows in closed form.
+
+A user-written target (``target: {python: "mod:log_density", gradient: ..., dim: d}``,
+``harness.vi.targets.user``) is not in ``TARGETS``: it is named by its log density
+(``"mod:log_density"``, the results' ``target`` column) and ``get`` finds its record.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class TargetData:
     exact_var: Callable | None = None     # (estimator code, family, mu, C) -> vector|None
     optimum: Callable | None = None       # family -> (mu, C)
     info: dict = field(default_factory=dict)  # resolved parameters, for metadata
+    user: object = None          # a user target's harness.vi.targets.user.UserTarget
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,11 @@ class Target:
     has_optimum: bool = False    # its TargetData knows the exact optimum (``q: optimum``)
 
 
-from . import banana, gaussian, logistic_regression, ripple  # noqa: E402
+from . import banana, gaussian, logistic_regression, ripple, user  # noqa: E402
 
 TARGETS = {t.TARGET.name: t.TARGET for t in (gaussian, logistic_regression, ripple, banana)}
+
+
+def get(name: str) -> Target:
+    """The record of a built-in target's name, or of a user target's ``"module:function"``."""
+    return user.TARGET if ":" in name else TARGETS[name]
