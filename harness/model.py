@@ -60,6 +60,14 @@ class Grid:
     seeds: tuple[int, ...]
     backend: str
 
+    @property
+    def user_files(self) -> tuple[str, ...]:
+        """The user-written source files this grid's numbers depend on (may be empty)."""
+        from .kinds import KINDS
+
+        files = KINDS[self.kind].user_files
+        return tuple(files(self.problem)) if files is not None else ()
+
 
 def config_id(config: dict) -> str:
     """First 16 hex digits of the sha256 of a configuration's canonical JSON.
@@ -173,6 +181,9 @@ class ProblemKind:
         work per seed at the same cost per sample (e.g. a smaller N), of which the runner
         computes a block of seeds to estimate a run's time and disk before it starts;
         without it the runner computes a few seeds of the cell itself.
+    ``user_files(problem) -> tuple[str, ...]`` (optional): the source files of user-written
+        code the problem runs (a user cost's or target's module), so that editing one makes
+        the results computed with it stale (``harness.provenance.code_digest``).
     """
 
     name: str
@@ -190,3 +201,4 @@ class ProblemKind:
     # numeric columns a study may sweep (drawn against in the report)
     sweep_columns: tuple[str, ...] = ()
     calibration: Callable | None = None
+    user_files: Callable | None = None

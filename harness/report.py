@@ -518,7 +518,8 @@ def select(run_dir, include_all: bool = False) -> Selection:
         return Selection([Group(None, [f.path for f in stored], None,
                                 warnings=[note], code_text=_codes(stored))], [note])
 
-    p = plan(record.ids, run_dir)
+    current = record.code
+    p = plan(record.ids, run_dir, current)
     done, stale = p.done, p.stale
     total = len(record.ids)
     others = [by_path[path] for path in p.other_files if path in by_path]
@@ -547,14 +548,14 @@ def select(run_dir, include_all: bool = False) -> Selection:
                 f"{_plural(len(others), 'file')} of other grids) (fix: `harness run {record.path} "
                 f"--out {run_dir}` to compute them, or `harness report --all {run_dir}`)")
         return Selection([Group(record.name, files, record.text, total, warnings,
-                                _codes([p.stored[i] for i in done]))], notes)
+                                _codes([p.stored[i] for i in done], current))], notes)
     mine = [p.stored[i] for i in record.ids if i in p.stored and p.stored[i].readable]
     groups = []
     if mine:
         if stale:
             warnings.append(f"{len(stale)} of these cells were computed by other code")
         groups.append(Group(f"{record.name} (the grid last run here)", [f.path for f in mine],
-                            record.text, total, warnings, _codes(mine)))
+                            record.text, total, warnings, _codes(mine, current)))
     groups += _groups_by_grid(run_dir, others, "other grid")
     if others:
         notes.append(f"--all: {_plural(len(others), 'result file')} of other grids "
@@ -562,11 +563,12 @@ def select(run_dir, include_all: bool = False) -> Selection:
     return Selection(groups, notes)
 
 
-def _codes(stored) -> str:
-    """The code digests (and harness versions) that computed some files, current marked."""
+def _codes(stored, current: str | None = None) -> str:
+    """The code digests (and harness versions) that computed some files, ``current`` (by
+    default the package's own digest) marked."""
     from .provenance import code_digest
 
-    current = code_digest()
+    current = current or code_digest()
     seen = {}
     for f in stored:
         seen.setdefault((f.code or "unknown", f.version), 0)

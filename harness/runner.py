@@ -222,16 +222,24 @@ class RunRecord:
     grid: str | None
     cells: tuple            # ((cell id, N), ...) in the grid's order
     text: str
+    user_files: tuple = ()  # user-written modules its numbers depend on (Grid.user_files)
 
     @property
     def ids(self) -> list[str]:
         return [i for i, _ in self.cells]
 
+    @property
+    def code(self) -> str:
+        """The digest a cell of this grid has when this code computed it: the package's
+        sources and the user-written modules the grid names (as they are now)."""
+        return code_digest(f for f in self.user_files if Path(f).is_file())
+
 
 def write_record(out_dir: Path, grid, cells: list[Cell], digest: str) -> None:
     source = getattr(grid, "source_text", "") or ""
     record = {"name": grid.name, "path": str(grid.path), "grid": digest,
-              "cells": [[c.id, c.n_samples] for c in cells]}
+              "cells": [[c.id, c.n_samples] for c in cells],
+              "user_files": list(grid.user_files)}
     for path in (out_dir / "grids" / f"{digest}.yaml", out_dir / "grid.yaml"):
         atomic_write_bytes(path, lambda fh: fh.write(source.encode()))
     atomic_write_bytes(out_dir / "grid.json", lambda fh: fh.write(json.dumps(record).encode()))
@@ -260,7 +268,7 @@ def last_run(run_dir) -> RunRecord | None:
         if kept.is_file():
             text = kept.read_text(encoding="utf-8", errors="replace")
         return RunRecord(str(about["name"]), str(about["path"]), about.get("grid"), cells,
-                         text or "")
+                         text or "", tuple(str(f) for f in about.get("user_files", ())))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     if text is None:
@@ -279,7 +287,8 @@ def last_run(run_dir) -> RunRecord | None:
     except ConfigError:
         return None
     return RunRecord(best.name, str(yaml_path), grid_digest(text),
-                     tuple((c.id, c.n_samples) for c in expand_cells(best)), text)
+                     tuple((c.id, c.n_samples) for c in expand_cells(best)), text,
+                     best.user_files)
 
 
 # --------------------------------------------------------------------------- computing
@@ -471,7 +480,8 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
     results_dir = out_dir / "results"
     source = getattr(grid, "source_text", "") or ""
     digest = grid_digest(source)
-    code = code_digest()
+    # a user's cost or target module counts as code: editing it makes its cells stale
+    code = code_digest(grid.user_files)
 
     cells = expand_cells(grid)
     p = plan([c.id for c in cells], out_dir, code)
@@ -775,8 +785,8 @@ def run_status(run_dir) -> str:
     stale: computed by other code, missing, running: claimed by a live run) and the files of
     other grids, with the code that computed them; then the cells that are not done."""
     run_dir = Path(run_dir)
-    current = code_digest()
     record = last_run(run_dir)
+    current = record.code if record is not None else code_digest()
     stored = scan(run_dir)
     running = claims.live_claims(run_dir / "results")
     lines = []

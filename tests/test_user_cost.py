@@ -188,3 +188,38 @@ def test_the_example_user_cost_loads_and_its_derivatives_are_consistent():
         grad = exact.reference("pathwise", "mu", FAMILY, spec, p)[0]
         assert grad == pytest.approx((mean(p["mu"] + h) - mean(p["mu"] - h)) / (2 * h),
                                      rel=1e-6)
+
+
+def test_editing_the_user_module_makes_its_results_stale(tmp_path, monkeypatch):
+    """A user's module is code: results computed before it was edited are recomputed (and
+    `harness status` calls them stale), not silently kept; a rerun without an edit skips."""
+    from helpers import fake_backend
+
+    from harness import runner
+    from harness.config import load_grid
+
+    monkeypatch.setitem(sys.modules, "harness.backends.cpu", fake_backend())
+    module = tmp_path / "stale_check_costs.py"
+    module.write_text("def cube(x):\n    return x * x * x\n")
+    grid_path = tmp_path / "grid.yaml"
+    grid_path.write_text(textwrap.dedent("""\
+        name: user_stale
+        problem: {distribution: normal, cost: {python: "stale_check_costs:cube"},
+                  mu: [0.0, 1.0], sigma: 1.0}
+        wrt: [mu]
+        estimators: [score_function]
+        n_samples: [100]
+        seeds: 4
+        """))
+    out = tmp_path / "run"
+    grid = load_grid(grid_path)
+    assert grid.user_files == (str(module.resolve()),)
+    assert runner.run_grid(grid, out, progress=False).computed == 2
+    assert runner.run_grid(load_grid(grid_path), out, progress=False).skipped == 2
+
+    module.write_text("def cube(x):\n    return x * x * x  # edited\n")
+    status = runner.run_status(out)
+    assert "0 done, 2 stale" in status, status
+    again = runner.run_grid(load_grid(grid_path), out, progress=False)
+    assert again.computed == 2 and again.skipped == 0
+    assert runner.run_grid(load_grid(grid_path), out, progress=False).skipped == 2

@@ -95,6 +95,19 @@ def _on_path(path):
             sys.path.remove(path)
 
 
+def module_files(origins) -> tuple[str, ...]:
+    """The source files of the (already imported) modules ``origins`` come from (each a
+    ``UserFunction``): what a result computed with them depends on, beside the package
+    (``harness.provenance.code_digest``'s ``extra_files``)."""
+    files = []
+    for origin in origins:
+        module = sys.modules.get(origin.module)
+        file = getattr(module, "__file__", None)
+        if file:
+            files.append(str(Path(file).resolve()))
+    return tuple(dict.fromkeys(files))
+
+
 def import_function(ref, key, path, where="problem.cost", arities=(1, 2),
                     arguments="x, or x and k", example="my_costs:quartic", what="cost"):
     """Import the plain Python function ``ref`` (``"module:function"``) with the grid's

@@ -165,6 +165,17 @@ def optimal_elbo(problem: api.Problem) -> float:
 
 # -------------------------------------------------------------------------------- report
 
+def user_files(problem) -> tuple[str, ...]:
+    """The module files of the grid's user-written targets (empty for built-in targets)."""
+    files = []
+    for point in problem.points:
+        params = dict(point.params)
+        if "python" in params:
+            spec = {k: params[k] for k in ("python", "gradient", "path")}
+            files += [str(f) for f in user.load({**spec, "dim": point.dim}).files]
+    return tuple(dict.fromkeys(files))
+
+
 def report_section(df, summary, out_dir):
     """Component-averaged variance figures and optimisation traces (``harness.vi.report``)."""
     from ..vi.report import section
@@ -199,6 +210,7 @@ KIND = ProblemKind(
     cells=cells,
     compute=compute,
     report_section=report_section,
+    user_files=user_files,
     listing=listing,
     columns=(
         pa.field("target", pa.string()),                      # log g: gaussian, ...

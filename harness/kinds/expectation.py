@@ -308,6 +308,13 @@ def _columns() -> tuple:
             *(pa.field(name, pa.float64()) for name in parameter_columns()))
 
 
+def user_files(problem) -> tuple[str, ...]:
+    """The module file of a user-written cost (empty for a built-in cost)."""
+    from ..costs.user import module_files
+
+    return module_files(registry.get_cost(problem.cost).python.values())
+
+
 KIND = ProblemKind(
     name=NAME,
     description="d/dtheta E_q[f(x)] for a distribution q(x; theta) and a cost f(x; k)",
@@ -323,4 +330,5 @@ KIND = ProblemKind(
     columns=_columns(),
     sweep_columns=parameter_columns(),
     calibration=calibration,
+    user_files=user_files,
 )
