@@ -98,6 +98,8 @@ NEEDS = {
     "second_derivative": "the cost's second derivative f''",
     "reparameterisation": "a reparameterisable family (dx/dtheta)",
     "antithetic": "a family with an antithetic base draw",
+    # relaxed estimators evaluate f (and f') at a relaxed sample in (0, 1), not only at {0, 1}
+    "unit_interval": "a cost defined on [0, 1] (the relaxed sample)",
 }
 
 
@@ -178,14 +180,19 @@ class Cost:
     closed_forms: Mapping[str, ClosedForms] = field(default_factory=dict)  # family -> forms
     positive: tuple[str, ...] = ()     # params that must be > 0 (e.g. exp's k)
     description: str = ""
+    # the interval where f (and f') is defined; relaxed estimators need it to hold [0, 1]
+    domain: tuple[float, float] = (-math.inf, math.inf)
     # user-written costs (``harness.costs.user``): role -> the function as the kernel imports it
     python: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def provides(self) -> frozenset:
-        """Which of "derivative" and "second_derivative" the cost has (value: always)."""
-        return frozenset(name for name in ("derivative", "second_derivative")
-                         if getattr(self, name) is not None)
+        """Which of "derivative", "second_derivative" and "unit_interval" (defined on [0, 1])
+        the cost has (value: always)."""
+        return frozenset([name for name in ("derivative", "second_derivative")
+                          if getattr(self, name) is not None]
+                         + (["unit_interval"] if self.domain[0] <= 0.0 <= 1.0 <= self.domain[1]
+                            else []))
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,9 @@ class Estimator:
     family that meets ``needs``); ``streams``: its own Philox stream ids; ``independent_copy``:
     the kernel passes the sample's draw on the independent copy stream as ``s.e_copy``;
     ``evals_per_sample``: evaluations of f (or f') per sample, for work-normalised variances.
+    ``biased``: the estimator's expectation is not the gradient (relaxations, straight-through):
+    its ``reference`` mean is its own exact expectation (results column
+    ``exact_estimator_mean``), and tests compare its mean with that, not with the gradient.
     ``reference(family, cost, component, params) -> (mean, per-sample variance)``: a NumPy
     transcription of the estimator's definition over ``family.rule`` (never ``per_sample``),
     None if there is none.  ``finite_n(family, cost, component, params, n) -> (E[sample_var],
@@ -208,6 +218,7 @@ class Estimator:
     evals_per_sample: int
     description: str
     needs: frozenset = frozenset()
+    biased: bool = False
     families: tuple[str, ...] | None = None
     streams: tuple[int, ...] = ()
     independent_copy: bool = False
