@@ -180,7 +180,8 @@ class Cost:
     closed_forms: Mapping[str, ClosedForms] = field(default_factory=dict)  # family -> forms
     positive: tuple[str, ...] = ()     # params that must be > 0 (e.g. exp's k)
     description: str = ""
-    # the interval where f (and f') is defined; relaxed estimators need it to hold [0, 1]
+    # the open interval (lo, hi) where f (and f') is defined; relaxed estimators need it to
+    # contain [0, 1] (every built-in cost is defined on the whole line)
     domain: tuple[float, float] = (-math.inf, math.inf)
     # user-written costs (``harness.costs.user``): role -> the function as the kernel imports it
     python: Mapping[str, object] = field(default_factory=dict)
@@ -191,7 +192,7 @@ class Cost:
         the cost has (value: always)."""
         return frozenset([name for name in ("derivative", "second_derivative")
                           if getattr(self, name) is not None]
-                         + (["unit_interval"] if self.domain[0] <= 0.0 <= 1.0 <= self.domain[1]
+                         + (["unit_interval"] if self.domain[0] < 0.0 and 1.0 < self.domain[1]
                             else []))
 
 
