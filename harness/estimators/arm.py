@@ -41,7 +41,7 @@ def reference(family, cost, component, params):
     g = (values(cost.value, (u > q).astype(float), k)
          - values(cost.value, (u < q).astype(float), k)) * (u - 0.5)
     mean = float(w @ g)
-    return mean, max(float(w @ (g * g)) - mean * mean, 0.0)
+    return mean, float(w @ ((g - mean) ** 2))
 
 
 ESTIMATOR = Estimator(

@@ -46,7 +46,7 @@ def reference(family, cost, component, params):
     g = 0.5 * (values(cost.value, b, k) - values(cost.value, b_anti, k)) \
         * np.where(b_anti == 1.0, -1.0, 1.0) * (b != b_anti) * float(expit(abs(logit)))
     mean = float(w @ g)
-    return mean, max(float(w @ (g * g)) - mean * mean, 0.0)
+    return mean, float(w @ ((g - mean) ** 2))
 
 
 ESTIMATOR = Estimator(

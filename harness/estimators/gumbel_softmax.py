@@ -49,7 +49,7 @@ def reference(temperature, family, cost, component, params):
     y = expit(z)
     g = values(cost.derivative, y, params.get("k", 0.0)) * y * expit(-z) / tau
     mean = float(w @ g)
-    return mean, max(float(w @ (g * g)) - mean * mean, 0.0)
+    return mean, float(w @ ((g - mean) ** 2))
 
 
 def configure(temperature):

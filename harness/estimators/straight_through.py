@@ -45,7 +45,7 @@ def reference(temperature, family, cost, component, params):
     g = values(cost.derivative, hard, params.get("k", 0.0)) * expit(z / tau) * expit(-z / tau) \
         / tau
     mean = float(w @ g)
-    return mean, max(float(w @ (g * g)) - mean * mean, 0.0)
+    return mean, float(w @ ((g - mean) ** 2))
 
 
 def configure(temperature):

@@ -276,14 +276,18 @@ def parameter_columns() -> tuple[str, ...]:
 
 def report_section(df, summary, out_dir):
     """The variance study against a swept parameter (Mohamed et al. 2020, Section 3), when
-    a run sweeps more points than the common page draws as panels."""
+    a run sweeps more points than the common page draws as panels; and the bias of biased
+    estimators against their temperature (``harness.report_bias``), when a run has any."""
     from ..report import MAX_FACET_POINTS
-    from ..report_study import study_section
+    from ..report_bias import bias_section
+    from ..report_study import study_section, swept_parameter
 
     rows = df[df["problem"] == NAME]
-    if rows["point"].nunique() <= MAX_FACET_POINTS:
-        return [], ""
-    return study_section(rows, out_dir)
+    figures, text = [], ""
+    if rows["point"].nunique() > MAX_FACET_POINTS:
+        figures, text = study_section(rows, out_dir)
+    bias_figures, bias_text = bias_section(rows, out_dir, swept_parameter(rows))
+    return figures + bias_figures, text + bias_text
 
 
 def listing() -> list[str]:
