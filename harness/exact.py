@@ -39,7 +39,6 @@ from collections.abc import Mapping
 from . import registry
 from .quadrature import values
 
-
 Reference = namedtuple("Reference", "grad var source estimator_mean")
 
 

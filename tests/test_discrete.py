@@ -10,17 +10,19 @@ over the logistic noise L or use fixed Gauss-Legendre rules).
 """
 
 import math
+from functools import partial
 
 import numba
 import numpy as np
 import pytest
 from conformance import FAMILY_POINTS, Z, params, z_scores
+from helpers import needs_cuda
 from numba import njit
 from scipy import integrate
 from scipy.special import expit
 
 from harness import exact, registry
-from harness.axes import Cost, Estimator
+from harness.axes import Cost
 from harness.backends import cpu
 from harness.config import parse_grid
 from harness.distributions.bernoulli import logistic_noise, probability
@@ -76,7 +78,7 @@ def test_bernoulli_references_match_closed_forms(cost, point):
                            p_)[1] == pytest.approx(0.0, abs=1e-12 * (1 + d * d))
 
 
-# ---- Bernoulli relaxations: adaptive quadrature over u --------------------------------------------
+# ---- Bernoulli relaxations: adaptive quadrature over u ------------------------------------------
 
 def _quad_u(g, p):
     """(E g, E g^2) over u ~ Uniform(0, 1), adaptive, split at the hard sample's jump u = p."""
@@ -88,6 +90,22 @@ def _quad_u(g, p):
 def _relaxed(logit, tau, u):
     z = (logit + math.log((1.0 - u) / u)) / tau
     return z, expit(z)
+
+
+def _concrete_term(cost, logit, k, tau, u):
+    z, y = _relaxed(logit, tau, u)
+    return df(cost, y, k) * y * expit(-z) / tau
+
+
+def _straight_through_term(cost, logit, k, tau, u):
+    z, y = _relaxed(logit, tau, u)
+    return df(cost, 1.0 if u < expit(logit) else 0.0, k) * y * expit(-z) / tau
+
+
+def _relaxed_objective(cost, logit, k, tau):
+    """E[f(y)], y the relaxed sample, by quad over u."""
+    return integrate.quad(lambda u: f(cost, _relaxed(logit, tau, u)[1], k), 0.0, 1.0,
+                          points=[expit(logit)], limit=400, epsabs=1e-14, epsrel=1e-13)[0]
 
 
 @pytest.mark.parametrize("cost", ["quadratic", "cos"])
@@ -102,15 +120,9 @@ def test_relaxed_references_match_adaptive_quadrature_over_u(cost, tau):
         p_ = params(cost, (logit, k), "bernoulli")
         p = expit(logit)
 
-        def gs(u):
-            z, y = _relaxed(logit, tau, u)
-            return df(cost, y, k) * y * expit(-z) / tau
-
-        def st(u):
-            z, y = _relaxed(logit, tau, u)
-            return df(cost, 1.0 if u < p else 0.0, k) * y * expit(-z) / tau
-
-        for name, g in (("gumbel_softmax", gs), ("straight_through", st)):
+        for name, g in (("gumbel_softmax", partial(_concrete_term, cost, logit, k, tau)),
+                        ("straight_through", partial(_straight_through_term, cost, logit, k,
+                                                     tau))):
             label = f"{name}[temperature={tau}]" if tau != TEMPERATURES[0] else name
             ref = exact.references(label, "logit", "bernoulli", cost, p_)
             mean, second = _quad_u(g, p)
@@ -118,13 +130,9 @@ def test_relaxed_references_match_adaptive_quadrature_over_u(cost, tau):
             assert ref.var == pytest.approx(second - mean * mean, rel=1e-7, abs=1e-11), \
                 (label, logit)
 
-        def relaxed_objective(lg):
-            return integrate.quad(lambda u: f(cost, _relaxed(lg, tau, u)[1], k), 0.0, 1.0,
-                                  points=[expit(lg)], limit=400, epsabs=1e-14,
-                                  epsrel=1e-13)[0]
-
         h = 1e-4
-        fd = (relaxed_objective(logit + h) - relaxed_objective(logit - h)) / (2 * h)
+        fd = (_relaxed_objective(cost, logit + h, k, tau)
+              - _relaxed_objective(cost, logit - h, k, tau)) / (2 * h)
         label = f"gumbel_softmax[temperature={tau}]" if tau != TEMPERATURES[0] else \
             "gumbel_softmax"
         ref = exact.references(label, "logit", "bernoulli", cost, p_)
@@ -153,6 +161,10 @@ def _rebar_term(cost, logit, k, tau, eta, u, v):
             + eta * (slope(z) - slope(z_c) * dz_c))
 
 
+def _rebar_power(power, cost, logit, k, tau, eta, v, u):
+    return _rebar_term(cost, logit, k, tau, eta, u, v) ** power
+
+
 @pytest.mark.parametrize("label,tau,eta", [("rebar", 0.5, 1.0),
                                            ("rebar[eta=0.5,temperature=0.25]", 0.25, 0.5)])
 def test_rebar_reference_matches_a_double_integral_over_u_and_v(label, tau, eta):
@@ -167,9 +179,9 @@ def test_rebar_reference_matches_a_double_integral_over_u_and_v(label, tau, eta)
         for power in (1, 2):
             total = 0.0
             for lo, hi in ((0.0, p), (p, 1.0)):
-                total += integrate.dblquad(
-                    lambda v, u: _rebar_term(cost, logit, k, tau, eta, u, v) ** power,
-                    lo, hi, 0.0, 1.0, epsabs=1e-11, epsrel=1e-9)[0]
+                term = partial(_rebar_power, power, cost, logit, k, tau, eta)
+                total += integrate.dblquad(term, lo, hi, 0.0, 1.0, epsabs=1e-11,
+                                           epsrel=1e-9)[0]
             moments.append(total)
         assert ref.estimator_mean == ref.grad
         assert moments[0] == pytest.approx(ref.grad, rel=1e-6, abs=1e-9)
@@ -187,7 +199,7 @@ def test_every_rebar_variant_integrates_to_the_exact_gradient(cost):
             assert mean == pytest.approx(grad, rel=1e-9, abs=1e-13), (label, point)
 
 
-# ---- exponential: closed forms and adaptive quadrature in x ------------------------------------------
+# ---- exponential: closed forms and adaptive quadrature in x -------------------------------------
 
 @pytest.mark.parametrize("cost", COSTS)
 @pytest.mark.parametrize("point", EXPONENTIAL_POINTS)
@@ -202,16 +214,24 @@ def test_exponential_references_match_adaptive_quadrature_in_x(cost, point):
         return integrate.quad(lambda x: rate * math.exp(-rate * x) * h(x), 0.0, math.inf,
                               limit=400, epsabs=1e-13, epsrel=1e-11)[0]
 
-    grad = expect(lambda x: f(cost, x, k) * (1.0 / rate - x))
+    def score_term(x):
+        return f(cost, x, k) * (1.0 / rate - x)
+
+    def pathwise_term(x):
+        return df(cost, x, k) * (-x / rate)
+
+    grad = expect(score_term)
     if cost == "quadratic":
         assert grad == pytest.approx(-4.0 / rate ** 3 + 2.0 * k / rate ** 2, rel=1e-9)
-    terms = {"score_function": lambda x: f(cost, x, k) * (1.0 / rate - x),
-             "pathwise": lambda x: df(cost, x, k) * (-x / rate)}
-    for label, g in terms.items():
+    for label, g in (("score_function", score_term), ("pathwise", pathwise_term)):
         ref = exact.references(label, "rate", "exponential", cost, p_)
         assert ref.grad == pytest.approx(grad, rel=1e-9, abs=1e-12), label
-        assert ref.var == pytest.approx(expect(lambda x: g(x) ** 2) - grad ** 2, rel=1e-8,
-                                        abs=1e-12), label
+        second = expect(partial(_squared, g))
+        assert ref.var == pytest.approx(second - grad ** 2, rel=1e-8, abs=1e-12), label
+
+
+def _squared(g, x):
+    return g(x) ** 2
 
 
 # ---- deliberately wrong estimators: the conformance check must reject each -----------------------
@@ -377,20 +397,19 @@ def test_relaxed_estimators_need_a_cost_defined_on_the_unit_interval(monkeypatch
         parse_grid(_grid("bernoulli", "  logit: 0.3\n", "arm", cost="log"), "g.yaml")
 
 
-# ---- reproducibility ------------------------------------------------------------------------------
+# ---- reproducibility ----------------------------------------------------------------------------
 
 def test_discrete_estimators_are_bitwise_identical_for_one_and_two_threads():
     """ARM, REBAR (its own stream) and the leave-one-out baseline (accumulated) on the
     Bernoulli family, and the exponential family's pathwise term: identical bits for 1 and 2
     threads and on rerun."""
-    cases = [("bernoulli", ["arm", "rebar", "score_function[baseline=mean]"],
+    cases = [("bernoulli", ["arm", "rebar", "score_function[baseline=mean]"],  # as the CUDA test
               {"logit": 0.3, "k": 0.45}),
              ("exponential", ["pathwise", "score_function"], {"rate": 1.5, "k": 0.45})]
     for family, ests, p_ in cases:
         comps = registry.FAMILIES[family].params
 
-        def go():
-            return cpu.estimate(family, "quadratic", ests, comps, p_, 150_001, np.arange(4))
+        go = partial(cpu.estimate, family, "quadratic", ests, comps, p_, 150_001, np.arange(4))
 
         before = numba.get_num_threads()
         try:
@@ -404,3 +423,20 @@ def test_discrete_estimators_are_bitwise_identical_for_one_and_two_threads():
         for other in (two, again):
             assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1])
         assert np.isfinite(one[0]).all() and (one[1] > 0).all()
+
+
+@needs_cuda
+def test_cuda_backend_matches_the_cpu_on_the_same_streams(monkeypatch):
+    """The Bernoulli family with ARM, REBAR (its own stream) and the leave-one-out baseline
+    on the CUDA backend (the simulator in tox -e cudasim): the CPU's numbers to the tolerance
+    of tests/test_cuda.py, on the same Philox streams."""
+    from harness.backends import cuda
+
+    monkeypatch.setattr(cuda, "MIN_CHUNK_PAIRS", 64)
+    ests = ["arm", "rebar", "score_function[baseline=mean]"]
+    seeds = np.array([0, 7, 2**40 + 3])
+    for n in (3, 1001):
+        args = ("bernoulli", "quadratic", ests, ("logit",), {"logit": 0.3, "k": 0.45}, n, seeds)
+        (eg, vg), (ec, vc) = cuda.estimate(*args), cpu.estimate(*args)
+        assert np.all(np.abs(eg - ec) <= 1e-12 * (np.abs(ec) + np.sqrt(vc))), n
+        assert np.allclose(vg, vc, rtol=1e-10, atol=0), n

@@ -15,7 +15,6 @@ Per-sample variance: with D = f(1) - f(0), g = +-D (u - 1/2), so Var[g] = D^2 / 
 Reference: Yin & Zhou, ICLR 2019, Theorem 1 (univariate case).
 """
 
-import numpy as np
 from numba import njit
 from scipy.special import expit
 

@@ -44,8 +44,8 @@ def prepare(temperature, family, cost, component, params):
 def reference(temperature, family, cost, component, params):
     """E and Var of g over L ~ Logistic(0, 1)."""
     logit, tau = params["logit"], float(temperature)
-    l, w = logistic_rule([-logit])
-    z = (logit + l) / tau
+    noise, w = logistic_rule([-logit])
+    z = (logit + noise) / tau
     y = expit(z)
     g = values(cost.derivative, y, params.get("k", 0.0)) * y * expit(-z) / tau
     mean = float(w @ g)

@@ -80,8 +80,8 @@ def reference(temperature, eta, family, cost, component, params):
     """E and Var of g: sums over x of 1-D integrals over z given x (module docstring)."""
     logit, tau, k = params["logit"], float(temperature), params.get("k", 0.0)
     p = float(expit(logit))
-    l, w = logistic_rule([-logit])
-    z = logit + l
+    noise, w = logistic_rule([-logit])
+    z = logit + noise
     y = expit(z / tau)
     f_relaxed = values(cost.value, y, k)
     slope = values(cost.derivative, y, k) * y * expit(-z / tau) / tau

@@ -39,8 +39,8 @@ def prepare(temperature, family, cost, component, params):
 def reference(temperature, family, cost, component, params):
     """E and Var of g over L ~ Logistic(0, 1)."""
     logit, tau = params["logit"], float(temperature)
-    l, w = logistic_rule([-logit])
-    z = logit + l
+    noise, w = logistic_rule([-logit])
+    z = logit + noise
     hard = (z > 0).astype(float)
     g = values(cost.derivative, hard, params.get("k", 0.0)) * expit(z / tau) * expit(-z / tau) \
         / tau
