@@ -100,7 +100,7 @@ def _figure(points: pd.DataFrame, x: str, cost: str, work: bool) -> Figure:
         ax.set_title(f"{cost}: gradient wrt {comp}")
     handles, labels = axes[0].get_legend_handles_labels()
     if many:
-        fig.legend(handles, labels, loc="outside right upper", ncol=1, fontsize=7,
+        fig.legend(handles, labels, loc="outside right center", ncol=1, fontsize=7,
                    frameon=False)
     else:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),

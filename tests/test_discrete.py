@@ -397,14 +397,51 @@ def test_relaxed_estimators_need_a_cost_defined_on_the_unit_interval(monkeypatch
         parse_grid(_grid("bernoulli", "  logit: 0.3\n", "arm", cost="log"), "g.yaml")
 
 
+# ---- end to end: the grid, the results column, the report ---------------------------------------
+
+# one estimator set for the end-to-end, thread and CUDA tests: one parallel kernel to compile
+BERNOULLI_SET = ("arm", "rebar", "gumbel_softmax", "score_function[baseline=mean]")
+
+
+def test_a_bernoulli_grid_runs_and_stores_the_exact_bias(tmp_path):
+    """harness run / report on a tiny Bernoulli grid: exact_estimator_mean equals exact_grad
+    for the unbiased estimators and is the concrete estimator's own expectation (not the
+    gradient) for gumbel_softmax; the report draws the bias section."""
+    from harness.report import build_report
+    from harness.results import read_results
+    from harness.runner import run_grid
+
+    text = ("name: tiny_bernoulli\nproblem:\n  distribution: bernoulli\n  cost: quadratic\n"
+            "  logit: 0.3\n  k: [0.3, 0.45]\n"
+            "estimators: [arm, rebar, gumbel_softmax, {name: score_function, baseline: mean}]\n"
+            "n_samples: [200]\nseeds: 5\n")
+    grid = parse_grid(text, tmp_path / "g.yaml")
+    assert tuple(spec.label for spec in grid.estimators) == BERNOULLI_SET  # one kernel
+    run_grid(grid, tmp_path, progress=False)
+    df = read_results(tmp_path)
+    assert set(df["distribution"]) == {"bernoulli"} and df["logit"].eq(0.3).all()
+    for label, rows in df.groupby("estimator"):
+        k = rows["k"].iloc[0]
+        own = exact.references(label, "logit", "bernoulli", "quadratic",
+                               {"logit": 0.3, "k": k}).estimator_mean
+        if registry.resolve(label).biased:
+            assert (rows["exact_estimator_mean"] != rows["exact_grad"]).all(), label
+        else:
+            assert (rows["exact_estimator_mean"] == rows["exact_grad"]).all(), label
+        assert rows.groupby("k")["exact_estimator_mean"].nunique().eq(1).all()
+        assert own == rows[rows["k"] == k]["exact_estimator_mean"].iloc[0]
+    build_report(tmp_path)
+    assert (tmp_path / "report" / "bias_vs_temperature.png").stat().st_size > 0
+    assert "Bias of the relaxed estimators" in (tmp_path / "report" / "index.html").read_text()
+
+
 # ---- reproducibility ----------------------------------------------------------------------------
 
 def test_discrete_estimators_are_bitwise_identical_for_one_and_two_threads():
     """ARM, REBAR (its own stream) and the leave-one-out baseline (accumulated) on the
     Bernoulli family, and the exponential family's pathwise term: identical bits for 1 and 2
     threads and on rerun."""
-    cases = [("bernoulli", ["arm", "rebar", "score_function[baseline=mean]"],  # as the CUDA test
-              {"logit": 0.3, "k": 0.45}),
+    cases = [("bernoulli", list(BERNOULLI_SET), {"logit": 0.3, "k": 0.45}),
              ("exponential", ["pathwise", "score_function"], {"rate": 1.5, "k": 0.45})]
     for family, ests, p_ in cases:
         comps = registry.FAMILIES[family].params
@@ -433,7 +470,7 @@ def test_cuda_backend_matches_the_cpu_on_the_same_streams(monkeypatch):
     from harness.backends import cuda
 
     monkeypatch.setattr(cuda, "MIN_CHUNK_PAIRS", 64)
-    ests = ["arm", "rebar", "score_function[baseline=mean]"]
+    ests = list(BERNOULLI_SET)
     seeds = np.array([0, 7, 2**40 + 3])
     for n in (3, 1001):
         args = ("bernoulli", "quadratic", ests, ("logit",), {"logit": 0.3, "k": 0.45}, n, seeds)
