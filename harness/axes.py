@@ -188,12 +188,14 @@ class Cost:
 
     @property
     def provides(self) -> frozenset:
-        """Which of "derivative", "second_derivative" and "unit_interval" (defined on [0, 1])
-        the cost has (value: always)."""
-        return frozenset([name for name in ("derivative", "second_derivative")
-                          if getattr(self, name) is not None]
-                         + (["unit_interval"] if self.domain[0] < 0.0 and 1.0 < self.domain[1]
-                            else []))
+        """Which of "derivative" and "second_derivative" the cost has (value: always)."""
+        return frozenset(name for name in ("derivative", "second_derivative")
+                         if getattr(self, name) is not None)
+
+    @property
+    def on_unit_interval(self) -> bool:
+        """Defined on [0, 1] (the need "unit_interval" of the relaxed estimators)."""
+        return self.domain[0] < 0.0 and 1.0 < self.domain[1]
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,9 @@ def combination_problem(estimator, family, cost_spec) -> tuple[str, str] | None:
     cost_needs = resolve(estimator).needs & {"derivative", "second_derivative", "unit_interval"}
     fix = f"use {', '.join(usable) or 'another estimator'}"
     if cost_needs:
-        costs = [name for name, c in COSTS.items() if cost_needs <= c.provides]
+        costs = [name for name, c in COSTS.items()
+                 if cost_needs - {"unit_interval"} <= c.provides
+                 and (c.on_unit_interval or "unit_interval" not in cost_needs)]
         fix += f", or a cost that has what it needs ({', '.join(costs)})"
     return reason, fix
 
@@ -230,8 +232,10 @@ def _missing(estimator, family, cost_spec) -> str | None:
     if est.families is not None and fam.name not in est.families:
         return (f"{est.name} is defined for the {' or '.join(est.families)} family only, "
                 f"not {fam.name}")
+    available = fam.supports | cost.provides | ({"unit_interval"} if cost.on_unit_interval
+                                                 else set())
     for need in NEEDS:  # a fixed order, so the message is reproducible
-        if need not in est.needs or need in fam.supports | cost.provides:
+        if need not in est.needs or need in available:
             continue
         if need == "derivative":
             return (f"{est.name} needs the derivative of the cost, but cost {cost.name} is "

@@ -306,8 +306,10 @@ def listing() -> list[str]:
         opt = "".join(f"; option {k}: {'|'.join(map(registry.option_text, v))}"
                       for k, v in options.items())
         needs = ", ".join(sorted(e.needs)) or "the cost's value"
-        lines.append(f"  {name:16} needs: {needs}; evals_per_sample: {e.evals_per_sample}"
-                     f"{opt}  {e.description}")
+        families = f"; families: {', '.join(e.families)}" if e.families else ""
+        biased = "; biased" if e.biased else ""
+        lines.append(f"  {name:16} needs: {needs}{families}{biased}; evals_per_sample: "
+                     f"{e.evals_per_sample}{opt}  {e.description}")
     return lines
 
 
