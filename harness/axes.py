@@ -98,6 +98,8 @@ NEEDS = {
     "second_derivative": "the cost's second derivative f''",
     "reparameterisation": "a reparameterisable family (dx/dtheta)",
     "antithetic": "a family with an antithetic base draw",
+    # relaxed estimators evaluate f (and f') at a relaxed sample in (0, 1), not only at {0, 1}
+    "unit_interval": "a cost defined on [0, 1] (the relaxed sample)",
 }
 
 
@@ -178,6 +180,9 @@ class Cost:
     closed_forms: Mapping[str, ClosedForms] = field(default_factory=dict)  # family -> forms
     positive: tuple[str, ...] = ()     # params that must be > 0 (e.g. exp's k)
     description: str = ""
+    # the open interval (lo, hi) where f (and f') is defined; relaxed estimators need it to
+    # contain [0, 1] (every built-in cost is defined on the whole line)
+    domain: tuple[float, float] = (-math.inf, math.inf)
     # user-written costs (``harness.costs.user``): role -> the function as the kernel imports it
     python: Mapping[str, object] = field(default_factory=dict)
 
@@ -186,6 +191,11 @@ class Cost:
         """Which of "derivative" and "second_derivative" the cost has (value: always)."""
         return frozenset(name for name in ("derivative", "second_derivative")
                          if getattr(self, name) is not None)
+
+    @property
+    def on_unit_interval(self) -> bool:
+        """Defined on [0, 1] (the need "unit_interval" of the relaxed estimators)."""
+        return self.domain[0] < 0.0 and 1.0 < self.domain[1]
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,9 @@ class Estimator:
     family that meets ``needs``); ``streams``: its own Philox stream ids; ``independent_copy``:
     the kernel passes the sample's draw on the independent copy stream as ``s.e_copy``;
     ``evals_per_sample``: evaluations of f (or f') per sample, for work-normalised variances.
+    ``biased``: the estimator's expectation is not the gradient (relaxations, straight-through):
+    its ``reference`` mean is its own exact expectation (results column
+    ``exact_estimator_mean``), and tests compare its mean with that, not with the gradient.
     ``reference(family, cost, component, params) -> (mean, per-sample variance)``: a NumPy
     transcription of the estimator's definition over ``family.rule`` (never ``per_sample``),
     None if there is none.  ``finite_n(family, cost, component, params, n) -> (E[sample_var],
@@ -208,6 +221,7 @@ class Estimator:
     evals_per_sample: int
     description: str
     needs: frozenset = frozenset()
+    biased: bool = False
     families: tuple[str, ...] | None = None
     streams: tuple[int, ...] = ()
     independent_copy: bool = False

@@ -19,6 +19,12 @@ back, right or wrong).  An estimator without a reference gets ``none``, and its 
 checked another way (``tests/test_estimators.py``: across-seed variance of the estimate
 against the mean within-seed variance / N).
 
+Biased estimators (``Estimator.biased``: the Bernoulli relaxations and straight-through) have
+an expectation of their own; ``references(...)`` returns it as ``estimator_mean`` (the
+results column ``exact_estimator_mean``, so bias = estimator_mean - exact_grad exactly): the
+mean of the variant's ``reference``, NaN without one.  For every unbiased estimator it is the
+exact gradient (the conformance tests check that each reference integrates to it).
+
 The gradient is the cost's closed form under the family where there is one, else the
 quadrature of E_q[f s] (s the family's score, from its density), the score-function identity.
 The ``source`` is recorded in the results (``exact_source``) so a reader knows which is which.
@@ -27,15 +33,23 @@ The ``source`` is recorded in the results (``exact_source``) so a reader knows w
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from collections.abc import Mapping
 
 from . import registry
 from .quadrature import values
 
+Reference = namedtuple("Reference", "grad var source estimator_mean")
+
 
 def reference(estimator, component: str, family, cost, params: Mapping
               ) -> tuple[float, float, str]:
     """Return (exact_grad, exact_var, source) for one estimator term (see the module doc)."""
+    return tuple(references(estimator, component, family, cost, params)[:3])
+
+
+def references(estimator, component: str, family, cost, params: Mapping) -> Reference:
+    """(grad, var, source, estimator_mean) for one estimator term (see the module doc)."""
     fam, c, est = registry.get_family(family), registry.get_cost(cost), registry.resolve(estimator)
     params = _checked(fam, c, params)
     if component not in fam.params:
@@ -43,11 +57,14 @@ def reference(estimator, component: str, family, cost, params: Mapping
     forms = c.closed_forms.get(fam.name)
     grad = float(forms.grad(**params)[component]) if forms else gradient(fam, c, component, params)
     closed = forms.variance.get((est.name, component)) if forms else None
+    own = est.reference(fam, c, component, params) if est.reference is not None and (
+        closed is None or est.biased) else None
+    mean = (float(own[0]) if own is not None else math.nan) if est.biased else grad
     if closed is not None:
-        return grad, float(closed(**params)), "closed_form"
-    if est.reference is not None:
-        return grad, float(est.reference(fam, c, component, params)[1]), "quadrature"
-    return grad, math.nan, "none"
+        return Reference(grad, float(closed(**params)), "closed_form", mean)
+    if own is not None:
+        return Reference(grad, float(own[1]), "quadrature", mean)
+    return Reference(grad, math.nan, "none", mean)
 
 
 def gradient(family, cost, component: str, params: Mapping) -> float:

@@ -22,7 +22,8 @@ PACKAGE = Path(__file__).resolve().parent
 
 # modules that never change a computed number (relative to the package directory)
 PRESENTATION_ONLY = frozenset({
-    "cli.py", "report.py", "report_study.py", "vi/report.py", "bench.py", "__main__.py",
+    "cli.py", "report.py", "report_study.py", "report_bias.py", "vi/report.py", "bench.py",
+    "__main__.py",
     "claims.py", "kernel_cache.py", "provenance.py", "errors.py",
     "executors.py",       # where cells run; results do not depend on it (nor on threads)
 })

@@ -10,6 +10,12 @@ use it.
 - ``rayleigh_expect(h)``: E[h(W)], W ~ Rayleigh(1) = Weibull(2, sqrt 2) (density w e^{-w^2/2}
   on w > 0), by composite Gauss-Legendre on [0, 14] (the mass beyond 14 is e^{-98}).
 - ``unit_nodes()``: composite Gauss-Legendre on [0, 1], for E over U ~ Uniform(0, 1).
+- ``split_unit_rule(breaks)``: Gauss-Legendre on [0, 1] split at ``breaks``, for E over U of
+  functions that are polynomial between the breaks (ARM, DisARM): exact there.
+- ``logistic_rule(breaks)``: E over L ~ Logistic(0, 1) (density sigmoid(l) sigmoid(-l)) by
+  composite Gauss-Legendre on [-LOGISTIC_HALF_WIDTH, LOGISTIC_HALF_WIDTH] (outside: mass
+  2 e^-40) with panels split at ``breaks``, for the relaxed Bernoulli estimators (their
+  integrands are smooth in l between the breaks, with features of width ~ the temperature).
 - ``hermite_tensor(nodes, dim)``: E over eps ~ N(0, I_dim) by the tensor product of the
   ``nodes``-point rule, in blocks (the ELBO references, ``harness.vi.references``).
 - ``values(fn, x, k)``: a jitted scalar cost evaluated on an array.
@@ -61,6 +67,34 @@ def rayleigh_expect(h) -> float:
 
 def unit_nodes():
     return composite_legendre(0.0, 1.0, 64, 12)
+
+
+def split_unit_rule(breaks=(), order: int = 8):
+    """(u, w): an ``order``-point Gauss-Legendre rule on each piece of [0, 1] cut at
+    ``breaks`` (points outside (0, 1) are ignored); exact for piecewise polynomials of degree
+    < 2 * order with those breaks."""
+    edges = np.unique(np.clip(np.concatenate([[0.0, 1.0], np.asarray(breaks, float)]), 0, 1))
+    x, w = np.polynomial.legendre.leggauss(order)
+    half, mid = 0.5 * np.diff(edges), 0.5 * (edges[1:] + edges[:-1])
+    return ((mid[:, None] + half[:, None] * x).ravel(), (half[:, None] * w).ravel())
+
+
+LOGISTIC_HALF_WIDTH = 40.0
+LOGISTIC_PANELS = 2000      # panel width 0.04: resolves relaxations down to temperature ~0.02
+
+
+def logistic_rule(breaks=(), panels: int = LOGISTIC_PANELS, order: int = 12):
+    """(l, w): nodes and weights with sum w h(l) ~= E[h(L)], L ~ Logistic(0, 1), the weights
+    including the density sigmoid(l) sigmoid(-l); composite Gauss-Legendre on [-40, 40] with
+    the panel edges ``breaks`` added (h may jump there)."""
+    a = LOGISTIC_HALF_WIDTH
+    edges = np.unique(np.concatenate([np.linspace(-a, a, panels + 1),
+                                      [b for b in breaks if -a < b < a]]))
+    x, w = np.polynomial.legendre.leggauss(order)
+    half, mid = 0.5 * np.diff(edges), 0.5 * (edges[1:] + edges[:-1])
+    nodes = (mid[:, None] + half[:, None] * x).ravel()
+    density = 0.25 / np.cosh(0.5 * nodes) ** 2   # sigmoid(l) sigmoid(-l)
+    return nodes, (half[:, None] * w).ravel() * density
 
 
 def hermite_tensor(nodes: int, dim: int, block: int = 20_000):

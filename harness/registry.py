@@ -24,12 +24,25 @@ from functools import cache
 
 from .axes import NEEDS, Cost, Estimator, Family
 from .costs import cos, exp, quadratic, square, user
-from .distributions import normal
+from .distributions import bernoulli, exponential, normal
 from .errors import ConfigError
-from .estimators import antithetic_pathwise, delta_cv, measure_valued, pathwise, score_function
+from .estimators import (
+    antithetic_pathwise,
+    arm,
+    delta_cv,
+    disarm,
+    gumbel_softmax,
+    measure_valued,
+    pathwise,
+    rebar,
+    score_function,
+    straight_through,
+)
 
 FAMILIES = {
     normal.FAMILY.name: normal.FAMILY,
+    bernoulli.FAMILY.name: bernoulli.FAMILY,
+    exponential.FAMILY.name: exponential.FAMILY,
 }
 DISTRIBUTIONS = FAMILIES  # the grid key is ``problem.distribution``
 
@@ -46,6 +59,11 @@ ESTIMATORS = {
     delta_cv.ESTIMATOR.name: delta_cv.ESTIMATOR,
     measure_valued.ESTIMATOR.name: measure_valued.ESTIMATOR,
     antithetic_pathwise.ESTIMATOR.name: antithetic_pathwise.ESTIMATOR,
+    arm.ESTIMATOR.name: arm.ESTIMATOR,
+    disarm.ESTIMATOR.name: disarm.ESTIMATOR,
+    gumbel_softmax.ESTIMATOR.name: gumbel_softmax.ESTIMATOR,
+    straight_through.ESTIMATOR.name: straight_through.ESTIMATOR,
+    rebar.ESTIMATOR.name: rebar.ESTIMATOR,
 }
 
 BACKENDS = ("cpu", "cuda")  # modules harness.backends.<name>, each with estimate()
@@ -190,10 +208,12 @@ def combination_problem(estimator, family, cost_spec) -> tuple[str, str] | None:
     if reason is None:
         return None
     usable = [name for name in ESTIMATORS if _missing(name, family, cost_spec) is None]
-    cost_needs = resolve(estimator).needs & {"derivative", "second_derivative"}
+    cost_needs = resolve(estimator).needs & {"derivative", "second_derivative", "unit_interval"}
     fix = f"use {', '.join(usable) or 'another estimator'}"
     if cost_needs:
-        costs = [name for name, c in COSTS.items() if cost_needs <= c.provides]
+        costs = [name for name, c in COSTS.items()
+                 if cost_needs - {"unit_interval"} <= c.provides
+                 and (c.on_unit_interval or "unit_interval" not in cost_needs)]
         fix += f", or a cost that has what it needs ({', '.join(costs)})"
     return reason, fix
 
@@ -212,12 +232,17 @@ def _missing(estimator, family, cost_spec) -> str | None:
     if est.families is not None and fam.name not in est.families:
         return (f"{est.name} is defined for the {' or '.join(est.families)} family only, "
                 f"not {fam.name}")
+    available = fam.supports | cost.provides | ({"unit_interval"} if cost.on_unit_interval
+                                                 else set())
     for need in NEEDS:  # a fixed order, so the message is reproducible
-        if need not in est.needs or need in fam.supports | cost.provides:
+        if need not in est.needs or need in available:
             continue
         if need == "derivative":
             return (f"{est.name} needs the derivative of the cost, but cost {cost.name} is "
                     f"not differentiable")
+        if need == "unit_interval":
+            return (f"{est.name} evaluates the cost at a relaxed sample in [0, 1], but cost "
+                    f"{cost.name} is defined on {list(cost.domain)} only")
         if need == "second_derivative":
             return (f"{est.name} needs the second derivative of the cost, but cost {cost.name} "
                     f"has none")

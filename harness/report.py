@@ -182,12 +182,29 @@ def palette(estimators) -> dict:
     return dict(zip(estimators, sns.color_palette("colorblind", len(estimators))))
 
 
-def _new_figure(nrows: int, ncols: int):
-    # At least 7.5 in wide: a single column must still fit the figure title.
-    fig = Figure(figsize=(max(5.2 * ncols, 7.5), 3.7 * nrows + 0.6), dpi=DPI,
-                 layout="constrained")
+def _new_figure(nrows: int, ncols: int, legend_entries: int = 0):
+    # At least 7.5 in wide: a single column must still fit the figure title; wider by the
+    # legends that go right of each panel (``_legend``).
+    outside = -(-legend_entries // 14) if legend_entries > LEGEND_INSIDE else 0
+    fig = Figure(figsize=(max(5.2 * ncols, 7.5) + 3.0 * outside * ncols, 3.7 * nrows + 0.6),
+                 dpi=DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
+
+
+LEGEND_INSIDE = 12   # more entries than this (e.g. the REBAR toy's 16 estimators) go outside
+
+
+def _legend(ax) -> None:
+    """The panel's legend: inside (loc "best", explicit: no slow-"best" warning) when short;
+    else right of the panel in columns of at most 14 entries, so it never squeezes the axes
+    to nothing."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= LEGEND_INSIDE:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncol=-(-entries // 14), frameon=False)
 
 
 def _log_if_positive(ax, axis: str, values) -> None:
@@ -200,7 +217,7 @@ def _log_if_positive(ax, axis: str, values) -> None:
 
 def _variance_vs_n(summary, points, components, estimators, title) -> Figure:
     colours = palette(estimators)
-    fig, axes = _new_figure(len(points), len(components))
+    fig, axes = _new_figure(len(points), len(components), 2 * len(estimators))
     for i, point in points.iterrows():
         at_point = summary[_select(summary, point)]
         for j, comp in enumerate(components):
@@ -224,14 +241,14 @@ def _variance_vs_n(summary, points, components, estimators, title) -> Figure:
             ax.set_xlabel("N (samples per estimate)")
             ax.set_ylabel("variance across seeds")
             if ax.lines:
-                ax.legend(fontsize=8, loc="best")  # explicit: no slow-"best" warning
+                _legend(ax)
     fig.suptitle(title, fontsize=12)
     return fig
 
 
 def _mean_vs_n(summary, points, components, estimators, title) -> Figure:
     colours = palette(estimators)
-    fig, axes = _new_figure(len(points), len(components))
+    fig, axes = _new_figure(len(points), len(components), len(estimators) + 1)
     for i, point in points.iterrows():
         at_point = summary[_select(summary, point)]
         for j, comp in enumerate(components):
@@ -252,7 +269,7 @@ def _mean_vs_n(summary, points, components, estimators, title) -> Figure:
             ax.set_xlabel("N (samples per estimate)")
             ax.set_ylabel("mean estimate (±1.96 SE)")
             if ax.lines:
-                ax.legend(fontsize=8, loc="best")  # explicit: no slow-"best" warning
+                _legend(ax)
     fig.suptitle(title, fontsize=12)
     return fig
 
@@ -284,7 +301,8 @@ def _vs_parameter(summary, points, components, estimators, what, title) -> Figur
     top = _at_largest_n(summary)
     rows = [()] if not others else list(dict.fromkeys(
         tuple(r) for r in points[others].itertuples(index=False)))
-    fig, axes = _new_figure(len(rows), len(components))
+    fig, axes = _new_figure(len(rows), len(components),
+                            (2 if what == "var" else 1) * len(estimators) + (what != "var"))
     for i, combo in enumerate(rows):
         sub = top
         for c, v in zip(others, combo):
@@ -319,7 +337,7 @@ def _vs_parameter(summary, points, components, estimators, what, title) -> Figur
             ax.set_title(f"gradient wrt {comp}" + (f"; {where}" if where else ""), fontsize=10)
             ax.set_xlabel(x)
             if ax.lines:
-                ax.legend(fontsize=8, loc="best")  # explicit: no slow-"best" warning
+                _legend(ax)
     fig.suptitle(title, fontsize=12)
     return fig
 

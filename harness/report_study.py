@@ -32,6 +32,12 @@ from matplotlib.figure import Figure
 N_RANGES = 4         # ranges of the swept parameter in the best-estimator table
 ZERO_FLOOR = 1e-12   # exact variances below this x the panel's largest count as zero
 DPI = 110
+LEGEND_BELOW = 8     # more estimators than this: the legend goes right of the panels
+
+
+def palette(n: int) -> list:
+    """n distinguishable colours: tab10, tab20 beyond 10 (the REBAR toy draws 16)."""
+    return sns.color_palette("tab10" if n <= 10 else "tab20" if n <= 20 else "husl", n)
 
 
 def swept_parameter(df: pd.DataFrame):
@@ -63,8 +69,10 @@ def per_point(df: pd.DataFrame, x: str) -> pd.DataFrame:
 def _figure(points: pd.DataFrame, x: str, cost: str, work: bool) -> Figure:
     components = list(dict.fromkeys(points["param"]))
     estimators = list(dict.fromkeys(points["estimator"]))
-    colours = dict(zip(estimators, sns.color_palette("tab10", len(estimators))))
-    fig = Figure(figsize=(6.2 * len(components), 5.2), dpi=DPI, layout="constrained")
+    colours = dict(zip(estimators, palette(len(estimators))))
+    many = len(estimators) > LEGEND_BELOW   # a long legend goes to the right, one column
+    fig = Figure(figsize=(6.2 * len(components) + (3.4 if many else 0.0), 5.2), dpi=DPI,
+                 layout="constrained")
     axes = fig.subplots(1, len(components), squeeze=False)[0]
     scale_name = " x evals per sample" if work else ""
     xs = points[x]
@@ -91,8 +99,12 @@ def _figure(points: pd.DataFrame, x: str, cost: str, work: bool) -> Figure:
         ax.set_ylabel(f"per-sample variance{scale_name}")
         ax.set_title(f"{cost}: gradient wrt {comp}")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
-               fontsize=7, frameon=False)
+    if many:
+        fig.legend(handles, labels, loc="outside right center", ncol=1, fontsize=7,
+                   frameon=False)
+    else:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
+                   fontsize=7, frameon=False)
     fig.suptitle(f"{cost}: {'work-normalised ' if work else ''}per-sample variance vs {x} "
                  f"(lines exact, markers estimate with 95% CI over seeds)", fontsize=10)
     return fig

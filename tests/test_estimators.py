@@ -21,11 +21,13 @@ import pytest
 from conformance import (
     COMPONENTS,
     FAMILY,
+    FAMILY_POINTS,
     POINTS,
     N,
     Z,
     all_labels,
     applicable,
+    conformance_labels,
     expected,
     params,
     run,
@@ -39,25 +41,33 @@ from harness.rng import uniform_pair
 
 
 def cases():
-    return [(label, cost, comp, point)
-            for cost in registry.COSTS for label in applicable(cost)
-            for comp in COMPONENTS for point in POINTS]
+    """(label, cost, component, point, family) for every family, cost and estimator variant
+    the registry allows (``conformance_labels``: numeric options in full on the toy cost)."""
+    return [(label, cost, comp, point, family)
+            for family in registry.FAMILIES for cost in registry.COSTS
+            for label in conformance_labels(cost, family)
+            for comp in registry.FAMILIES[family].params for point in FAMILY_POINTS[family]]
 
 
-@pytest.mark.parametrize("estimator,cost,component,point", cases())
-def test_estimator_matches_exact_mean_and_variance(estimator, cost, component, point):
-    z = z_scores(estimator, estimator, cost, component, point, fused=applicable(cost))
+@pytest.mark.parametrize("estimator,cost,component,point,family", cases())
+def test_estimator_matches_exact_mean_and_variance(estimator, cost, component, point, family):
+    """Biased estimators (relaxations) against their own exact expectation, every other one
+    against the exact gradient (``conformance.expected``)."""
+    z = z_scores(estimator, estimator, cost, component, point,
+                 fused=conformance_labels(cost, family), family=family)
     assert max(abs(v) for v in z.values()) < Z, z
 
 
 def test_every_variant_has_an_independent_exact_variance():
-    for cost in registry.COSTS:
-        for label in applicable(cost):
-            for comp in COMPONENTS:
-                _, var, source = exact.reference(label, comp, FAMILY, cost,
-                                                 params(cost, POINTS[0]))
-                assert source in ("closed_form", "quadrature") and math.isfinite(var), \
-                    (label, cost, comp, source)
+    for family in registry.FAMILIES:
+        for cost in registry.COSTS:
+            for label in applicable(cost, family):
+                for comp in registry.FAMILIES[family].params:
+                    ref = exact.references(label, comp, family, cost,
+                                           params(cost, FAMILY_POINTS[family][0], family))
+                    assert ref.source in ("closed_form", "quadrature"), (label, cost, family)
+                    assert math.isfinite(ref.var) and math.isfinite(ref.estimator_mean), \
+                        (label, cost, comp, family, ref)
 
 
 # ---- deliberately wrong estimators: the same check must reject each ------------------------
@@ -350,11 +360,13 @@ def test_new_estimator_and_cost_are_picked_up_automatically(monkeypatch):
         assert {(c[0], c[1]) for c in new} >= {("antithetic_score", "quadratic"),
                                                ("score_function", "quartic"),
                                                ("antithetic_score", "quartic"),
-                                               ("antithetic_pathwise", "quartic")}
+                                               ("antithetic_pathwise", "quartic"),
+                                               ("arm", "quartic"), ("rebar", "quartic")}
         # the same conformance check, on the new entries (one fused kernel for all of them)
         fused = ("antithetic_score", "score_function", "pathwise")
-        for label, cost, comp, point in new:
-            if cost in ("quadratic", "quartic") and label in fused and point == POINTS[0]:
+        for label, cost, comp, point, family in new:
+            if cost in ("quadratic", "quartic") and label in fused and point == POINTS[0] \
+                    and family == FAMILY:
                 z = z_scores(label, label, cost, comp, point, fused=fused)
                 assert max(abs(v) for v in z.values()) < Z, (label, cost, comp, z)
         # the quartic has no closed forms: gradient and variances by quadrature

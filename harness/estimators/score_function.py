@@ -48,7 +48,7 @@ import numpy as np
 from numba import njit
 
 from ..axes import Estimator
-from ..quadrature import kernel_values, values
+from ..quadrature import values
 
 
 @njit
@@ -104,14 +104,10 @@ def _prepare_shift(family, cost, component, params):
 
 
 def _prepare_exact_optimal(family, cost, component, params):
-    """(b*,): E[f s^2] / E[s^2] over the family's base rule, with the kernel's own x and score
-    (a constant of the estimator, computed as the kernel would; the reference recomputes b*
-    apart, from the density)."""
-    theta = family.theta(params)
-    e, w = family.base_rule()
-    f = values(cost.value, kernel_values(family.to_x, theta, e), params.get("k", 0.0))
-    s = kernel_values(family.score, theta, e, family.params.index(component))
-    return (float(w @ (f * s * s)) / float(w @ (s * s)),)
+    """(b*,): E[f s^2] / E[s^2] over the family's rule in x (``optimal_baseline``).  A base-draw
+    rule would not do for every family: the Bernoulli sample is a step function of its
+    uniform, which no smooth rule over u integrates exactly; its two-point rule in x does."""
+    return (optimal_baseline(family, cost, component, params),)
 
 
 # ---- exact references: NumPy transcriptions over the family's quadrature rule ---------------
@@ -124,8 +120,10 @@ def _nodes(family, cost, component, params):
 
 
 def _mean_var(w, g):
+    """E and Var of g over the rule, the variance in two passes: E[g^2] - E[g]^2 would cancel
+    to ~1e-17 where g is constant (the optimal baseline of a single Bernoulli: Var 0)."""
     mean = float(w @ g)
-    return mean, max(float(w @ (g * g)) - mean * mean, 0.0)
+    return mean, float(w @ ((g - mean) ** 2))
 
 
 def optimal_baseline(family, cost, component, params) -> float:

@@ -14,7 +14,8 @@ Grid part (``problem`` and ``wrt``)::
 
 A cell is one point of the product of the parameter lists and one N.  Its kernel call is
 ``harness.backends.<backend>.estimate``; its exact references ``harness.exact.reference``.
-Rows: one per (seed, estimator, component), with a column per problem parameter.
+Rows: one per (seed, estimator, component), with a column per problem parameter and
+``exact_estimator_mean`` (the estimator's own exact expectation: see ``harness.exact``).
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def point_label(point) -> str:
 
 def compute(cell: Cell) -> dict:
     """Run the backend kernel on one cell and attach the exact references."""
-    from ..exact import reference
+    from ..exact import references
 
     point = cell.point
     backend = importlib.import_module(f"harness.backends.{cell.backend}")
@@ -237,18 +238,21 @@ def compute(cell: Cell) -> dict:
                                 wrt, dict(point["params"]), cell.n_samples,
                                 np.asarray(cell.seeds, dtype=np.int64))
     seconds = time.perf_counter() - start
-    refs = [[reference(e.label, comp, point["distribution"], point["cost"], point["params"])
+    refs = [[references(e.label, comp, point["distribution"], point["cost"], point["params"])
              for comp in wrt] for e in cell.estimators]
     columns = estimate_columns(
         cell, components=wrt, estimate=est, sample_var=var,
-        exact_grad=[[g for g, _, _ in row] for row in refs],
-        exact_var=[[v for _, v, _ in row] for row in refs],
-        exact_source=[[s for _, _, s in row] for row in refs],
+        exact_grad=[[ref.grad for ref in row] for row in refs],
+        exact_var=[[ref.var for ref in row] for row in refs],
+        exact_source=[[ref.source for ref in row] for row in refs],
         evals_per_sample=[registry.resolve(e).evals_per_sample for e in cell.estimators])
     n = len(columns["estimator"])
     cost_name = registry.get_cost(point["cost"]).name
     columns.update({"distribution": [point["distribution"]] * n, "cost": [cost_name] * n,
                     "point": [point_label(point)] * n, "seconds": np.full(n, seconds)})
+    # the estimator's own exact expectation (= exact_grad for unbiased ones): the exact bias
+    own_means = np.array([[ref.estimator_mean for ref in row] for row in refs], np.float64)
+    columns["exact_estimator_mean"] = np.tile(own_means.reshape(-1), len(cell.seeds))
     for name in parameter_columns():
         columns[name] = np.full(n, point["params"].get(name, math.nan))
     return columns
@@ -272,14 +276,18 @@ def parameter_columns() -> tuple[str, ...]:
 
 def report_section(df, summary, out_dir):
     """The variance study against a swept parameter (Mohamed et al. 2020, Section 3), when
-    a run sweeps more points than the common page draws as panels."""
+    a run sweeps more points than the common page draws as panels; and the bias of biased
+    estimators against their temperature (``harness.report_bias``), when a run has any."""
     from ..report import MAX_FACET_POINTS
-    from ..report_study import study_section
+    from ..report_bias import bias_section
+    from ..report_study import study_section, swept_parameter
 
     rows = df[df["problem"] == NAME]
-    if rows["point"].nunique() <= MAX_FACET_POINTS:
-        return [], ""
-    return study_section(rows, out_dir)
+    figures, text = [], ""
+    if rows["point"].nunique() > MAX_FACET_POINTS:
+        figures, text = study_section(rows, out_dir)
+    bias_figures, bias_text = bias_section(rows, out_dir, swept_parameter(rows))
+    return figures + bias_figures, text + bias_text
 
 
 def listing() -> list[str]:
@@ -298,13 +306,18 @@ def listing() -> list[str]:
         opt = "".join(f"; option {k}: {'|'.join(map(registry.option_text, v))}"
                       for k, v in options.items())
         needs = ", ".join(sorted(e.needs)) or "the cost's value"
-        lines.append(f"  {name:16} needs: {needs}; evals_per_sample: {e.evals_per_sample}"
-                     f"{opt}  {e.description}")
+        families = f"; families: {', '.join(e.families)}" if e.families else ""
+        biased = "; biased" if e.biased else ""
+        lines.append(f"  {name:16} needs: {needs}{families}{biased}; evals_per_sample: "
+                     f"{e.evals_per_sample}{opt}  {e.description}")
     return lines
 
 
 def _columns() -> tuple:
     return (pa.field("cost", pa.string()),
+            # E[estimate] exactly: exact_grad for unbiased estimators, the relaxed problem's
+            # gradient for biased ones (Estimator.biased), NaN where not tractable
+            pa.field("exact_estimator_mean", pa.float64()),
             *(pa.field(name, pa.float64()) for name in parameter_columns()))
 
 
