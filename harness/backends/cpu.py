@@ -34,9 +34,16 @@ multiple of ``LANES`` sized so the draw buffer stays in cache; it never changes 
 
 So compile cost grows with the estimators, not their combinations: adding or removing an
 estimator or a component compiles only its own kernel, and every cell and grid that uses a
-(cost, variant, component) shares it.  The sums are bitwise those of the former fused kernel
-(one kernel per cell type), and memory is O(jobs x (block_pairs + terms x LANES)),
-independent of N.
+(cost, variant, component) shares it; new kernels are compiled by several processes side by
+side (``compile_workers``).  The summation order is that of the former fused kernel (one
+kernel per cell type): its sums are reproduced bitwise for many terms and to 1-3 ulp for
+others (multiply-adds contracted differently once the terms are compiled apart).  Memory is
+O(jobs x (block_pairs + terms x LANES)), independent of N.
+
+Threads: the kernels are compiled serially (``nogil``, ``error_model="numpy"``: a
+division's Python-style zero check would stop LLVM vectorising) and the jobs are split into
+contiguous groups, one Python thread per group, each with its own draw buffer.  A job's
+numbers never depend on its group, so the bits are the same for any thread count.
 
 Public: ``estimate(family, cost, estimators, components, params, n_samples, seeds)``;
 ``reduce_partials`` (chunk merge + each estimator's ``moments_to_estimate``, shared with the
@@ -51,8 +58,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import json
 import math
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -347,9 +356,12 @@ def _layout(estimators: tuple[str, ...], components: tuple[str, ...]):
 
 def _cost_functions(cost) -> tuple[list[str], list[str], list]:
     """(import lines, definitions, the functions called) for the cost's ``cost_value`` and
-    ``_cost_derivative``.  A built-in cost's jitted functions are imported as they are (the
-    value is called as a separately compiled function, as before issue 9, so its results keep
-    their bits); a user's plain functions are wrapped to the (x, k) signature."""
+    ``_cost_derivative``: separately compiled functions (the value is called as such, as
+    before issue 9).  Each kernel module compiles its own copies (a built-in cost's functions
+    re-jitted from their Python source, a user's plain functions wrapped to the (x, k)
+    signature): a jitted function shared between kernels made a kernel's bits depend on
+    which kernels the process had compiled before (seen: 1 ulp), so helper processes and
+    other compile orders would not reproduce them."""
     imports, defs, called = [], [], []
     for role, name in (("value", "cost_value"), ("derivative", "_cost_derivative")):
         fn = getattr(cost, role)
@@ -357,7 +369,8 @@ def _cost_functions(cost) -> tuple[list[str], list[str], list]:
             continue
         origin = cost.python.get(role)
         if origin is None:
-            imports.append(_import_line(fn, name))
+            imports.append(_import_line(fn, f"_builtin_{role}"))
+            defs += [f"{name} = njit(_builtin_{role}.py_func)"]
             called.append(fn)
             continue
         module = sys.modules[origin.module]
@@ -506,13 +519,15 @@ def _import_generated(source: str, called) -> object:
     directory = kernel_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.py"
-    if not path.exists() or path.read_text() != source:
+    fresh = not path.exists()
+    if fresh or path.read_text() != source:
         tmp = directory / f".{name}.{os.getpid()}.tmp"
         tmp.write_text(source)
         os.replace(tmp, path)  # atomic: concurrent processes never import half a file
     kernel_cache.ensure_numba_cache()   # numba picks its cache dir at definition
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    module.WRITTEN_NOW = fresh  # a new kernel: nobody compiled it with this kernel directory
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
@@ -589,6 +604,89 @@ def cell_module(family, cost, estimators, components):
             _loaded[key] = _import_generated(cell_source(fam, c, labels, components, terms),
                                              [])
         return _loaded[key]
+
+
+def _example_args(variant=None, n_params: int = 3) -> tuple:
+    """Arguments of the types ``estimate`` passes to the draw kernel (``variant`` None) or
+    to the term kernel of ``variant``: what a kernel is compiled for."""
+    keys = np.zeros(1, dtype=np.uint64)
+    head = (keys, keys, np.int64(2), np.int64(1), np.int64(1), np.array([0, 1]), np.int64(0),
+            np.zeros(n_params))
+    draws = np.zeros((1, 2, 2, LANES))
+    if variant is None:
+        return (*head, np.int64(INDEPENDENT_STREAM_OFFSET), draws)
+    n_q = variant.n_moments or 1
+    return (*head, np.zeros(variant.n_consts), draws, np.zeros((1, n_q)),
+            np.zeros((1, 2, n_q, LANES)))
+
+
+def compile_workers() -> int:
+    """Processes that compile a cell's new kernels side by side: ``$HARNESS_COMPILE_WORKERS``
+    if set (1: compile in this process only), else the number of cores (numba compiles under
+    a process-wide lock, so more processes are the only way to use more cores)."""
+    value = os.environ.get("HARNESS_COMPILE_WORKERS", "").strip()
+    return max(1, int(value)) if value.isdigit() else max(1, os.cpu_count() or 1)
+
+
+def _compile(family, cost, labels, components, kernels: CellKernels) -> None:
+    """Compile (or load from numba's cache) every kernel of the cell, each under a file lock
+    (``kernel_cache.compile_once``: processes needing the same new kernel compile it once).
+
+    Kernels whose source file this process has just written are new to the kernel
+    directory, so nobody has compiled them: with several of them and
+    ``compile_workers() > 1``, helper processes (``python -m harness.backends.cpu``) compile
+    a share each into numba's on-disk cache while this process compiles its own, and this
+    process then loads theirs (the same machine code: numba's cache)."""
+    fam, c = registry.get_family(family), registry.get_cost(cost)
+    n_params = len(fam.params) + len(c.params)
+    variants = [registry.resolve(e) for e in labels for _ in components]
+    terms = [(v.name, comp) for v, comp in zip(variants, [comp for _ in labels
+                                                          for comp in components])]
+    todo = [(kernels.draw, None, None)] + list(zip(kernels.terms, variants, terms))
+    new = [job for job in todo if not job[0].overloads and
+           getattr(sys.modules[job[0].py_func.__module__], "WRITTEN_NOW", False)]
+    workers = min(compile_workers(), len(new))
+    helpers = []
+    if workers > 1 and isinstance(cost, (str, Mapping)):
+        env = {**os.environ, "HARNESS_KERNEL_DIR": str(kernel_dir()),
+               "HARNESS_COMPILE_WORKERS": "1"}
+        from numba.core import config
+
+        if getattr(config, "CACHE_DIR", ""):
+            env["NUMBA_CACHE_DIR"] = str(config.CACHE_DIR)
+        for w in range(1, workers):
+            share = new[w::workers]
+            spec = {"family": fam.name, "cost": cost if isinstance(cost, str) else dict(cost),
+                    "terms": [term for _, _, term in share if term is not None],
+                    "draw": any(term is None for _, _, term in share)}
+            helpers.append(subprocess.Popen(
+                [sys.executable, "-m", "harness.backends.cpu", json.dumps(spec)], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        theirs = {id(kernel) for w in range(1, workers) for kernel, _, _ in new[w::workers]}
+        todo = [job for job in todo if id(job[0]) not in theirs] + \
+            [job for job in todo if id(job[0]) in theirs]  # ours first, then load theirs
+    for kernel, variant, _ in todo:
+        if helpers and not kernel.overloads and id(kernel) in theirs:
+            for proc in helpers:  # wait for every helper, then load what they compiled
+                _, err = proc.communicate()
+                if proc.returncode != 0:  # this process compiles it below: same result
+                    print(f"note: a kernel compile helper failed: {err.strip()[-300:]}",
+                          file=sys.stderr)
+            helpers = []
+        kernel_cache.compile_once(kernel, _example_args(variant, n_params))
+
+
+def _compile_main(argv: list[str]) -> None:
+    """``python -m harness.backends.cpu SPEC``: compile (into numba's on-disk cache) the
+    kernels named by the JSON ``SPEC``: family, cost, terms [[label, component], ...], draw."""
+    spec = json.loads(argv[0])
+    fam, c = registry.get_family(spec["family"]), registry.get_cost(spec["cost"])
+    n_params = len(fam.params) + len(c.params)
+    if spec["draw"]:
+        kernel_cache.compile_once(load_draw_kernel(fam), _example_args(None, n_params))
+    for label, component in spec["terms"]:
+        kernel = load_term_kernel(fam, spec["cost"], label, component)
+        kernel_cache.compile_once(kernel, _example_args(registry.resolve(label), n_params))
 
 
 def chunking(n_samples: int) -> tuple[int, int]:
@@ -722,14 +820,7 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
             for kernel, _, _, term_consts, shift, acc in terms:
                 kernel(*head, jobs, block, params_v, term_consts, draws, shift, acc)
 
-    # compile (or load from the cache) under a file lock first, so that processes needing
-    # the same new kernel compile it once, and the threads below find it compiled
-    draws0 = np.zeros((1, n_streams, 2, pairs))
-    kernel_cache.compile_once(kernels.draw, (*head, groups[0], np.int64(0), params_v,
-                                             np.int64(INDEPENDENT_STREAM_OFFSET), draws0))
-    for kernel, _, _, term_consts, shift, acc in terms:
-        kernel_cache.compile_once(kernel, (*head, groups[0], np.int64(0), params_v,
-                                           term_consts, draws0, shift, acc))
+    _compile(family, cost, labels, components, kernels)  # before the threads start
     if n_threads == 1:
         run(groups[0])
     else:  # the kernels release the GIL (nogil): one Python thread per group of jobs
@@ -849,3 +940,7 @@ def _widest_vector(library) -> int:
         stack.extend(getattr(lib, "_linking_libraries", ()))
         widths += [int(w) for w in re.findall(r"<(\d+) x double>", lib.get_llvm_str())]
     return max(widths)
+
+
+if __name__ == "__main__":
+    _compile_main(sys.argv[1:])
