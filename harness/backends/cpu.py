@@ -179,6 +179,10 @@ def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
     ``draw_block``, (jobs, streams, 2, block_pairs)."""
     block_pairs = draws.shape[3]
     n_pairs = (n_samples + 1) // 2  # an odd N uses the first draw of its last pair
+    # LANES as a run-time value: with a constant 8 LLVM unrolls a small sample body fully
+    # and then leaves it scalar (numba turns the SLP vectoriser off); a run-time trip count
+    # keeps the lane loop, which the loop vectoriser vectorises (measured 1.5-3x)
+    lanes = acc.shape[3]
     theta = ({theta},)
     k = {k}
     consts = constants_tuple(consts_array)  # scalars, so the hot loop never reads the array
@@ -207,7 +211,7 @@ def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
             # site.  Past the chunk's end (or N's) a sample adds exactly 0.0.
             for b in range(block_pairs // LANES):
                 for h in range(2):
-                    for lane in range(LANES):
+                    for lane in range(lanes):
                         i = b * LANES + lane
                         p = start + i  # int64: mixing in uint64 would give floats
                         use = p < last and (h == 0 or 2 * p + 1 < n_samples)
