@@ -63,6 +63,13 @@ def one_k(cost: str, k: float, n: int, seeds: int, rng) -> dict:
     f2 = f(x2)
     score2 = {"mu": eps2 / SIGMA, "sigma": (eps2 * eps2 - 1.0) / SIGMA}
     he, hw = _hermite()
+    f0, f1, f2m = (float(np.asarray(g(np.array(MU)))) for g in (f, df, d2f))
+
+    def taylor(e):
+        d = SIGMA * e
+        return f0 + d * (f1 + 0.5 * f2m * d)
+
+    h = taylor(eps)
     out = {}
     for c in COMPONENTS:
         s = score[c]
@@ -81,14 +88,7 @@ def one_k(cost: str, k: float, n: int, seeds: int, rng) -> dict:
         out["score_function[baseline=exact_optimal]", c] = _mean_var((fx - b_star) * s)
         out["pathwise", c] = _mean_var(df(x) * (1.0 if c == "mu" else eps))
         # delta method: h = 2nd-order Taylor expansion of f around the mean, E h exact
-        f0, f1, f2m = (float(np.asarray(g(np.array(MU)))) for g in (f, df, d2f))
         g_h = f1 if c == "mu" else f2m * SIGMA
-
-        def taylor(e):
-            d = SIGMA * e
-            return f0 + d * (f1 + 0.5 * f2m * d)
-
-        h = taylor(eps)
         out["delta_cv", c] = _mean_var((fx - h) * s + g_h)
         a2, b2 = (f2 - taylor(eps2)) * s2, taylor(eps2) * s2 - g_h
         a2c, b2c = a2 - a2.mean(axis=1, keepdims=True), b2 - b2.mean(axis=1, keepdims=True)

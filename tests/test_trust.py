@@ -541,13 +541,10 @@ def test_two_processes_compile_a_new_kernel_once(compiled_kernel):
     _, _, outcomes = compiled_kernel
     stats = [s for s, _ in outcomes]
     n = stats[0]["kernels"]                                    # the cell type's kernels
-    assert sorted(s["misses"] for s in stats) == [0, n]       # one compiled them all
-    loaded = next(s for s in stats if s["misses"] == 0)
-    assert loaded["hits"] == n                                 # the other loaded its work
-    # A wait longer than kernel_cache.NOTE_AFTER is announced, by the loading process only
-    # (the per-kernel compiles of the block pipeline may each finish before that).
-    waited = [s for s, err in outcomes if "waiting for another process compiling" in err]
-    assert all(s["misses"] == 0 for s in waited)
+    # Each kernel has its own lock, so the two may share the work: every kernel compiled
+    # once, by one of them, and loaded by the other.
+    assert sum(s["misses"] for s in stats) == n
+    assert sum(s["hits"] for s in stats) == n
 
 
 @pytest.fixture
