@@ -14,9 +14,10 @@ import sys
 import numba
 import numpy as np
 import pytest
+from numba import njit
 
 from harness.backends import cpu
-from harness.rng import normals
+from harness.rng import normal_pair, normals
 
 ESTIMATORS = ["score_function", "pathwise"]
 COMPONENTS = ["mu", "sigma"]
@@ -263,3 +264,26 @@ def test_plain_loop_transcription_tells_a_wrong_sample_set_apart():
         full, var = loop_transcription(label, "mu", 3, 8195)
         short, _ = loop_transcription(label, "mu", 3, 8194)
         assert abs(short - full) > TOLERANCE * math.sqrt(var / 8195), label
+
+
+@njit(inline="always")
+def normal_pair_at(theta, key0, key1, pair, stream):
+    """The normal family's draws through the theta-dependent hook (theta unused)."""
+    return normal_pair(key0, key1, pair, stream)
+
+
+def test_a_family_with_a_theta_dependent_sampler_plugs_into_the_draw_kernel(monkeypatch):
+    """``Family.draw_pair_at`` replaces ``draw_pair`` in the draw kernel (the hook a
+    rejection sampler needs); here it wraps the normal draws, so the bits must not move."""
+    import dataclasses
+
+    from harness import registry
+
+    monkeypatch.setenv("HARNESS_COMPILE_WORKERS", "1")  # helpers look families up by name
+    family = dataclasses.replace(registry.get_family("normal"), name="normal_at",
+                                 draw_pair_at=normal_pair_at)
+    assert "family_draw(theta, key0, key1, " in cpu.draw_source(family, "square")
+    args = ("square", ["pathwise"], ["mu"], {"mu": 1.0, "sigma": 2.0}, 9_001, np.arange(2))
+    with_hook = cpu.estimate(family, *args)
+    plain = cpu.estimate("normal", *args)
+    assert np.array_equal(with_hook[0], plain[0]) and np.array_equal(with_hook[1], plain[1])
