@@ -107,11 +107,11 @@ def test_cached_kernel_in_a_new_process_gives_the_cold_numbers(tmp_path):
            "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "HARNESS_COMPILE_WORKERS": "1"}
     cold, warm = (subprocess.run([sys.executable, "-c", script], env=env, check=True,
                                  capture_output=True, text=True).stdout.split() for _ in range(2))
-    # 4 kernels: the normal family's draw kernel and the terms (square, score_function, mu),
-    # (square, pathwise, mu), (quadratic, score_function, mu)
-    assert cold[0] == "0" and warm[0] == "4"  # the second process compiled nothing
+    # 5 kernels: the draw kernels of (normal, square) and (normal, quadratic), and the terms
+    # (square, score_function, mu), (square, pathwise, mu), (quadratic, score_function, mu)
+    assert cold[0] == "0" and warm[0] == "5"  # the second process compiled nothing
     assert cold[1:] == warm[1:] and len(set(cold[1:])) == 3
-    assert len(list((tmp_path / "numba").rglob("*.nbi"))) == 4  # one cache entry per kernel
+    assert len(list((tmp_path / "numba").rglob("*.nbi"))) == 5  # one cache entry per kernel
 
 
 def test_kernels_compiled_by_helper_processes_give_the_bits_of_one_process(tmp_path):
