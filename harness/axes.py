@@ -3,7 +3,8 @@
 A study estimates the gradient of E_q[f(x)] with respect to the parameters theta of a 1-D
 distribution q (a *family*: ``Family``), for a cost f (``Cost``), with several gradient
 estimators (``Estimator``).  ``harness.registry`` maps names to these records; the CPU
-backend generates one fused, compiled kernel per (family, cost, estimators, components).
+backend generates a draw kernel per (family, cost) and one compiled kernel per (family,
+cost, estimator variant, component) (``harness.backends.cpu``).
 
 Kernel contract (all @njit, float64 scalars unless stated)
 -----------------------------------------------------------
@@ -14,6 +15,11 @@ the index of the gradient component in ``Family.params`` (a constant in the gene
 Family functions (bundled as ``FamilyOps`` for estimators):
     ``draw_pair(key0, key1, pair, stream) -> (e0, e1)``  two base draws (the family's base
         noise, e.g. N(0, 1)) at Philox counter (pair, stream): samples 2 pair and 2 pair + 1
+    ``draw_pair_at(theta, key0, key1, pair, stream) -> (e0, e1)``  optional, for samplers
+        whose base draws depend on theta (e.g. a Marsaglia-Tsang rejection sampler for a
+        Gamma family, with its attempt counters indexed by (sample, attempt) on stream
+        ``stream``): the CPU backend's draw kernel calls it instead of ``draw_pair``; it must
+        be a pure function of its arguments (a sample's draws never depend on other pairs)
     ``to_x(theta, e) -> x``                 the sample for base draw e
     ``score(component, theta, e)``          d/dtheta_c log q(x) at x = to_x(theta, e)
     ``times_score(component, theta, e, v)`` v * score, in the order the family evaluates it
@@ -136,6 +142,7 @@ class Family:
     dx_at: Callable | None = None
     antithetic: Callable | None = None
     antithetic_at: Callable | None = None
+    draw_pair_at: Callable | None = None   # theta-dependent sampler (module docstring)
 
     @property
     def components(self) -> tuple[str, ...]:

@@ -29,7 +29,19 @@ def test_report_has_threads_ratio_and_flat_rss_in_new_processes():
     assert [n for n, _, _ in report.rss] == [10**3, 10**6]
     peaks = [r["peak_rss_mib"] for _, _, r in report.rss]
     assert max(peaks) - min(peaks) < 16  # MiB: nothing of size N is allocated
-    assert all(r["peak_rss_mib"] - r["rss_before_mib"] < 16 for _, _, r in report.rss)
+    assert all(r["peak_rss_mib"] - r["rss_before_mib"] < RSS_LIMIT_MIB for _, _, r in report.rss)
+
+
+# The kernels' own memory: draw buffers near cpu.BLOCK_BYTES (1 MiB) and O(jobs x terms)
+# partial sums; one seed of 10^6 stored samples is 8 MB, twice this limit.
+RSS_LIMIT_MIB = 4
+
+
+def test_rss_check_catches_a_kernel_that_stores_its_samples():
+    n = 10**6
+    assert bench.rss_growth(n, 1) < RSS_LIMIT_MIB
+    # the same measurement of a deliberately wrong implementation that stores its samples
+    assert bench.rss_growth(n, 1, storing=True) > RSS_LIMIT_MIB
 
 
 def test_bench_cli_prints_the_report():

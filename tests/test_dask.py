@@ -142,12 +142,15 @@ def test_dask_run_is_bitwise_a_serial_run_and_compiles_once(executor, request, t
     cells = expand_cells(GRID)
     assert (summary.computed, summary.skipped) == (len(cells), 0)
     assert sorted(ids) == sorted(c.id for c in cells)           # each cell written once
-    # Both workers computed cells, and the kernel was compiled at most once among them:
+    # Both workers computed cells, and each kernel was compiled at most once among them:
     # the other loaded it from the cache (or both did, if this session compiled it already).
     stats = executor.client.run(_kernel_stats)
     per_worker = [s for s in stats.values() if s]
     assert len(per_worker) == 2, stats
-    assert sum(misses for _, misses in per_worker) <= 1, stats
+    # one compile at most per kernel: the draw kernel and a term kernel per (estimator,
+    # component); helper processes compile some of them (not counted here)
+    n_kernels = 1 + len(GRID.estimators) * 2
+    assert sum(misses for _, misses in per_worker) <= n_kernels, stats
     # The serial reference only now, so that a worker compiled the kernel above.
     assert_bitwise_equal(request.getfixturevalue("serial"), tmp_path)
     # A rerun skips every cell and starts no task.

@@ -1,6 +1,12 @@
-"""The CPU kernel: plumbing against a direct NumPy recomputation from the same draws,
-bitwise reproducibility (threads, serial compile, reruns, cached vs cold), flat memory."""
+"""The CPU backend (block pipeline): plumbing against a direct NumPy recomputation and a
+plain per-sample loop over the same draws for every registry estimator, bitwise
+reproducibility (threads, one thread, reruns, cached vs cold, helper-process compiles),
+flat memory.
 
+Kernels are compiled per (cost, estimator variant, component): the tests share one cost
+(``cos``, which every estimator accepts) so that they compile each kernel once."""
+
+import math
 import os
 import subprocess
 import sys
@@ -8,9 +14,10 @@ import sys
 import numba
 import numpy as np
 import pytest
+from numba import njit
 
 from harness.backends import cpu
-from harness.rng import normals
+from harness.rng import normal_pair, normals
 
 ESTIMATORS = ["score_function", "pathwise"]
 COMPONENTS = ["mu", "sigma"]
@@ -48,7 +55,7 @@ def _run(**kw):
                         {"mu": 2.0, "sigma": 0.5, "k": 1.0}, 200_001, np.arange(6), **kw)
 
 
-def test_bitwise_identical_for_one_and_two_threads_and_serial_compile():
+def test_bitwise_identical_for_one_and_two_threads_and_one_thread_mode():
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -57,7 +64,7 @@ def test_bitwise_identical_for_one_and_two_threads_and_serial_compile():
         two = _run()
     finally:
         numba.set_num_threads(before)
-    serial = _run(parallel=False)
+    serial = _run(parallel=False)  # one thread, whatever numba's thread count
     again = _run()
     for other in (two, serial, again):
         assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1])
@@ -97,19 +104,47 @@ def test_cached_kernel_in_a_new_process_gives_the_cold_numbers(tmp_path):
         "sys.stdout.write(str(hits) + ' ' + ' '.join(out))\n"
     )
     env = {**os.environ, "HARNESS_KERNEL_DIR": str(tmp_path / "kernels"),
-           "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+           "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "HARNESS_COMPILE_WORKERS": "1"}
     cold, warm = (subprocess.run([sys.executable, "-c", script], env=env, check=True,
                                  capture_output=True, text=True).stdout.split() for _ in range(2))
-    assert cold[0] == "0" and warm[0] == "3"  # the second process compiled nothing
+    # 5 kernels: the draw kernels of (normal, square) and (normal, quadratic), and the terms
+    # (square, score_function, mu), (square, pathwise, mu), (quadratic, score_function, mu)
+    assert cold[0] == "0" and warm[0] == "5"  # the second process compiled nothing
     assert cold[1:] == warm[1:] and len(set(cold[1:])) == 3
-    assert len(list((tmp_path / "numba").rglob("*.nbi"))) == 3  # one cache entry per cell type
+    assert len(list((tmp_path / "numba").rglob("*.nbi"))) == 5  # one cache entry per kernel
+
+
+def test_kernels_compiled_by_helper_processes_give_the_bits_of_one_process(tmp_path):
+    """A cold run compiles its new kernels in helper processes side by side; every kernel
+    must compile to the same code whichever process compiles it, and in whatever order
+    (seen before the cost functions were compiled per kernel: 1 ulp)."""
+    script = (
+        "import numpy as np, sys\n"
+        "from harness.backends import cpu\n"
+        "e, v = cpu.estimate('normal', 'quadratic', ['delta_cv', 'score_function'],"
+        " ['mu', 'sigma'], {'mu': 1.0, 'sigma': 1.0, 'k': 0.7}, 20_000, np.arange(4))\n"
+        "sys.stdout.write(e.tobytes().hex() + v.tobytes().hex())\n"
+    )
+    outs = []
+    for workers in ("1", "2"):
+        env = {**os.environ, "HARNESS_KERNEL_DIR": str(tmp_path / workers / "kernels"),
+               "NUMBA_CACHE_DIR": str(tmp_path / workers / "numba"),
+               "HARNESS_COMPILE_WORKERS": workers}
+        outs.append(subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                                   capture_output=True, text=True).stdout)
+    assert outs[0] == outs[1] and len(outs[0]) > 0
 
 
 def test_memory_does_not_grow_with_n():
-    # partial sums are (seeds, chunks <= MAX_CHUNKS, terms): independent of N
-    for n in (10**3, 10**6, 10**12):
-        chunk_pairs, n_chunks = cpu.chunking(n)
-        assert n_chunks <= cpu.MAX_CHUNKS
+    """Peak RSS growth of a new process while it runs 10^3 and 10^7 samples (after a warm-up
+    call): flat, and far below what storing the samples takes, which the same measurement
+    of a deliberately wrong implementation (it stores them) shows."""
+    from harness.bench import rss_growth
+
+    limit = 4.0  # MiB: the draw buffer is ~cpu.BLOCK_BYTES (1 MiB); 10^7 samples are 80 MB
+    small, large = rss_growth(10**3, 1), rss_growth(10**7, 1)
+    assert small < limit and large < limit and abs(large - small) < limit
+    assert rss_growth(10**7, 1, storing=True) > 10 * limit
 
 
 def test_rejects_bad_input_with_harness_errors():
@@ -132,14 +167,26 @@ def test_rejects_bad_input_with_harness_errors():
             cpu.estimate(**args)
 
 
-def test_accumulated_and_extra_stream_estimators_are_bitwise_identical_across_threads():
-    """The same guarantee for estimators with their own random streams (measure_valued) and
-    accumulated moments finalised after the chunk merge (an estimated optimal baseline)."""
-    ests = ["score_function[baseline=optimal]", "measure_valued[coupling=false]"]
+# ---- every registry estimator ----------------------------------------------------------------
+
+COST, PARAMS = "cos", {"mu": 0.3, "sigma": 1.2, "k": 2.0}   # every estimator accepts cos
+
+
+def every_variant():
+    from harness import registry
+
+    return [label for name in registry.ESTIMATORS for label in registry.variants(name)]
+
+
+def test_every_estimator_bitwise_across_threads_one_thread_and_reruns():
+    """Per-sample and accumulated estimators, extra streams (measure_valued) and the
+    independent copy (optimal baseline, estimated coefficient): the same bits on 1 and 2
+    threads, in one-thread mode and on rerun; several chunks, an odd N."""
+    labels = every_variant()
 
     def go(**kw):
-        return cpu.estimate("normal", "cos", ests, COMPONENTS,
-                            {"mu": 0.3, "sigma": 1.2, "k": 2.0}, 150_001, np.arange(5), **kw)
+        return cpu.estimate("normal", COST, labels, COMPONENTS, PARAMS, 50_001, np.arange(3),
+                            **kw)
 
     before = numba.get_num_threads()
     try:
@@ -149,11 +196,94 @@ def test_accumulated_and_extra_stream_estimators_are_bitwise_identical_across_th
         two = go()
     finally:
         numba.set_num_threads(before)
-    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
-    # A serial compile is a different binary: with fastmath "contract" LLVM may fuse a
-    # multiply-add in one and not the other (seen: 1 ulp in the measure-valued mu-term), so
-    # it agrees to rounding here, not bitwise (the thread-count guarantee above is bitwise).
-    serial = go(parallel=False)
-    np.testing.assert_allclose(serial[0], one[0], rtol=1e-13, atol=1e-15)
-    np.testing.assert_allclose(serial[1], one[1], rtol=1e-13)
-    assert np.isfinite(one[0]).all() and (one[1] > 0).all()
+    for other in (two, go(parallel=False), go()):
+        assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1])
+    assert np.isfinite(one[0]).all() and np.isfinite(one[1]).all()
+
+
+def loop_transcription(label, component, seed, n):
+    """(estimate, sample_var) of one estimator by a plain loop over the samples: the
+    estimator's per-sample function (as Python, its jitted helpers called one by one) on
+    the draws of ``harness.rng.normals`` (stream 0 and its independent copy), then NumPy's
+    mean and variance (or the estimator's ``moments_to_estimate``): no blocks, lanes,
+    chunks or shifts."""
+    from harness import registry
+    from harness.axes import CostOps, FamilyOps, Sample, unavailable_2
+    from harness.rng import INDEPENDENT_STREAM_OFFSET
+
+    fam, cost, v = (registry.get_family("normal"), registry.get_cost(COST),
+                    registry.resolve(label))
+    family = FamilyOps(fam.to_x, fam.score, fam.times_score, fam.dx_dtheta, fam.antithetic,
+                       fam.centred)
+    cost_ops = CostOps(cost.value, cost.derivative or unavailable_2)
+    theta, k = fam.theta(PARAMS), PARAMS["k"]
+    consts = tuple(cpu.constants("normal", COST, [label], [component], PARAMS)[:v.n_consts])
+    key0, key1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+    eps = normals(seed, n)
+    eps_copy = normals(seed, n, stream=INDEPENDENT_STREAM_OFFSET)
+    terms = []
+    for i in range(n):
+        x = fam.to_x(theta, eps[i])
+        s = Sample(theta, k, eps[i], x, cost.value(x, k), cost.derivative(x, k), eps_copy[i],
+                   key0, key1, i)
+        terms.append(v.per_sample.py_func(fam.params.index(component), s, family, cost_ops,
+                                          consts))
+    terms = np.array(terms, dtype=float).reshape(n, -1)
+    means, variances = terms.mean(axis=0), terms.var(axis=0, ddof=1)
+    if v.n_moments:
+        est, var = v.moments_to_estimate(means[None], variances[None], n, np.array(consts))
+        return float(est[0]), float(var[0])
+    return float(means[0]), float(variances[0])
+
+
+TOLERANCE = 1e-9  # in standard errors of the estimate: summation order only
+
+
+def test_block_pipeline_equals_a_plain_loop_for_every_estimator(monkeypatch):
+    """Two chunks of an odd N, each in several blocks (a small draw buffer), two seeds."""
+    monkeypatch.setattr(cpu, "BLOCK_BYTES", 2 * 2 * 16 * 40 * 8)  # 40 pairs per block
+    n, seeds = 8195, [3, 2**33 + 1]
+    assert cpu.chunking(n)[1] == 2
+    labels = every_variant()
+    est, var = cpu.estimate("normal", COST, labels, COMPONENTS, PARAMS, n, np.array(seeds))
+    for i, label in enumerate(labels):
+        for j, component in enumerate(COMPONENTS):
+            for s, seed in enumerate(seeds):
+                ref_est, ref_var = loop_transcription(label, component, seed, n)
+                scale = math.sqrt(ref_var / n)  # the estimate's standard error
+                assert abs(est[s, i, j] - ref_est) <= TOLERANCE * scale, (label, component,
+                                                                          seed)
+                np.testing.assert_allclose(var[s, i, j], ref_var, rtol=1e-9,
+                                           err_msg=f"{label} {component} {seed}")
+
+
+def test_plain_loop_transcription_tells_a_wrong_sample_set_apart():
+    """The comparison above is sharp: a deliberately wrong pipeline that drops the last
+    sample of N = 8195 fails it for every estimator."""
+    for label in every_variant():
+        full, var = loop_transcription(label, "mu", 3, 8195)
+        short, _ = loop_transcription(label, "mu", 3, 8194)
+        assert abs(short - full) > TOLERANCE * math.sqrt(var / 8195), label
+
+
+@njit(inline="always")
+def normal_pair_at(theta, key0, key1, pair, stream):
+    """The normal family's draws through the theta-dependent hook (theta unused)."""
+    return normal_pair(key0, key1, pair, stream)
+
+
+def test_a_family_with_a_theta_dependent_sampler_plugs_into_the_draw_kernel(monkeypatch):
+    """``Family.draw_pair_at`` replaces ``draw_pair`` in the draw kernel (the hook a
+    rejection sampler needs); here it wraps the normal draws, so the bits must not move."""
+    import dataclasses
+
+    from harness import registry
+
+    monkeypatch.setenv("HARNESS_COMPILE_WORKERS", "1")  # helpers look families up by name
+    family = dataclasses.replace(registry.get_family("normal"), name="normal_at",
+                                 draw_pair_at=normal_pair_at)
+    assert "family_draw(theta, key0, key1, " in cpu.draw_source(family, "square")
+    args = ("square", ["pathwise"], ["mu"], {"mu": 1.0, "sigma": 2.0}, 9_001, np.arange(2))
+    with_hook = cpu.estimate(family, *args)
+    plain = cpu.estimate("normal", *args)
+    assert np.array_equal(with_hook[0], plain[0]) and np.array_equal(with_hook[1], plain[1])

@@ -505,7 +505,8 @@ COMPILE = textwrap.dedent("""\
                  {"mu": 2.0, "sigma": 1.0}, 100, np.arange(4))
     kernel = cpu.load_kernel("normal", "square", ("score_function", "pathwise"), ("mu",))
     print(json.dumps({"hits": sum(kernel.stats.cache_hits.values()),
-                      "misses": sum(kernel.stats.cache_misses.values())}))
+                      "misses": sum(kernel.stats.cache_misses.values()),
+                      "kernels": len(kernel.dispatchers)}))
 """)
 
 
@@ -515,8 +516,11 @@ def compiled_kernel(tmp_path_factory):
     compile lock lets one compile it and the other load it.  Yields (kernel dir, numba cache
     dir, [the two processes' stats and stderr])."""
     base = tmp_path_factory.mktemp("compile")
+    # HARNESS_COMPILE_WORKERS=1: each process compiles in itself (no helper processes), so
+    # its numba counters say who compiled
     env = {**os.environ, "HARNESS_KERNEL_DIR": str(base / "kernels"),
-           "NUMBA_CACHE_DIR": str(base / "numba"), "PYTHONPATH": str(REPO)}
+           "NUMBA_CACHE_DIR": str(base / "numba"), "PYTHONPATH": str(REPO),
+           "HARNESS_COMPILE_WORKERS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", COMPILE, str(base / f"ready{i}"),
                                str(base / "go")], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -536,11 +540,11 @@ def compiled_kernel(tmp_path_factory):
 def test_two_processes_compile_a_new_kernel_once(compiled_kernel):
     _, _, outcomes = compiled_kernel
     stats = [s for s, _ in outcomes]
-    assert sorted(s["misses"] for s in stats) == [0, 1]       # one compiled
-    loaded = next(s for s in stats if s["misses"] == 0)
-    assert loaded["hits"] == 1                                 # the other loaded its work
-    waited = [err for _, err in outcomes if "waiting for another process compiling" in err]
-    assert len(waited) == 1
+    n = stats[0]["kernels"]                                    # the cell type's kernels
+    # Each kernel has its own lock, so the two may share the work: every kernel compiled
+    # once, by one of them, and loaded by the other.
+    assert sum(s["misses"] for s in stats) == n
+    assert sum(s["hits"] for s in stats) == n
 
 
 @pytest.fixture
@@ -569,7 +573,8 @@ def test_read_only_caches_holding_a_valid_kernel_load_it(compiled_kernel, tmp_pa
                                str(tmp_path / "go")], env=env, capture_output=True, text=True,
                               timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"hits": 1, "misses": 0}     # loaded, not recompiled
+    stats = json.loads(done.stdout)
+    assert stats == {"hits": stats["kernels"], "misses": 0, "kernels": 3}  # loaded, not compiled
     notes = done.stderr.splitlines()
     assert len(notes) == 2, notes
     assert notes[0].startswith(f"note: kernel cache {kernels} is not writable")

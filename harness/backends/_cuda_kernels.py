@@ -41,7 +41,7 @@ def normal_kernel(k0, k1, stream, out):
 def make_cell_kernel(module, threads: int):
     """The CUDA kernel of one cell type around ``module.sample_terms``, the CPU backend's
     generated per-sample function (so both backends evaluate the very same family, cost and
-    estimator code; ``module`` is the generated module of ``harness.backends.cpu``).
+    estimator code; ``module`` is ``harness.backends.cpu.cell_module`` of the cell).
 
     Block b = (seed, chunk): ``out[seed, chunk, :] = (count, shift[n_terms], sum[n_terms],
     sum_sq[n_terms])`` of the chunk's terms shifted by the terms of its first sample, the CPU

@@ -1,24 +1,56 @@
-"""CPU backend: one fused, cached numba kernel per (family, cost, estimators, components).
+"""CPU backend: a block pipeline of small, separately compiled and cached numba kernels.
 
 Why generated source: a kernel built in a Python factory that closes over other jitted
 functions never hits numba's on-disk cache and can even share a wrong cache entry (numba
 keys its cache by the function's source location, which every closure of a factory
-shares). So for each combination we write a small, readable module to the
-kernel cache directory and import it. Its name carries a digest of the harness sources, so
-editing any harness module (or a user's cost module) gives a new kernel instead of a stale
-cached one; within one source version the second process loads the compiled kernel from disk.
+shares). So each kernel is a small, readable module written to the kernel cache directory
+and imported. Its name carries a digest of the harness sources it is built from, so editing
+any of them (or a user's cost module) gives a new kernel instead of a stale cached one;
+within one source version the second process loads the compiled kernel from disk.
 
-Work decomposition (independent of the thread count, hence bitwise reproducible):
-the N samples of a seed are pairs of base draws (the family's ``draw_pair``, one Philox
-counter per pair); the pairs are split into a fixed number of chunks that depends on N only,
-``prange`` runs over (seed, chunk), each chunk accumulates shifted sums of every term
-sequentially, and chunks are merged in chunk order with Chan's update. Memory is
-O(seeds x chunks x terms), independent of N.
+Work decomposition (independent of the thread count, hence bitwise reproducible)
+---------------------------------------------------------------------------------
+The N samples of a seed are pairs of base draws (one Philox counter per pair); the pairs are
+split into a fixed number of chunks that depends on N only (``chunking``).  A *job* is one
+(seed, chunk).  Each job's pairs are processed in *blocks* of ``block_pairs`` pairs (a
+multiple of ``LANES`` sized so the draw buffer stays in cache; it never changes the bits):
+
+1. ``draw_block``, one kernel per family (``draw_source``): for every job, the base draws of
+   the block's pairs on the main stream 0 and, when an estimator of the cell uses it, on the
+   independent copy (stream ``INDEPENDENT_STREAM_OFFSET``): ``draws[job, stream, h, i]`` is
+   sample 2 p + h, p = first + block_first + i, of shape (jobs, 1 or 2, 2, block_pairs).
+   The family draws with ``draw_pair(key0, key1, pair, stream)``, or with
+   ``draw_pair_at(theta, key0, key1, pair, stream)`` if it has one (a sampler that depends
+   on theta, e.g. a rejection sampler; ``harness.axes.Family``).
+2. ``accumulate``, one kernel per (family, cost, estimator variant, component)
+   (``term_source``): reads the block, evaluates the estimator's per-sample term(s) (its
+   ``per_sample``, unchanged contract: ``harness.axes``) and adds them to persistent per-job
+   lane sums ``acc[job, sum | sum of squares, term, lane]`` with lane = (pair - first) %
+   LANES, sample 2p before 2p + 1 and pairs in order: the order of every addition is fixed
+   by the source.  Terms are shifted by those of the chunk's first sample (computed at
+   block 0 without fastmath, kept in ``shift[job, term]``) against cancellation.
+3. The Python driver (``estimate``) loops over blocks, then adds each job's lanes in lane
+   order and merges the chunks in chunk order with Chan's update (``merge_chunks``).
+
+So compile cost grows with the estimators, not their combinations: adding or removing an
+estimator or a component compiles only its own kernel, and every cell and grid that uses a
+(cost, variant, component) shares it; new kernels are compiled by several processes side by
+side (``compile_workers``).  The summation order is that of the former fused kernel (one
+kernel per cell type): its sums are reproduced bitwise for many terms and to 1-3 ulp for
+others (multiply-adds contracted differently once the terms are compiled apart).  Memory is
+O(jobs x (block_pairs + terms x LANES)), independent of N.
+
+Threads: the kernels are compiled serially (``nogil``, ``error_model="numpy"``: a
+division's Python-style zero check would stop LLVM vectorising) and the jobs are split into
+contiguous groups, one Python thread per group, each with its own draw buffer.  A job's
+numbers never depend on its group, so the bits are the same for any thread count.
 
 Public: ``estimate(family, cost, estimators, components, params, n_samples, seeds)``;
 ``reduce_partials`` (chunk merge + each estimator's ``moments_to_estimate``, shared with the
-CUDA backend); ``validate``, ``constants``, ``load_kernel``, ``kernel_source``, ``chunking``,
-``merge_chunks``, ``vector_width``.
+CUDA backend); ``validate``, ``constants``, ``load_kernel`` (a cell type's kernels),
+``load_draw_kernel``, ``load_term_kernel``, ``cell_module`` (every term of a cell as one
+per-sample function, for the CUDA backend), ``chunking``, ``block_pairs``, ``merge_chunks``,
+``vector_width``.
 """
 
 from __future__ import annotations
@@ -26,13 +58,19 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import json
 import math
 import os
+import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
+import numba
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
@@ -42,19 +80,19 @@ from ..rng import INDEPENDENT_STREAM_OFFSET
 
 MAX_CHUNKS = 64          # per seed; bounds the partial-sum memory
 MIN_CHUNK_PAIRS = 4096   # base-draw pairs per chunk, so chunk overhead stays negligible
+LANES = 8                # partial sums per term: the sample loop vectorises without reassoc
+BLOCK_BYTES = 1 << 20    # the draw buffer's target size: L2-resident (2 MiB per core here)
+MAX_BLOCK_PAIRS = 2048   # pairs per job and block, at most
 
 FAMILY_FUNCTIONS = ("to_x", "score", "times_score", "dx_dtheta", "antithetic", "centred")
 _UNAVAILABLE = {"dx_dtheta": "unavailable_3", "antithetic": "unavailable_1"}
 
-_TEMPLATE = '''\
-"""Generated by harness.backends.cpu (harness {version}); do not edit.
-
-family: {family}; cost: {cost}; terms (estimator, component): {labels}
-"""
+# The part of a term module that evaluates samples (also imported by the CUDA cell module).
+_PRELUDE = '''\
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from harness.axes import CostOps, FamilyOps, Sample, unavailable_1, unavailable_2, unavailable_3
 {imports}
@@ -88,11 +126,178 @@ def plain_family():
 @njit(inline="always")
 def plain_cost():
     return CostOps(cost_value, _cost_derivative)
+'''
+
+_TERM_TEMPLATE = '''\
+"""Generated by harness.backends.cpu (harness {version}); do not edit.
+
+family: {family}; cost: {cost}; estimator: {estimator}; component: {component}
+"""
+{prelude}
+
+N_TERMS = {n_terms}  # accumulated quantities: 1 (per-sample kind) or n_moments (accumulated)
+LANES = {lanes}
+USES_COPY = {uses_copy}  # reads the base draws of the independent copy stream
 
 
-N_TERMS = {n_terms}  # accumulated quantities: 1 per per-sample term, n_moments per accumulated one
-LANES = 8  # independent partial sums, so the sample loop vectorises without reassociation
-COPY_STREAM = {copy_stream}  # the independent copy of stream 0, drawn if an estimator uses it
+@njit(inline="always")
+def sample_terms(theta, k, e, e_copy, key0, key1, index, consts):
+    """The accumulated quantities of one sample with base draw e (e_copy: its draw on the
+    copy stream); consts: the estimator's per-cell constants for this component."""
+    family = fused_family()
+    cost = fused_cost()
+{body}
+
+
+@njit(inline="always")
+def sample_terms_given(theta, k, e, x, f, df, e_copy, key0, key1, index, consts):
+    """``sample_terms`` with x, f = f(x) and df = f'(x) as the draw kernel computed them."""
+    family = fused_family()
+    cost = fused_cost()
+{body_given}
+
+
+# The same body as a separately compiled function without the kernel's fastmath flags, for
+# the once-per-chunk shift (a second inlined call site would double the compile time).  The
+# function tuples are built inside: passed in, they would be pointers the cache refuses.
+@njit
+def first_sample_terms(theta, k, e, e_copy, key0, key1, index, consts):
+    family = plain_family()
+    cost = plain_cost()
+{body}
+
+
+@njit(inline="always")
+def constants_tuple(consts):
+    """The term's per-cell constants as a tuple of scalars (``()`` if it has none)."""
+    return ({consts_tuple})
+
+
+# The summation order is fixed by this source (per lane: pairs in order, sample 2p then
+# 2p + 1), so the bits depend neither on how LLVM vectorises nor on the thread count. Only
+# "contract" (fused multiply-add) is allowed: never "reassoc" (it would let LLVM reorder the
+# sums) nor "nnan"/"ninf" (they break NaN checks).
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={{"contract"}})
+def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first, params,
+               consts_array, draws, shift, acc):
+    """Add the terms of pairs first + block_first + i (i < block_pairs) of jobs
+    (seed, chunk) ``jobs[0] <= job < jobs[1]`` to ``acc[job, sum | sum of squares, term,
+    lane]``; at block 0 first store the terms of the chunk's first sample in
+    ``shift[job, term]``.  ``draws``: the block's base draws of these jobs from
+    ``draw_block``, (jobs, streams, 2, block_pairs)."""
+    block_pairs = draws.shape[3]
+    n_pairs = (n_samples + 1) // 2  # an odd N uses the first draw of its last pair
+    # LANES as a run-time value: with a constant 8 LLVM unrolls a small sample body fully
+    # and then leaves it scalar (numba turns the SLP vectoriser off); a run-time trip count
+    # keeps the lane loop, which the loop vectoriser vectorises (measured 1.5-3x)
+    lanes = acc.shape[3]
+    theta = ({theta},)
+    k = {k}
+    consts = constants_tuple(consts_array)  # scalars, so the hot loop never reads the array
+    for job in range(jobs[0], jobs[1]):
+        row = job - jobs[0]
+        s = job // n_chunks
+        first = (job - s * n_chunks) * chunk_pairs
+        last = min(first + chunk_pairs, n_pairs)
+        start = first + block_first
+        if start < last:  # else every sample would add exactly 0.0
+            key0 = keys0[s]
+            key1 = keys1[s]
+            if block_first == 0:
+                t = first_sample_terms(theta, k, draws[row, 0, 0, 0], {first_copy}, key0,
+                                       key1, 2 * first, consts)
+                for j in range(N_TERMS):
+                    shift[job, j] = t[j]
+            sums = np.empty((2, N_TERMS, LANES))  # the job's lane sums, local in the loop
+            for j in range(N_TERMS):
+                for lane in range(LANES):
+                    sums[0, j, lane] = acc[job, 0, j, lane]
+                    sums[1, j, lane] = acc[job, 1, j, lane]
+{load_shift}
+            # Sample 2p + h of pair p = start + b * LANES + lane.  The lane loop is innermost
+            # (LLVM vectorises innermost loops only) and the inlined sample body has one call
+            # site.  Past the chunk's end (or N's) a sample adds exactly 0.0.
+            for b in range(block_pairs // LANES):
+                for h in range(2):
+                    for lane in range(lanes):
+                        i = b * LANES + lane
+                        p = start + i  # int64: mixing in uint64 would give floats
+                        use = p < last and (h == 0 or 2 * p + 1 < n_samples)
+                        t = sample_terms_given(theta, k, draws[row, 0, h, i],
+                                               draws[row, 1, h, i], draws[row, 2, h, i],
+                                               draws[row, 3, h, i], {copy_arg}, key0, key1,
+                                               2 * p + h, consts)
+{accumulate}
+            for j in range(N_TERMS):
+                for lane in range(LANES):
+                    acc[job, 0, j, lane] = sums[0, j, lane]
+                    acc[job, 1, j, lane] = sums[1, j, lane]
+'''
+
+_DRAW_TEMPLATE = '''\
+"""Generated by harness.backends.cpu (harness {version}); do not edit.
+
+family: {family}; cost: {cost}: the samples of one block of pairs of every (seed, chunk) job.
+"""
+{prelude}
+
+ROWS = ("e", "x", "f", "df", "e_copy")  # what draws[job, row] holds (e_copy: if drawn)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={{"contract"}})
+def draw_block(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first, params,
+               copy_stream, draws):
+    """For jobs (seed, chunk) ``jobs[0] <= job < jobs[1]`` and sample 2p + h of pair
+    p = first + block_first + i (first: the chunk's first pair), in row job - jobs[0] of
+    ``draws``: [0, h, i] the base draw e on stream 0, [1, h, i] x = to_x(theta, e),
+    [2, h, i] f(x), [3, h, i] f'(x) (NaN if the cost has none) and, if draws.shape[1] == 5,
+    [4, h, i] the base draw on stream ``copy_stream``.  Every term kernel reads them, so f
+    is evaluated once per sample.  Pairs past the chunk's end are left as they are."""
+    n_rows, block_pairs = draws.shape[1], draws.shape[3]
+    n_pairs = (n_samples + 1) // 2
+    theta = ({theta},)
+    k = {k}
+    family = fused_family()
+    for job in range(jobs[0], jobs[1]):
+        row = job - jobs[0]
+        s = job // n_chunks
+        first = (job - s * n_chunks) * chunk_pairs
+        start = first + block_first
+        stop = min(block_pairs, min(first + chunk_pairs, n_pairs) - start)
+        key0 = keys0[s]
+        key1 = keys1[s]
+        for i in range(stop):  # a loop per stream and quantity: LLVM vectorises each
+            draws[row, 0, 0, i], draws[row, 0, 1, i] = family_draw({draw_args}start + i, 0)
+        for h in range(2):
+            for i in range(stop):
+                x = family.to_x(theta, draws[row, 0, h, i])
+                draws[row, 1, h, i] = x
+                draws[row, 2, h, i] = cost_value(x, k)
+                draws[row, 3, h, i] = cost_derivative(x, k)
+        if n_rows == 5:
+            for i in range(stop):
+                draws[row, 4, 0, i], draws[row, 4, 1, i] = family_draw({draw_args}start + i,
+                                                                   copy_stream)
+'''
+
+# Every term of a cell as one per-sample function, for the CUDA backend (not compiled on
+# the CPU): it calls the term modules' ``sample_terms``, so both backends run the same code.
+_CELL_TEMPLATE = '''\
+"""Generated by harness.backends.cpu (harness {version}); do not edit.
+
+family: {family}; cost: {cost}; terms (estimator, component): {labels}
+Every term of the cell as one per-sample function (for the CUDA backend).
+"""
+import math
+
+from numba import njit
+
+{imports}
+
+family_draw_pair = njit(inline="always")(_family_draw_pair.py_func)
+
+N_TERMS = {n_terms}
+COPY_STREAM = {copy_stream}  # the independent copy of stream 0 (-1: no estimator uses it)
 
 
 @njit(inline="always")
@@ -102,82 +307,14 @@ def unpack(params):
 
 
 @njit(inline="always")
-def sample_terms(theta, k, e, e_copy, key0, key1, index, cell_consts):
-    """Every accumulated quantity of one sample with base draw e (and e_copy, its draw on the
-    copy stream); cell_consts: the estimators' per-cell constants."""
-    family = fused_family()
-    cost = fused_cost()
-{body}
-
-
-# The same body as a separately compiled function without the kernel's fastmath flags, for
-# the once-per-chunk shift (a second inlined call site would double the compile time).  The
-# function tuples are built inside: passed in, they would be pointers the cache refuses.
-@njit
-def first_sample_terms(theta, k, e, e_copy, key0, key1, index, cell_consts):
-    family = plain_family()
-    cost = plain_cost()
-{body}
+def constants_tuple(consts):
+    """The per-cell constants (``harness.backends.cpu.constants``) as a tuple of scalars."""
+    return ({cell_consts},)
 
 
 @njit(inline="always")
-def constants_tuple(consts):
-    """The per-cell constants (``harness.backends.cpu.constants``) as a tuple of scalars."""
-    return ({consts_tuple},)
-
-
-# The summation order is fixed by this source (lane by lane, then lanes in order), so the bits
-# do not depend on how LLVM vectorises, nor on the thread count. Only "contract" (fused
-# multiply-add, 2x faster here) is allowed: never "reassoc" (it would let LLVM reorder the
-# sums) nor "nnan"/"ninf" (they break NaN checks).
-@njit(parallel={parallel}, cache=True, fastmath={{"contract"}})
-def kernel(keys0, keys1, n_samples, chunk_pairs, params, consts, out):
-    """out[seed, chunk, :] = (count, shift[N_TERMS], sum[N_TERMS], sum_sq[N_TERMS]) of the
-    chunk's quantities, shifted by those of its first sample (guards against cancellation)."""
-    n_seeds, n_chunks = out.shape[0], out.shape[1]
-    n_pairs = (n_samples + 1) // 2  # an odd N uses the first draw of its last pair
-    # theta and k as unpack(params) gives them (parfor's array analysis rejects that call)
-    theta = ({theta},)
-    k = {k}
-    cell_consts = constants_tuple(consts)  # scalars, so the hot loop never reads the array
-    for job in prange(n_seeds * n_chunks):
-        s = job // n_chunks
-        c = job - s * n_chunks
-        key0 = keys0[s]
-        key1 = keys1[s]
-        first = c * chunk_pairs
-        last = min(first + chunk_pairs, n_pairs)
-        e0, e1 = family_draw_pair(key0, key1, first, 0)
-        e0_copy = {first_copy}
-        shift = first_sample_terms(theta, k, e0, e0_copy, key0, key1, 2 * first, cell_consts)
-        acc = np.zeros((2, N_TERMS, LANES))  # [sum | sum of squares, term, lane]
-        eps = np.empty((2, LANES))            # the block's pairs of base draws
-{copy_alloc}        for b in range((last - first + LANES - 1) // LANES):
-            for lane in range(LANES):
-                pair = first + b * LANES + lane
-                eps[0, lane], eps[1, lane] = family_draw_pair(key0, key1, pair, 0){copy_draw}
-            # Sample 2p + h of pair p = first + b * LANES + lane.  The lane loop is innermost
-            # (LLVM vectorises innermost loops only) and the (large, inlined) sample body has
-            # one call site: numba's IR inlining is the bulk of the compile time.  Each lane
-            # still adds sample 2p, then 2p + 1, so the summation order is as documented.
-            for h in range(2):
-                for lane in range(LANES):
-                    p = first + b * LANES + lane  # int64: mixing in uint64 would give floats
-                    # past the chunk's end (or N's) a draw adds exactly 0.0: no tail copy
-                    use = p < last and (h == 0 or 2 * p + 1 < n_samples)
-                    t = sample_terms(theta, k, eps[h, lane], {copy_arg}, key0, key1,
-                                     2 * p + h, cell_consts)
-{accumulate_pair}
-        out[s, c, 0] = min(2 * last, n_samples) - 2 * first
-        for j in range(N_TERMS):
-            total = 0.0
-            total_sq = 0.0
-            for lane in range(LANES):
-                total += acc[0, j, lane]
-                total_sq += acc[1, j, lane]
-            out[s, c, 1 + j] = shift[j]
-            out[s, c, 1 + N_TERMS + j] = total
-            out[s, c, 1 + 2 * N_TERMS + j] = total_sq
+def sample_terms(theta, k, e, e_copy, key0, key1, index, cell_consts):
+{body}
 '''
 
 
@@ -192,9 +329,9 @@ def _import_line(fn, alias: str) -> str:
 
 def _source_digest(functions) -> str:
     """Digest of the source files a kernel is built from: the random numbers, the records,
-    this template and the files defining the family, cost and estimator functions it calls
-    (which may be plug-ins outside harness, e.g. a user's cost module). numba's cache does
-    not notice edits to callees, so any edit to these must give the kernel a new name."""
+    this module's templates and the files defining the family, cost and estimator functions
+    it calls (which may be plug-ins outside harness, e.g. a user's cost module). numba's
+    cache does not notice edits to callees, so any edit to these must give a new name."""
     from .. import axes, rng, scalar_math
 
     files = {Path(m.__file__).resolve() for m in (axes, rng, scalar_math, sys.modules[__name__])}
@@ -223,18 +360,9 @@ def kernel_dir() -> Path:
     return kernel_cache.kernel_dir()
 
 
-def _accumulate(n_terms, indent) -> str:
-    """Source lines adding the sample's shifted terms to lane ``lane`` of ``acc``."""
-    lines = []
-    for j in range(n_terms):
-        lines += [f"d = t[{j}] - shift[{j}] if use else 0.0", f"acc[0, {j}, lane] += d",
-                  f"acc[1, {j}, lane] += d * d"]
-    return "\n".join(indent + line for line in lines)
-
-
 def _layout(estimators: tuple[str, ...], components: tuple[str, ...]):
     """The resolved variants and, per (variant, component) in C order, (quantity offset,
-    quantity count, consts offset): the kernel's output columns and constant slots."""
+    quantity count, consts offset): the partials' columns and constant slots."""
     variants = [registry.resolve(e) for e in estimators]
     slots, q, c = [], 0, 0
     for v in variants:
@@ -248,9 +376,12 @@ def _layout(estimators: tuple[str, ...], components: tuple[str, ...]):
 
 def _cost_functions(cost) -> tuple[list[str], list[str], list]:
     """(import lines, definitions, the functions called) for the cost's ``cost_value`` and
-    ``_cost_derivative``.  A built-in cost's jitted functions are imported as they are (the
-    value is called as a separately compiled function, as before issue 9, so its results keep
-    their bits); a user's plain functions are wrapped to the (x, k) signature."""
+    ``_cost_derivative``: separately compiled functions (the value is called as such, as
+    before issue 9).  Each kernel module compiles its own copies (a built-in cost's functions
+    re-jitted from their Python source, a user's plain functions wrapped to the (x, k)
+    signature): a jitted function shared between kernels made a kernel's bits depend on
+    which kernels the process had compiled before (seen: 1 ulp), so helper processes and
+    other compile orders would not reproduce them."""
     imports, defs, called = [], [], []
     for role, name in (("value", "cost_value"), ("derivative", "_cost_derivative")):
         fn = getattr(cost, role)
@@ -258,7 +389,8 @@ def _cost_functions(cost) -> tuple[list[str], list[str], list]:
             continue
         origin = cost.python.get(role)
         if origin is None:
-            imports.append(_import_line(fn, name))
+            imports.append(_import_line(fn, f"_builtin_{role}"))
+            defs += [f"{name} = njit(_builtin_{role}.py_func)"]
             called.append(fn)
             continue
         module = sys.modules[origin.module]
@@ -271,24 +403,29 @@ def _cost_functions(cost) -> tuple[list[str], list[str], list]:
     return imports, defs, called
 
 
-def kernel_source(family, cost, estimators: tuple[str, ...], components: tuple[str, ...],
-                  parallel: bool = True) -> str:
-    """The Python source of the fused kernel for this combination (``family`` a registry
-    name, ``cost`` a cost spec, ``estimators`` registry names or labels)."""
-    fam, c = registry.get_family(family), registry.get_cost(cost)
-    variants, slots, n_terms, n_consts = _layout(tuple(estimators), tuple(components))
-    imports = [_import_line(fam.draw_pair, "_family_draw_pair")]
-    imports += [_import_line(getattr(fam, name), f"_family_{name}") for name in FAMILY_FUNCTIONS
-                if getattr(fam, name) is not None]
+def _family_draw(fam) -> tuple[Callable, bool]:
+    """(the family's draw function, whether it takes theta first: ``draw_pair_at``)."""
+    at = getattr(fam, "draw_pair_at", None)
+    return (at, True) if at is not None else (fam.draw_pair, False)
+
+
+def _theta_source(fam, c) -> tuple[str, str]:
+    """Source of theta's elements and of k, read from the kernels' ``params`` array."""
+    n_theta = len(fam.params)
+    theta = "".join(f"params[{j}], " for j in range(n_theta)).rstrip(" ,")
+    return theta, (f"params[{n_theta}]" if c.params else "0.0")
+
+
+def _prelude(fam, c, per_sample=None) -> str:
+    """The sample-evaluating part of a term module (and of a draw module, without an
+    estimator): imports and re-jitted functions."""
+    imports = [_import_line(getattr(fam, name), f"_family_{name}") for name in FAMILY_FUNCTIONS
+               if getattr(fam, name) is not None]
     cost_imports, cost_defs, _ = _cost_functions(c)
     imports += cost_imports
-    aliases = {}
-    for v in variants:  # one alias per distinct jitted function
-        aliases.setdefault(v.per_sample, f"est_{len(aliases)}")
-    imports += [_import_line(fn, f"_{a}") for fn, a in aliases.items()]
-
-    rejit = cost_defs + ['family_draw_pair = njit(inline="always")(_family_draw_pair.py_func)']
-    fused, plain = [], []
+    if per_sample is not None:
+        imports.append(_import_line(per_sample, "_estimator"))
+    rejit, fused, plain = list(cost_defs), [], []
     for name in FAMILY_FUNCTIONS:
         if getattr(fam, name) is None:
             fused.append(_UNAVAILABLE[name])
@@ -301,89 +438,282 @@ def kernel_source(family, cost, estimators: tuple[str, ...], components: tuple[s
         rejit.append("cost_derivative = njit(**FUSED)(_cost_derivative.py_func)")
     else:
         rejit.append("cost_derivative = _cost_derivative = unavailable_2")
-    rejit += [f'{a} = njit(inline="always")(_{a}.py_func)' for a in aliases.values()]
+    if per_sample is not None:
+        rejit.append('estimator = njit(inline="always")(_estimator.py_func)')
+    return _PRELUDE.format(imports="\n".join(imports), rejit="\n".join(rejit),
+                           fused_family=",\n                     ".join(fused),
+                           plain_family=",\n                     ".join(plain))
 
-    index = {comp: i for i, comp in enumerate(fam.params)}
-    lines, names = [], []
-    slot = iter(slots)
-    for v in variants:
-        for comp in components:
-            q, n_q, c0 = next(slot)
-            consts = "(" + "".join(f"cell_consts[{c0 + j}], " for j in range(v.n_consts)) + ")"
-            call = f"{aliases[v.per_sample]}({index[comp]}, s, family, cost, {consts})"
-            if v.n_moments:
-                lines.append(f"    m{q} = {call}  # {v.name}, {comp}")
-                names += [f"m{q}[{j}]" for j in range(n_q)]
-            else:
-                lines.append(f"    g{q} = {call}  # {v.name}, {comp}")
-                names.append(f"g{q}")
-    copy = any(v.independent_copy for v in variants)
-    n_theta = len(fam.params)
-    return _TEMPLATE.format(
-        version=__version__,
-        parallel=bool(parallel),
-        family=fam.name,
-        cost=c.name,
-        labels=", ".join(f"({v.name}, {comp})" for v in variants for comp in components),
-        imports="\n".join(imports),
-        rejit="\n".join(rejit),
-        fused_family=",\n                     ".join(fused),
-        plain_family=",\n                     ".join(plain),
-        n_terms=n_terms,
-        copy_stream=INDEPENDENT_STREAM_OFFSET if copy else -1,
-        theta="".join(f"params[{j}], " for j in range(n_theta)).rstrip(" ,"),
-        k=f"params[{n_theta}]" if c.params else "0.0",
-        body="\n".join(["    x = family_to_x(theta, e)", "    f = cost_value(x, k)",
-                         "    df = cost_derivative(x, k)",
-                         "    s = Sample(theta, k, e, x, f, df, e_copy, key0, key1, index)",
-                         *lines, f"    return ({', '.join(names)},)"]),
-        consts_tuple=", ".join(f"consts[{j}]" for j in range(max(n_consts, 1))),
-        first_copy="family_draw_pair(key0, key1, first, COPY_STREAM)[0]" if copy else "math.nan",
-        copy_alloc=(" " * 8 + "eps_copy = np.empty((2, LANES))       # and their copies\n"
-                    if copy else ""),
-        copy_draw=("\n" + " " * 12 + "for lane in range(LANES):  # a loop of its own: LLVM "
-                   "vectorises it\n" + " " * 16 + "pair = first + b * LANES + lane\n" + " " * 16
-                   + "eps_copy[0, lane], eps_copy[1, lane] = family_draw_pair(key0, key1, pair, "
-                   "COPY_STREAM)") if copy else "",
-        copy_arg="eps_copy[h, lane]" if copy else "math.nan",
-        accumulate_pair=_accumulate(n_terms, " " * 20),
+
+def _accumulate(n_terms: int, indent: str) -> str:
+    """Source lines adding the sample's shifted terms to lane ``lane`` of ``sums``."""
+    lines = []
+    for j in range(n_terms):
+        lines += [f"d = t[{j}] - shift_{j} if use else 0.0", f"sums[0, {j}, lane] += d",
+                  f"sums[1, {j}, lane] += d * d"]
+    return "\n".join(indent + line for line in lines)
+
+
+def term_source(family, cost, estimator, component: str) -> str:
+    """The Python source of the term kernel of one (family, cost, estimator variant,
+    component): ``family`` a registry name, ``cost`` a cost spec, ``estimator`` a name or
+    label."""
+    fam, c, v = registry.get_family(family), registry.get_cost(cost), registry.resolve(estimator)
+    n_terms = v.n_moments or 1
+    consts = "(" + "".join(f"consts[{j}], " for j in range(v.n_consts)) + ")"
+    call = f"estimator({fam.params.index(component)}, s, family, cost, {consts})"
+    result = f"    return {call}" if v.n_moments else f"    return ({call},)"
+    sample = "    s = Sample(theta, k, e, x, f, df, e_copy, key0, key1, index)"
+    body = "\n".join(["    x = family_to_x(theta, e)", "    f = cost_value(x, k)",
+                      "    df = cost_derivative(x, k)", sample, result])
+    theta, k = _theta_source(fam, c)
+    return _TERM_TEMPLATE.format(
+        version=__version__, family=fam.name, cost=c.name, estimator=v.name,
+        component=component, prelude=_prelude(fam, c, v.per_sample), n_terms=n_terms,
+        lanes=LANES, uses_copy=bool(v.independent_copy), body=body,
+        body_given="\n".join([sample, result]),
+        consts_tuple="".join(f"consts[{j}], " for j in range(v.n_consts)).rstrip(" "),
+        theta=theta, k=k,
+        first_copy="draws[row, 4, 0, 0]" if v.independent_copy else "math.nan",
+        load_shift="\n".join(f"            shift_{j} = shift[job, {j}]" for j in range(n_terms)),
+        copy_arg="draws[row, 4, h, i]" if v.independent_copy else "math.nan",
+        accumulate=_accumulate(n_terms, " " * 24),
     )
 
 
-_loaded: dict[tuple, object] = {}
-_lock = threading.Lock()
-
-
-def load_kernel(family, cost, estimators: tuple[str, ...], components: tuple[str, ...],
-                parallel: bool = True):
-    """Import (writing it first if needed) the generated module and return its kernel."""
-    estimators = _labels(estimators)
+def draw_source(family, cost) -> str:
+    """The Python source of the draw kernel of (family, cost)."""
     fam, c = registry.get_family(family), registry.get_cost(cost)
-    key = (fam.name, registry.cost_key(cost), estimators, tuple(components), parallel)
+    draw, takes_theta = _family_draw(fam)
+    theta, k = _theta_source(fam, c)
+    prelude = _prelude(fam, c).replace(
+        "\nFUSED = ", f"\n{_import_line(draw, '_family_draw')}\n\nFUSED = ", 1)
+    return _DRAW_TEMPLATE.format(
+        version=__version__, family=fam.name, cost=c.name,
+        prelude=prelude + '\n\nfamily_draw = njit(inline="always")(_family_draw.py_func)\n',
+        theta=theta, k=k, draw_args="theta, key0, key1, " if takes_theta else "key0, key1, ",
+    )
+
+
+def cell_source(family, cost, estimators: tuple[str, ...], components: tuple[str, ...],
+                term_modules: list[str]) -> str:
+    """The Python source of the cell module (``_CELL_TEMPLATE``) over the term modules named
+    ``term_modules`` (one per (variant, component) in C order)."""
+    fam, c = registry.get_family(family), registry.get_cost(cost)
+    variants, slots, n_terms, n_consts = _layout(tuple(estimators), tuple(components))
+    imports, lines, names = [_import_line(fam.draw_pair, "_family_draw_pair")], [], []
+    for j, (module, (_, n_q, c0), v) in enumerate(zip(term_modules, slots, (
+            v for v in variants for _ in components))):
+        imports.append(f"from {module} import sample_terms as terms_{j}")
+        consts = "(" + "".join(f"cell_consts[{c0 + i}], " for i in range(v.n_consts)) + ")"
+        lines.append(f"    t{j} = terms_{j}(theta, k, e, e_copy, key0, key1, index, {consts})")
+        names += [f"t{j}[{i}]" for i in range(n_q)]
+    theta, k = _theta_source(fam, c)
+    return _CELL_TEMPLATE.format(
+        version=__version__, family=fam.name, cost=c.name,
+        labels=", ".join(f"({v.name}, {comp})" for v in variants for comp in components),
+        imports="\n".join(imports), n_terms=n_terms,
+        copy_stream=INDEPENDENT_STREAM_OFFSET if any(v.independent_copy for v in variants)
+        else -1,
+        theta=theta, k=k,
+        cell_consts=", ".join(f"consts[{j}]" for j in range(max(n_consts, 1))),
+        body="\n".join(lines + [f"    return ({', '.join(names)},)"]))
+
+
+_loaded: dict[tuple, object] = {}   # key -> compiled kernel (dispatcher) or cell module
+_lock = threading.RLock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(n_threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``n_threads`` threads (created once per size)."""
     with _lock:
-        if key in _loaded:
-            return _loaded[key]
-        source = kernel_source(fam, c, estimators, tuple(components), parallel)
-        called = [fam.draw_pair] + [getattr(fam, n) for n in FAMILY_FUNCTIONS
-                                    if getattr(fam, n) is not None]
-        called += _cost_functions(c)[2]
-        called += [registry.resolve(e).per_sample for e in estimators]
-        name = "harness_kernel_" + hashlib.sha256(
-            (_source_digest(called) + source).encode()).hexdigest()[:16]
-        directory = kernel_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{name}.py"
-        if not path.exists() or path.read_text() != source:
-            tmp = directory / f".{name}.{os.getpid()}.tmp"
-            tmp.write_text(source)
-            os.replace(tmp, path)  # atomic: concurrent processes never import half a file
-        kernel_cache.ensure_numba_cache()   # numba picks its cache dir at definition
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        _loaded[key] = module.kernel
-        return module.kernel
+        if n_threads not in _pools:
+            _pools[n_threads] = ThreadPoolExecutor(n_threads, thread_name_prefix="harness-cpu")
+        return _pools[n_threads]
+
+
+def _import_generated(source: str, called) -> object:
+    """Write ``source`` to the kernel directory (atomically, named after a digest of it and
+    of the files of the functions it calls) unless it is there, and import it."""
+    name = "harness_kernel_" + hashlib.sha256(
+        (_source_digest(called) + source).encode()).hexdigest()[:16]
+    if name in sys.modules:
+        return sys.modules[name]
+    directory = kernel_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    fresh = not path.exists()
+    if fresh or path.read_text() != source:
+        tmp = directory / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(source)
+        os.replace(tmp, path)  # atomic: concurrent processes never import half a file
+    kernel_cache.ensure_numba_cache()   # numba picks its cache dir at definition
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    module.WRITTEN_NOW = fresh  # a new kernel: nobody compiled it with this kernel directory
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _term_module(family, cost, estimator, component: str):
+    fam, c, v = registry.get_family(family), registry.get_cost(cost), registry.resolve(estimator)
+    key = ("term", fam.name, registry.cost_key(cost), v.name, component)
+    with _lock:
+        if key not in _loaded:
+            called = [getattr(fam, n) for n in FAMILY_FUNCTIONS if getattr(fam, n) is not None]
+            called += _cost_functions(c)[2] + [v.per_sample]
+            _loaded[key] = _import_generated(
+                term_source(fam, c, v.name, component), called).accumulate
+        return sys.modules[_loaded[key].py_func.__module__]
+
+
+def load_term_kernel(family, cost, estimator, component: str):
+    """The ``accumulate`` kernel of one (family, cost, estimator variant, component)."""
+    return _term_module(family, cost, estimator, component).accumulate
+
+
+def load_draw_kernel(family, cost):
+    """The ``draw_block`` kernel of (family, cost)."""
+    fam, c = registry.get_family(family), registry.get_cost(cost)
+    key = ("draw", fam.name, registry.cost_key(cost))
+    with _lock:
+        if key not in _loaded:
+            called = [_family_draw(fam)[0]] + [getattr(fam, n) for n in FAMILY_FUNCTIONS
+                                               if getattr(fam, n) is not None]
+            _loaded[key] = _import_generated(draw_source(fam, c),
+                                             called + _cost_functions(c)[2]).draw_block
+        return _loaded[key]
+
+
+@dataclass(frozen=True)
+class CellKernels:
+    """The kernels one cell type runs: the family's draw kernel and one term kernel per
+    (variant, component) in C order.  ``stats``: numba's cache counters summed over them
+    (``cache_hits``/``cache_misses`` as dicts, like a dispatcher's)."""
+
+    draw: object
+    terms: tuple
+
+    @property
+    def dispatchers(self) -> tuple:
+        return (self.draw, *self.terms)
+
+    @property
+    def stats(self):
+        hits = sum(sum(d.stats.cache_hits.values()) for d in self.dispatchers)
+        misses = sum(sum(d.stats.cache_misses.values()) for d in self.dispatchers)
+        return SimpleNamespace(cache_hits={"all": hits}, cache_misses={"all": misses})
+
+
+def load_kernel(family, cost, estimators, components) -> CellKernels:
+    """Import (writing them first if needed) the kernels of a cell type."""
+    labels = _labels(estimators)
+    return CellKernels(
+        draw=load_draw_kernel(family, cost),
+        terms=tuple(load_term_kernel(family, cost, e, comp)
+                    for e in labels for comp in components))
+
+
+def cell_module(family, cost, estimators, components):
+    """The cell module (every term of the cell as one per-sample function ``sample_terms``,
+    plus ``unpack``, ``constants_tuple``, ``N_TERMS``, ``COPY_STREAM``) for the CUDA backend;
+    nothing in it is compiled for the CPU."""
+    labels, components = _labels(estimators), tuple(components)
+    fam, c = registry.get_family(family), registry.get_cost(cost)
+    key = ("cell", fam.name, registry.cost_key(cost), labels, components)
+    with _lock:
+        if key not in _loaded:
+            terms = [_term_module(fam, cost, e, comp).__name__ for e in labels
+                     for comp in components]
+            _loaded[key] = _import_generated(cell_source(fam, c, labels, components, terms),
+                                             [])
+        return _loaded[key]
+
+
+def _example_args(variant=None, n_params: int = 3) -> tuple:
+    """Arguments of the types ``estimate`` passes to the draw kernel (``variant`` None) or
+    to the term kernel of ``variant``: what a kernel is compiled for."""
+    keys = np.zeros(1, dtype=np.uint64)
+    head = (keys, keys, np.int64(2), np.int64(1), np.int64(1), np.array([0, 1]), np.int64(0),
+            np.zeros(n_params))
+    draws = np.zeros((1, 5, 2, LANES))
+    if variant is None:
+        return (*head, np.int64(INDEPENDENT_STREAM_OFFSET), draws)
+    n_q = variant.n_moments or 1
+    return (*head, np.zeros(variant.n_consts), draws, np.zeros((1, n_q)),
+            np.zeros((1, 2, n_q, LANES)))
+
+
+def compile_workers() -> int:
+    """Processes that compile a cell's new kernels side by side: ``$HARNESS_COMPILE_WORKERS``
+    if set (1: compile in this process only), else the number of cores (numba compiles under
+    a process-wide lock, so more processes are the only way to use more cores)."""
+    value = os.environ.get("HARNESS_COMPILE_WORKERS", "").strip()
+    return max(1, int(value)) if value.isdigit() else max(1, os.cpu_count() or 1)
+
+
+def _compile(family, cost, labels, components, kernels: CellKernels) -> None:
+    """Compile (or load from numba's cache) every kernel of the cell, each under a file lock
+    (``kernel_cache.compile_once``: processes needing the same new kernel compile it once).
+
+    Kernels whose source file this process has just written are new to the kernel
+    directory, so nobody has compiled them: with several of them and
+    ``compile_workers() > 1``, helper processes (``python -m harness.backends.cpu``) compile
+    a share each into numba's on-disk cache while this process compiles its own, and this
+    process then loads theirs (the same machine code: numba's cache)."""
+    fam, c = registry.get_family(family), registry.get_cost(cost)
+    n_params = len(fam.params) + len(c.params)
+    variants = [registry.resolve(e) for e in labels for _ in components]
+    terms = [(v.name, comp) for v, comp in zip(variants, [comp for _ in labels
+                                                          for comp in components])]
+    todo = [(kernels.draw, None, None)] + list(zip(kernels.terms, variants, terms))
+    new = [job for job in todo if not job[0].overloads and
+           getattr(sys.modules[job[0].py_func.__module__], "WRITTEN_NOW", False)]
+    workers = min(compile_workers(), len(new))
+    helpers = []
+    if workers > 1 and isinstance(cost, (str, Mapping)):
+        env = {**os.environ, "HARNESS_KERNEL_DIR": str(kernel_dir()),
+               "HARNESS_COMPILE_WORKERS": "1"}
+        from numba.core import config
+
+        if getattr(config, "CACHE_DIR", ""):
+            env["NUMBA_CACHE_DIR"] = str(config.CACHE_DIR)
+        for w in range(1, workers):
+            share = new[w::workers]
+            spec = {"family": fam.name, "cost": cost if isinstance(cost, str) else dict(cost),
+                    "terms": [term for _, _, term in share if term is not None],
+                    "draw": any(term is None for _, _, term in share)}
+            helpers.append(subprocess.Popen(
+                [sys.executable, "-m", "harness.backends.cpu", json.dumps(spec)], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        theirs = {id(kernel) for w in range(1, workers) for kernel, _, _ in new[w::workers]}
+        todo = [job for job in todo if id(job[0]) not in theirs] + \
+            [job for job in todo if id(job[0]) in theirs]  # ours first, then load theirs
+    for kernel, variant, _ in todo:
+        if helpers and not kernel.overloads and id(kernel) in theirs:
+            for proc in helpers:  # wait for every helper, then load what they compiled
+                _, err = proc.communicate()
+                if proc.returncode != 0:  # this process compiles it below: same result
+                    print(f"note: a kernel compile helper failed: {err.strip()[-300:]}",
+                          file=sys.stderr)
+            helpers = []
+        kernel_cache.compile_once(kernel, _example_args(variant, n_params))
+
+
+def _compile_main(argv: list[str]) -> None:
+    """``python -m harness.backends.cpu SPEC``: compile (into numba's on-disk cache) the
+    kernels named by the JSON ``SPEC``: family, cost, terms [[label, component], ...], draw."""
+    spec = json.loads(argv[0])
+    fam, c = registry.get_family(spec["family"]), registry.get_cost(spec["cost"])
+    n_params = len(fam.params) + len(c.params)
+    if spec["draw"]:
+        kernel_cache.compile_once(load_draw_kernel(fam, spec["cost"]),
+                                  _example_args(None, n_params))
+    for label, component in spec["terms"]:
+        kernel = load_term_kernel(fam, spec["cost"], label, component)
+        kernel_cache.compile_once(kernel, _example_args(registry.resolve(label), n_params))
 
 
 def chunking(n_samples: int) -> tuple[int, int]:
@@ -392,6 +722,16 @@ def chunking(n_samples: int) -> tuple[int, int]:
     target = max(1, min(MAX_CHUNKS, math.ceil(n_pairs / MIN_CHUNK_PAIRS)))
     chunk_pairs = math.ceil(n_pairs / target)
     return chunk_pairs, math.ceil(n_pairs / chunk_pairs)
+
+
+def block_pairs(n_jobs: int, n_rows: int, chunk_pairs: int) -> int:
+    """Pairs per job and block: a multiple of LANES, at most the chunk (rounded up), with the
+    draw buffer (jobs x streams x 2 x pairs doubles) near ``BLOCK_BYTES``.  Any value gives
+    the same bits (lanes are fixed by the pair index); it only trades call overhead (more
+    blocks) against cache misses (a larger buffer)."""
+    fit = BLOCK_BYTES // (n_jobs * n_rows * 2 * 8)
+    pairs = min(fit, MAX_BLOCK_PAIRS, chunk_pairs + LANES - 1)
+    return max(LANES, pairs // LANES * LANES)
 
 
 def merge_chunks(partials: np.ndarray, n_terms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -465,24 +805,68 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
     its within-seed per-sample variance (divisor N - 1; for accumulated estimators as
     defined in their module). Validates its inputs (the config layer normally has already)
     so library users get a clear error, not a numba crash.
-    ``parallel=False`` uses a serial compile of the same kernel (tests check they agree).
+    ``parallel=False`` runs on one thread (the same kernels and bits); otherwise the jobs are
+    split among ``numba.get_num_threads()`` threads (``NUMBA_NUM_THREADS``,
+    ``numba.set_num_threads``).
     """
     components = tuple(components)
     labels = _labels(estimators)
     seeds, params = validate(family, cost, labels, components, params, n_samples, seeds)
-    kernel = load_kernel(family, cost, labels, components, parallel)
-    _, _, n_terms, _ = _layout(labels, components)
+    n_samples = int(n_samples)
+    kernels = load_kernel(family, cost, labels, components)
+    variants, slots, n_terms, _ = _layout(labels, components)
     consts = constants(family, cost, labels, components, params)
-    chunk_pairs, n_chunks = chunking(int(n_samples))
+    chunk_pairs, n_chunks = chunking(n_samples)
+    n_jobs = seeds.size * n_chunks
     seeds_u = seeds.astype(np.uint64)
     keys0 = seeds_u & np.uint64(0xFFFFFFFF)
     keys1 = seeds_u >> np.uint64(32)
-    partials = np.empty((seeds.size, n_chunks, 1 + 3 * n_terms))
-    args = (keys0, keys1, np.int64(n_samples), np.int64(chunk_pairs),
-            param_vector(family, cost, params), consts, partials)
-    kernel_cache.compile_once(kernel, args)   # one compile across processes (file lock)
-    kernel(*args)
-    return reduce_partials(labels, components, partials, int(n_samples), consts)
+    n_rows = 4 + any(v.independent_copy for v in variants)  # e, x, f, df (, e_copy)
+    params_v = param_vector(family, cost, params)
+    head = (keys0, keys1, np.int64(n_samples), np.int64(n_chunks), np.int64(chunk_pairs))
+    terms = []  # per (variant, component): kernel, slot, constants, shift[job], acc[job]
+    for kernel, (q, n_q, c0), v in zip(kernels.terms, slots,
+                                       [v for v in variants for _ in components]):
+        terms.append((kernel, q, n_q, consts[c0:c0 + v.n_consts].copy(),
+                      np.zeros((n_jobs, n_q)), np.zeros((n_jobs, 2, n_q, LANES))))
+
+    n_threads = 1 if not parallel else max(1, min(numba.get_num_threads(), n_jobs))
+    bounds = [n_jobs * t // n_threads for t in range(n_threads + 1)]
+    groups = [np.array(bounds[t:t + 2], dtype=np.int64) for t in range(n_threads)]
+    pairs = block_pairs(max(bounds[1], 1) * n_threads, n_rows, chunk_pairs)
+
+    def run(jobs):
+        """Every block of jobs[0] <= job < jobs[1], with its own draw buffer.  Zeros, not
+        empty: a term kernel computes (and discards) samples past a chunk's end from
+        whatever the buffer holds, and garbage bits could be slow subnormals."""
+        draws = np.zeros((jobs[1] - jobs[0], n_rows, 2, pairs))
+        draw_tail = (params_v, np.int64(INDEPENDENT_STREAM_OFFSET), draws)
+        for block_first in range(0, chunk_pairs, pairs):
+            block = np.int64(block_first)
+            kernels.draw(*head, jobs, block, *draw_tail)
+            for kernel, _, _, term_consts, shift, acc in terms:
+                kernel(*head, jobs, block, params_v, term_consts, draws, shift, acc)
+
+    _compile(family, cost, labels, components, kernels)  # before the threads start
+    if n_threads == 1:
+        run(groups[0])
+    else:  # the kernels release the GIL (nogil): one Python thread per group of jobs
+        list(_pool(n_threads).map(run, groups))
+
+    # partials[seed, chunk] = (count, shift, sum, sum of squares) as ``merge_chunks`` reads
+    partials = np.empty((n_jobs, 1 + 3 * n_terms))
+    pair0 = np.arange(n_jobs) % n_chunks * chunk_pairs
+    last = np.minimum(pair0 + chunk_pairs, (n_samples + 1) // 2)
+    partials[:, 0] = np.minimum(2 * last, n_samples) - 2 * pair0
+    for _, q, n_q, _, shift, acc in terms:
+        total = np.zeros((n_jobs, 2, n_q))
+        for lane in range(LANES):  # lanes added in lane order
+            total += acc[:, :, :, lane]
+        partials[:, 1 + q:1 + q + n_q] = shift
+        partials[:, 1 + n_terms + q:1 + n_terms + q + n_q] = total[:, 0]
+        partials[:, 1 + 2 * n_terms + q:1 + 2 * n_terms + q + n_q] = total[:, 1]
+    partials = partials.reshape(seeds.size, n_chunks, 1 + 3 * n_terms)
+    return reduce_partials(labels, components, partials, n_samples, consts)
 
 
 def reduce_partials(labels, components, partials: np.ndarray, n_samples: int,
@@ -542,23 +926,38 @@ def validate(family, cost, estimators, components, params: Mapping, n_samples, s
 
 
 def vector_width(family, cost, estimators, components) -> int:
-    """Widest ``<N x double>`` vector LLVM emitted in the kernel's parallel loop body (1 if
-    the hot loop was not vectorised). Compiles an uncached copy, since numba cannot inspect
-    code loaded from its cache. Used by a test so a refactor cannot silently lose SIMD."""
-    import re
-
+    """The narrowest, over the cell's kernels (draw and terms), of the widest ``<N x double>``
+    vector LLVM emitted in a kernel (1 if some hot loop was not
+    vectorised). Compiles uncached copies, since numba cannot inspect code loaded from its
+    cache. Used by a test so a refactor cannot silently lose SIMD."""
     from numba import njit
 
-    labels = _labels(estimators)
+    labels, components = _labels(estimators), tuple(components)
     fam, c = registry.get_family(family), registry.get_cost(cost)
-    module = sys.modules[load_kernel(fam, cost, labels, tuple(components)).__module__]
-    fresh = njit(parallel=True, fastmath={"contract"})(module.kernel.py_func)
-    _, _, n_terms, n_consts = _layout(labels, tuple(components))
-    out = np.empty((1, 1, 1 + 3 * n_terms))
+    variants, _, _, _ = _layout(labels, components)
+    kernels = load_kernel(fam, cost, labels, components)
+    rows = 4 + any(v.independent_copy for v in variants)
     key = np.zeros(1, dtype=np.uint64)
+    head = (key, key, np.int64(16), np.int64(1), np.int64(8), np.array([0, 1]), np.int64(0))
     params = np.ones(len(fam.params) + len(c.params))
-    fresh(key, key, np.int64(4), np.int64(2), params, np.zeros(max(n_consts, 1)), out)
-    library = fresh.overloads[fresh.signatures[0]].library
+    draws = np.zeros((1, rows, 2, LANES))
+    calls = [(kernels.draw, (*head, params, np.int64(INDEPENDENT_STREAM_OFFSET), draws))]
+    for kernel, v in zip(kernels.terms, [v for v in variants for _ in components]):
+        n_q = v.n_moments or 1
+        calls.append((kernel, (*head, params, np.ones(v.n_consts), draws, np.zeros((1, n_q)),
+                               np.zeros((1, 2, n_q, LANES)))))
+    widths = []
+    for kernel, args in calls:
+        fresh = njit(nogil=True, error_model="numpy", fastmath={"contract"})(kernel.py_func)
+        fresh(*args)
+        widths.append(_widest_vector(fresh.overloads[fresh.signatures[0]].library))
+    return min(widths)
+
+
+def _widest_vector(library) -> int:
+    """Widest ``<N x double>`` in a compiled library and the libraries linked into it."""
+    import re
+
     seen, stack, widths = set(), [library], [1]
     while stack:
         lib = stack.pop()
@@ -566,6 +965,9 @@ def vector_width(family, cost, estimators, components) -> int:
             continue
         seen.add(id(lib))
         stack.extend(getattr(lib, "_linking_libraries", ()))
-        if "parfor_gufunc" in str(getattr(lib, "name", "")):
-            widths += [int(w) for w in re.findall(r"<(\d+) x double>", lib.get_llvm_str())]
+        widths += [int(w) for w in re.findall(r"<(\d+) x double>", lib.get_llvm_str())]
     return max(widths)
+
+
+if __name__ == "__main__":
+    _compile_main(sys.argv[1:])

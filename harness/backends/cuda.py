@@ -10,8 +10,9 @@ Same numbers as the CPU backend
     jitted functions as the CPU kernel: ``harness.rng``'s Philox4x32-10 and Box-Muller
     (``harness.scalar_math``'s branch-free log and sin/cos, whose bit casts are
     target-independent LLVM ``bitcast`` instructions), the family's ``draw_pair`` and the
-    ``sample_terms`` function of the CPU backend's generated module for the cell type
-    (family, cost and estimators); numba-cuda compiles those ``@njit`` functions for the GPU.
+    ``sample_terms`` function of the CPU backend's cell module (``cpu.cell_module``, which
+    calls the CPU term kernels' per-sample functions) for the cell type (family, cost and
+    estimators); numba-cuda compiles those ``@njit`` functions for the GPU.
     So a (seed, N, cell) draws bitwise the same Philox integers and the same sample indices
     (stream 0 and its independent copy, counter = pair index) on both backends. The
     floating-point results agree to round-off only: the GPU compiler contracts multiply-adds
@@ -45,7 +46,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import sys
 import threading
 import warnings
 
@@ -114,8 +114,9 @@ _lock = threading.Lock()
 def load_kernel(family, cost, estimators: tuple[str, ...], components: tuple[str, ...]):
     """The CUDA kernel of this cell type (compiled on first launch, once per process).
 
-    It wraps the ``sample_terms`` function of the CPU backend's generated module for the same
-    combination, so both backends evaluate the very same family, cost and estimator code."""
+    It wraps the ``sample_terms`` function of the CPU backend's cell module for the same
+    combination (``cpu.cell_module``: it calls the CPU term kernels' per-sample functions),
+    so both backends evaluate the very same family, cost and estimator code."""
     require()
     return _kernel(family, cost, cpu._labels(estimators), tuple(components))
 
@@ -126,7 +127,7 @@ def _kernel(family, cost, estimators: tuple[str, ...], components: tuple[str, ..
     key = (registry.get_family(family).name, registry.cost_key(cost), estimators, components)
     with _lock:
         if key not in _loaded:
-            module = sys.modules[cpu.load_kernel(family, cost, estimators, components).__module__]
+            module = cpu.cell_module(family, cost, estimators, components)
             _loaded[key] = _cuda_kernels.make_cell_kernel(module, THREADS)
         return _loaded[key]
 
