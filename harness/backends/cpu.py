@@ -15,16 +15,18 @@ split into a fixed number of chunks that depends on N only (``chunking``).  A *j
 (seed, chunk).  Each job's pairs are processed in *blocks* of ``block_pairs`` pairs (a
 multiple of ``LANES`` sized so the draw buffer stays in cache; it never changes the bits):
 
-1. ``draw_block``, one kernel per family (``draw_source``): for every job, the base draws of
-   the block's pairs on the main stream 0 and, when an estimator of the cell uses it, on the
-   independent copy (stream ``INDEPENDENT_STREAM_OFFSET``): ``draws[job, stream, h, i]`` is
-   sample 2 p + h, p = first + block_first + i, of shape (jobs, 1 or 2, 2, block_pairs).
-   The family draws with ``draw_pair(key0, key1, pair, stream)``, or with
+1. ``draw_block``, one kernel per (family, cost) (``draw_source``): for every job and
+   sample 2 p + h of the block's pairs p = first + block_first + i, ``draws[job, :, h, i]``
+   = (e, x, f(x), f'(x)) with e the base draw on the main stream 0, and, when an estimator
+   of the cell uses it, e on the independent copy (stream ``INDEPENDENT_STREAM_OFFSET``):
+   shape (jobs, 4 or 5, 2, block_pairs).  So f is evaluated once per sample, whatever the
+   number of estimators.  The family draws with ``draw_pair(key0, key1, pair, stream)``, or with
    ``draw_pair_at(theta, key0, key1, pair, stream)`` if it has one (a sampler that depends
    on theta, e.g. a rejection sampler; ``harness.axes.Family``).
 2. ``accumulate``, one kernel per (family, cost, estimator variant, component)
    (``term_source``): reads the block, evaluates the estimator's per-sample term(s) (its
-   ``per_sample``, unchanged contract: ``harness.axes``) and adds them to persistent per-job
+   ``per_sample``, unchanged contract: ``harness.axes``; extra streams such as
+   measure_valued's are drawn there, vectorised over the lanes) and adds them to persistent per-job
    lane sums ``acc[job, sum | sum of squares, term, lane]`` with lane = (pair - first) %
    LANES, sample 2p before 2p + 1 and pairs in order: the order of every addition is fixed
    by the source.  Terms are shifted by those of the chunk's first sample (computed at
