@@ -24,7 +24,7 @@ from functools import cache
 
 from .axes import NEEDS, Cost, Estimator, Family
 from .costs import cos, exp, quadratic, square, user
-from .distributions import bernoulli, exponential, normal
+from .distributions import bernoulli, exponential, gamma, normal
 from .errors import ConfigError
 from .estimators import (
     antithetic_pathwise,
@@ -43,6 +43,7 @@ FAMILIES = {
     normal.FAMILY.name: normal.FAMILY,
     bernoulli.FAMILY.name: bernoulli.FAMILY,
     exponential.FAMILY.name: exponential.FAMILY,
+    gamma.FAMILY.name: gamma.FAMILY,
 }
 DISTRIBUTIONS = FAMILIES  # the grid key is ``problem.distribution``
 
