@@ -251,7 +251,7 @@ def rule(theta):
 def score_at(component, theta, x):
     shape, rate = theta
     x = np.asarray(x, dtype=np.float64)
-    if component == 0:
+    if component == "shape":
         return np.log(rate * x) - special.digamma(shape)
     return shape / rate - x
 
@@ -274,7 +274,7 @@ def cdf_shape_derivative(shape, e):
 def dx_at(component, theta, x):
     shape, rate = theta
     x = np.asarray(x, dtype=np.float64)
-    if component == 0:
+    if component == "shape":
         e = rate * x
         log_density = (shape - 1.0) * np.log(e) - e - special.gammaln(shape)
         return -cdf_shape_derivative(shape, e) / np.exp(log_density) / rate
@@ -287,7 +287,7 @@ def mean(theta):
 
 def moment_grads(component, theta):
     shape, rate = theta
-    if component == 0:
+    if component == "shape":
         return 1.0 / rate, 1.0 / rate ** 2
     return -shape / rate ** 2, -2.0 * shape / rate ** 3
 

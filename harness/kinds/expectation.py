@@ -65,7 +65,13 @@ def parse(r, doc, common) -> ExpectationProblem:
     families, costs = registry.FAMILIES, registry.COSTS
     family = cost = cost_spec = None
     if "distribution" in m:
-        family = families[r.choice(r.entry(m, "distribution", v.key), families, "distribution")]
+        dv = r.entry(m, "distribution", v.key)
+        family = families[r.choice(dv, families, "distribution")]
+        if common.get("backend") == "cuda" and family.draw_pair_at is not None:
+            # the CUDA kernels draw with the theta-free ``draw_pair`` (a rejection sampler
+            # whose law depends on theta, such as gamma's, runs on the CPU backend only)
+            r.fail(f"distribution {family.name} does not run on backend cuda", dv.line, dv.key,
+                   fix="use backend: cpu")
     if "cost" in m:
         cost_spec = _read_cost(r, r.entry(m, "cost", v.key), r.path)
         cost = registry.get_cost(cost_spec)
