@@ -49,9 +49,8 @@ from scipy import special
 
 from ..axes import Family
 from ..quadrature import composite_legendre
-from ..rng import normal_pair, uniform_pair
+from ..rng import ATTEMPT_BASE, normal_pair, uniform_pair
 
-ATTEMPT_BASE = 2**30     # attempt t of main stream s: streams s + ATTEMPT_BASE + 2t, + 2t + 1
 LOG_PANELS = 400         # reference rule: panels over log e in (y_min, log c]
 LINEAR_PANELS = 400      # and over e in [c, e_max]
 
