@@ -162,7 +162,9 @@ def test_references_match_scipy_quadrature_in_x(cost, point):
                  "pathwise": lambda x: _cost_df(cost, x, k) * dx(component, x)}
         for label, g in terms.items():
             ref = exact.references(label, component, "gamma", cost, p_)
-            assert ref.source == "quadrature"
+            closed = cost in ("square", "quadratic") and (label, component) != (
+                "pathwise", "shape")
+            assert ref.source == ("closed_form" if closed else "quadrature")
             assert ref.grad == pytest.approx(grad, rel=1e-9, abs=1e-12), (label, component)
             second = expect(lambda x, g=g: g(x) ** 2)
             assert ref.var == pytest.approx(second - grad ** 2, rel=1e-7, abs=1e-12), \
@@ -202,3 +204,20 @@ def test_backend_cuda_rejects_gamma_in_one_line():
     with pytest.raises(ConfigError, match="gamma does not run on backend cuda"):
         config.parse_grid(text, "g.yaml")
     config.parse_grid(text.replace("cuda", "cpu"), "g.yaml")   # the same grid on the CPU
+
+
+@pytest.mark.parametrize("cost", ("square", "quadratic"))
+@pytest.mark.parametrize("point", FAMILY_POINTS["gamma"])
+def test_moment_closed_forms_match_the_quadrature_rule(cost, point):
+    """The closed forms of the polynomial costs (moments and log-moments of the Gamma) against
+    the estimators' transcriptions over the family's Gauss-Legendre rule: two independent
+    routes to the same numbers."""
+    p_ = params(cost, point, "gamma")
+    fam, c = registry.get_family("gamma"), registry.get_cost(cost)
+    forms = c.closed_forms["gamma"]
+    x, w = fam.rule(fam.theta(p_))
+    assert forms.mean(**p_) == pytest.approx(float(w @ c.value(x, p_.get("k", 0.0))), rel=1e-12)
+    for (label, component), variance in forms.variance.items():
+        mean, var = registry.resolve(label).reference(fam, c, component, p_)
+        assert forms.grad(**p_)[component] == pytest.approx(mean, rel=1e-11, abs=1e-13)
+        assert variance(**p_) == pytest.approx(var, rel=1e-11), (label, component)
