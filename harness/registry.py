@@ -31,6 +31,7 @@ from .estimators import (
     arm,
     delta_cv,
     disarm,
+    grep,
     gumbel_softmax,
     measure_valued,
     pathwise,
@@ -65,6 +66,7 @@ ESTIMATORS = {
     gumbel_softmax.ESTIMATOR.name: gumbel_softmax.ESTIMATOR,
     straight_through.ESTIMATOR.name: straight_through.ESTIMATOR,
     rebar.ESTIMATOR.name: rebar.ESTIMATOR,
+    grep.ESTIMATOR.name: grep.ESTIMATOR,
 }
 
 BACKENDS = ("cpu", "cuda")  # modules harness.backends.<name>, each with estimate()

@@ -221,3 +221,31 @@ def test_moment_closed_forms_match_the_quadrature_rule(cost, point):
         mean, var = registry.resolve(label).reference(fam, c, component, p_)
         assert forms.grad(**p_)[component] == pytest.approx(mean, rel=1e-11, abs=1e-13)
         assert variance(**p_) == pytest.approx(var, rel=1e-11), (label, component)
+
+
+# ---- G-REP: a deliberately wrong variant (no correction term) must be rejected ----------------
+
+@njit
+def grep_without_correction(component, s, family, cost, consts):
+    """Only g_rep = f'(x) x d log e / da at fixed standardised eps: biased wrt shape (the law
+    of eps depends on shape)."""
+    if component == 1:
+        return -s.df * s.x / s.theta[1]
+    psi, psi1, psi2 = consts
+    return s.df * s.x * ((math.log(s.e) - psi) * psi2 / (2.0 * psi1) + psi1)
+
+
+def test_grep_without_its_correction_term_is_rejected(monkeypatch):
+    from conformance import z_scores
+
+    from harness.axes import Estimator
+
+    real = registry.ESTIMATORS["grep"]
+    monkeypatch.setitem(registry.ESTIMATORS, "grep_no_correction", Estimator(
+        name="grep_no_correction", per_sample=grep_without_correction, evals_per_sample=1,
+        description="deliberately wrong", needs=real.needs, families=real.families,
+        n_consts=real.n_consts, prepare=real.prepare, reference=real.reference))
+    point = FAMILY_POINTS["gamma"][1]
+    z = z_scores("grep_no_correction", "grep", "cos", "shape", point, family="gamma")
+    assert max(abs(v) for v in z.values()) > Z, z
+    run.cache_clear()   # the wrong kernel's numbers must not serve other tests
