@@ -39,7 +39,6 @@ from harness import exact, registry
 from harness.axes import ClosedForms, Cost, Estimator
 from harness.rng import uniform_pair
 
-
 # Cases where a finite-N reference is a first-order (delta-method) approximation that is not
 # accurate at N = 2000: delta_cv's estimated coefficient on a cos cost under the gamma family,
 # rate component, at shape 0.3 and shape 1 (the regressor h s - G_h is heavy-tailed: e^3

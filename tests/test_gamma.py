@@ -153,13 +153,14 @@ def test_references_match_scipy_quadrature_in_x(cost, point):
         return -dpda / pdf / rate if pdf > 0.0 else 0.0   # 0 / 0 where the density underflows
 
     for component in ("shape", "rate"):
-        grad = expect(lambda x: _cost_f(cost, x, k) * scores[component](x))
+        score = scores[component]
+        grad = expect(lambda x, score=score: _cost_f(cost, x, k) * score(x))
         if cost == "square":
             closed = ((2.0 * shape + 1.0) / rate ** 2 if component == "shape"
                       else -2.0 * shape * (shape + 1.0) / rate ** 3)
             assert grad == pytest.approx(closed, rel=1e-9)
-        terms = {"score_function": lambda x: _cost_f(cost, x, k) * scores[component](x),
-                 "pathwise": lambda x: _cost_df(cost, x, k) * dx(component, x)}
+        terms = {"score_function": lambda x, score=score: _cost_f(cost, x, k) * score(x),
+                 "pathwise": lambda x, c=component: _cost_df(cost, x, k) * dx(c, x)}
         for label, g in terms.items():
             ref = exact.references(label, component, "gamma", cost, p_)
             closed = cost in ("square", "quadratic") and (label, component) != (
