@@ -250,3 +250,12 @@ def test_grep_without_its_correction_term_is_rejected(monkeypatch):
     z = z_scores("grep_no_correction", "grep", "cos", "shape", point, family="gamma")
     assert max(abs(v) for v in z.values()) > Z, z
     run.cache_clear()   # the wrong kernel's numbers must not serve other tests
+
+
+def test_cuda_backend_refuses_gamma_when_called_directly():
+    from harness.backends import cuda
+    from harness.errors import BackendError
+
+    with pytest.raises(BackendError, match="does not run distribution gamma"):
+        cuda.estimate("gamma", "square", ["pathwise"], ["shape"], {"shape": 2.0, "rate": 1.0},
+                      100, np.arange(2))
