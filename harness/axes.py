@@ -117,7 +117,8 @@ class Family:
     written from the density (not from the kernel functions), for ``harness.exact``:
     ``rule(theta) -> (x, w)`` quadrature nodes and weights with sum_j w_j h(x_j) ~= E_q[h(x)]
     (``base_rule() -> (e, w)``: the same rule over the base draw, for per-cell constants that
-    an estimator computes with the kernel functions, ``harness.quadrature.kernel_values``);
+    an estimator computes with the kernel functions, ``harness.quadrature.kernel_values``;
+    a family whose base law depends on theta, such as gamma, has none and raises);
     ``score_at(component, theta, x)``; ``dx_at(component, theta, x)`` (the pathwise derivative
     as a function of x; None if not reparameterisable); ``antithetic_at(theta, x)`` (the
     antithetic partner of x; None if none); ``mean(theta)`` = E_q[x] and
