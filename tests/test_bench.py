@@ -27,8 +27,8 @@ def test_report_has_threads_ratio_and_flat_rss_in_new_processes():
     assert "numpy default_rng" in text and "harness, 1 thread" in text
     assert "x numpy" in text and "peak RSS" in text
     assert [n for n, _, _ in report.rss] == [10**3, 10**6]
-    peaks = [r["peak_rss_mib"] for _, _, r in report.rss]
-    assert max(peaks) - min(peaks) < 16  # MiB: nothing of size N is allocated
+    # each process's own growth during the run (its absolute level differs from process to
+    # process by what it imported: 208 vs 227 MiB seen on CI, so levels are not compared)
     assert all(r["peak_rss_mib"] - r["rss_before_mib"] < RSS_LIMIT_MIB for _, _, r in report.rss)
 
 
