@@ -171,7 +171,11 @@ def test_rejects_bad_input_with_harness_errors():
 
 COST = "cos"   # every estimator accepts cos (defined on the whole line, so on [0, 1] too)
 FAMILY_PARAMS = {"normal": {"mu": 0.3, "sigma": 1.2}, "bernoulli": {"logit": 0.4},
-                 "exponential": {"rate": 1.3}}
+                 "exponential": {"rate": 1.3},
+                 "categorical[K=3]": {"logits[0]": 0.2, "logits[1]": -0.5, "logits[2]": 1.0}}
+# a sized family runs one component here: the others differ only in a compiled-in index, and
+# logits[1] on COST is a kernel tests/test_estimators.py compiles anyway
+FAMILY_COMPONENTS = {"categorical[K=3]": ["logits[1]"]}
 PARAMS = {**FAMILY_PARAMS["normal"], "k": 2.0}
 
 
@@ -187,9 +191,11 @@ def family_cases():
     """(family, its parameters with k, its components, the labels it runs): every family."""
     from harness import registry
 
-    assert set(FAMILY_PARAMS) == set(registry.FAMILIES), "give every family parameters here"
-    return [(name, {**FAMILY_PARAMS[name], "k": 2.0}, list(registry.get_family(name).params),
-             every_variant(name)) for name in registry.FAMILIES]
+    families = [*registry.FAMILIES, *(f.name(3) for f in registry.FAMILY_FACTORIES.values())]
+    assert set(FAMILY_PARAMS) == set(families), "give every family parameters here"
+    return [(name, {**FAMILY_PARAMS[name], "k": 2.0},
+             FAMILY_COMPONENTS.get(name, list(registry.get_family(name).params)),
+             every_variant(name)) for name in families]
 
 
 @pytest.mark.parametrize("family, params, components, labels", family_cases(),
