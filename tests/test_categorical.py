@@ -15,10 +15,12 @@ import math
 import numpy as np
 import pytest
 from conformance import FAMILY_POINTS, Z, z_scores
+from helpers import needs_cuda
 from numba import njit
 
 from harness import exact, registry
 from harness.axes import Estimator
+from harness.backends import cpu
 from harness.config import parse_grid
 from harness.distributions import categorical
 from harness.errors import ConfigError
@@ -66,7 +68,7 @@ def test_references_match_sums_over_the_categories(cost, point):
         grad = p[j] * (fs[j] - mean_f)
         b_star = sum(pb * fb * sb * sb for pb, fb, sb in zip(p, fs, s)) / (p[j] * (1 - p[j]))
 
-        def var(baseline):
+        def var(baseline, s=s, grad=grad):
             return sum(pb * ((fb - baseline) * sb) ** 2 for pb, fb, sb in zip(p, fs, s)) \
                 - grad ** 2
 
@@ -223,7 +225,6 @@ def test_a_grid_names_k_logits_and_sweeps_an_entry(tmp_path):
     ("[0.5, x]", "", "score_function", "problem.logits[1]: expected a number"),
     ("[0.5, .inf]", "", "score_function", "problem.logits[1]: must be a finite number"),
     ("[[0.5, 0.5], 1]", "", "score_function", "duplicate value"),
-    ("[0, 1]", "backend: cuda\n", "score_function", "runs on the cpu backend only"),
     ("[0, 1]", "", "pathwise", "pathwise needs a reparameterisable family"),
     ("[0, 1]", "", "gumbel_softmax", "defined for the bernoulli family only"),
     ("[0, 1]", "wrt: ['logits[2]']\n", "score_function", "wrt[0]"),
@@ -270,3 +271,20 @@ def test_a_categorical_grid_runs_with_one_column_per_logit(tmp_path):
         grad = p[1] * (1.0 - sum(pb * b * b for b, pb in enumerate(p)))
         assert rows["exact_grad"].to_numpy() == pytest.approx(grad, rel=1e-12)
         assert np.isfinite(rows["estimate"]).all()
+
+
+@needs_cuda
+def test_cuda_backend_matches_the_cpu_on_the_same_streams(monkeypatch):
+    """The score function and the leave-one-out baseline on the CUDA backend (the simulator
+    in tox -e cudasim): the CPU's numbers to the tolerance of tests/test_cuda.py."""
+    from harness.backends import cuda
+
+    monkeypatch.setattr(cuda, "MIN_CHUNK_PAIRS", 64)
+    seeds = np.array([0, 7, 2**40 + 3])
+    for n in (3, 1001):
+        args = (FAMILY, "square", ["score_function", "score_function[baseline=mean]"],
+                ("logits[1]",), {"logits[0]": 0.2, "logits[1]": -0.5, "logits[2]": 1.0}, n,
+                seeds)
+        (eg, vg), (ec, vc) = cuda.estimate(*args), cpu.estimate(*args)
+        assert np.all(np.abs(eg - ec) <= 1e-12 * (np.abs(ec) + np.sqrt(vc))), n
+        assert np.allclose(vg, vc, rtol=1e-10, atol=0), n

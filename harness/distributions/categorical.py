@@ -36,6 +36,7 @@ from ..rng import uniform_pair
 
 NAME = "categorical"
 GRID_KEY = "logits"  # the grid key of the list of K logits
+DESCRIPTION = "Categorical(softmax(logits)), b = inverse CDF of the softmax at u"
 MAX_K = 8          # results columns logits[0] .. logits[MAX_K - 1]
 COLUMNS = tuple(f"logits[{j}]" for j in range(MAX_K))
 

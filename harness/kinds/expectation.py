@@ -97,7 +97,7 @@ def parse(r, doc, common) -> ExpectationProblem:
 
     params = []
     if factory is not None:
-        params = _read_sized(r, m, v, factory, common)
+        params = _read_sized(r, m, v, factory)
         family = factory.family(len(params))
     for p in (() if factory else family.params) + cost.params:
         if p not in m:
@@ -126,7 +126,7 @@ def parse(r, doc, common) -> ExpectationProblem:
     return problem
 
 
-def _read_sized(r, m, v, factory, common) -> list:
+def _read_sized(r, m, v, factory) -> list:
     """A sized family's parameters (the categorical's ``logits: [l_0, ..., l_{K-1}]``) as
     [(``logits[j]``, values), ...]: 2 to MAX_K entries, each a number or a list of numbers
     (a sweep axis, like any problem value)."""
@@ -138,9 +138,6 @@ def _read_sized(r, m, v, factory, common) -> list:
         r.fail(f"expected a list of 2 to {factory.MAX_K} numbers (one per category), got "
                f"{describe_value(lv.value)}", lv.line, lv.key,
                fix=f"write {key}: [0.0, 0.5, -1.0]; a list in place of a number sweeps it")
-    if common.get("backend") == "cuda":
-        r.fail(f"distribution {factory.NAME} runs on the cpu backend only", lv.line, "backend",
-               fix="use backend: cpu")
     params = []
     for j, item in enumerate(r.items(lv, key)):
         values = r.items(item, "value")
@@ -326,6 +323,9 @@ def listing() -> list[str]:
     for name, d in registry.FAMILIES.items():
         lines.append(f"  {name:16} params: {', '.join(d.params)}; "
                      f"supports: {', '.join(sorted(d.supports)) or '-'}  {d.description}")
+    for name, factory in registry.FAMILY_FACTORIES.items():
+        lines.append(f"  {name:16} params: {factory.GRID_KEY} (a list of 2 to {factory.MAX_K}; "
+                     f"components {factory.COLUMNS[0]}, ...)  {factory.DESCRIPTION}")
     lines.append("costs:")
     for name, c in registry.COSTS.items():
         params = ", ".join(c.params) if c.params else "-"
