@@ -245,10 +245,13 @@ def check_combination(estimator, family, cost_spec) -> None:
 
 def _missing(estimator, family, cost_spec) -> str | None:
     est, fam, cost = resolve(estimator), get_family(family), get_cost(cost_spec)
-    if est.families is not None and fam.name not in est.families:
+    if est.families is not None and fam.base_name not in est.families:
         return (f"{est.name} is defined for the {' or '.join(est.families)} family only, "
                 f"not {fam.name}")
-    available = fam.supports | cost.provides | ({"unit_interval"} if cost.on_unit_interval
+    # relaxed samples live in [0, 1] (Bernoulli) or [0, K - 1] (the categorical's soft index)
+    relaxed_top = float(len(fam.params) - 1) if fam.base_name == "categorical" else 1.0
+    on_relaxed_range = cost.domain[0] < 0.0 and relaxed_top < cost.domain[1]
+    available = fam.supports | cost.provides | ({"unit_interval"} if on_relaxed_range
                                                  else set())
     for need in NEEDS:  # a fixed order, so the message is reproducible
         if need not in est.needs or need in available:
@@ -257,8 +260,9 @@ def _missing(estimator, family, cost_spec) -> str | None:
             return (f"{est.name} needs the derivative of the cost, but cost {cost.name} is "
                     f"not differentiable")
         if need == "unit_interval":
-            return (f"{est.name} evaluates the cost at a relaxed sample in [0, 1], but cost "
-                    f"{cost.name} is defined on {list(cost.domain)} only")
+            return (f"{est.name} evaluates the cost at a relaxed sample in [0, "
+                    f"{relaxed_top:g}], but cost {cost.name} is defined on {list(cost.domain)} "
+                    f"only")
         if need == "second_derivative":
             return (f"{est.name} needs the second derivative of the cost, but cost {cost.name} "
                     f"has none")

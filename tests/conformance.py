@@ -87,10 +87,11 @@ TOY_COST = "quadratic"
 
 def conformance_labels(cost, family=FAMILY) -> tuple:
     """The labels the conformance test checks on (family, cost): every applicable variant on
-    the normal family and on TOY_COST; elsewhere those with numeric options at their
-    defaults."""
+    the normal family and on TOY_COST; elsewhere, and for sized families (the categorical,
+    with a kernel per component) everywhere, those with numeric options at their defaults
+    (the temperature is a per-cell constant of the same code)."""
     labels = applicable(cost, family)
-    if family == "normal" or cost == TOY_COST:
+    if family == "normal" or (cost == TOY_COST and family in registry.FAMILIES):
         return labels
     return tuple(label for label in labels
                  if not any(key in NUMERIC_OPTIONS for key, _ in registry.parse_label(label)[1]))
