@@ -75,11 +75,11 @@ def relaxed_index(theta, tau, key0, key1, index, first_stream, component):
 # ---- exact references (NumPy) ----------------------------------------------------------------
 
 @cache
-def _axis(tau: float, sign: float):
-    """Nodes and weights on (0, sign * HALF_WIDTH) (a margin), panels graded from tau / 64
-    next to 0 up to 8 tau, then of width at most 1."""
+def _axis(tau: float, sign: float, width: float = HALF_WIDTH):
+    """Nodes and weights on (0, sign * width) (a margin), panels graded from tau / 64 next to
+    0 up to 8 tau, then of width at most FAR_WIDTH."""
     near = tau * 2.0 ** np.arange(-6, 4)
-    far = np.linspace(near[-1], HALF_WIDTH, int(np.ceil((HALF_WIDTH - near[-1]) / FAR_WIDTH)) + 1)
+    far = np.linspace(near[-1], width, int(np.ceil((width - near[-1]) / FAR_WIDTH)) + 1)
     edges = np.concatenate([[0.0], near, far[1:]])
     x, w = np.polynomial.legendre.leggauss(ORDER)
     half, mid = 0.5 * np.diff(edges), 0.5 * (edges[1:] + edges[:-1])
@@ -95,11 +95,12 @@ def _log_density(a: np.ndarray) -> np.ndarray:
     return gammaln(k) - a.sum(axis=1) - k * log_sum
 
 
-def _sectors(k: int, tau: float):
+def _sectors(k: int, tau: float, width: float):
     """Per winning category j: d (n, K) with d_0 = 0 written in the winner's margins (d_j - the
-    others, all > 0 except d_0 fixed) and the rule's weights (Jacobian 1: shears)."""
-    pos, w_pos = _axis(tau, 1.0)
-    neg, w_neg = _axis(tau, -1.0)
+    others, all > 0 except d_0 fixed) and the rule's weights (Jacobian 1: shears); margins
+    up to ``width``."""
+    pos, w_pos = _axis(tau, 1.0, width)
+    neg, w_neg = _axis(tau, -1.0, width)
     if k == 2:   # d_1 > 0 (category 1 wins) or < 0 (category 0 wins)
         return [(0, np.stack([np.zeros_like(neg), neg], 1), w_neg),
                 (1, np.stack([np.zeros_like(pos), pos], 1), w_pos)]
@@ -139,7 +140,10 @@ def _moments(logits: tuple, tau: float, derivative, k_cost: float, hard: bool):
     delta = logits[1:] - logits[0]
     first = np.zeros(k)
     second = np.zeros(k)
-    for winner, d, w in _sectors(k, tau):
+    # d = a + delta: the margins must reach HALF_WIDTH beyond the logits' spread (in steps
+    # of 8, so few distinct rules are built and cached)
+    width = HALF_WIDTH + 8.0 * math.ceil(float(np.max(np.abs(delta))) / 8.0)
+    for winner, d, w in _sectors(k, tau, width):
         weight = w * np.exp(_log_density(d[:, 1:] - delta))   # a_k = d_k - delta_k
         scaled = d / tau
         z = np.exp(scaled - scaled.max(axis=1, keepdims=True))
