@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from .. import registry
 from ..config import Value, check_cell_count, describe_value, read_numbers, union, values_text
@@ -78,16 +78,21 @@ class ExpectationProblem:
 def parse(r, doc, common) -> ExpectationProblem:
     v = r.entry(doc, "problem", "")
     m = r.mapping(v, "distribution, cost and their parameters")
-    families, costs = registry.FAMILIES, registry.COSTS
-    family = cost = cost_spec = None
+    families, costs, sized = registry.FAMILIES, registry.COSTS, registry.FAMILY_FACTORIES
+    family = cost = cost_spec = factory = None
     if "distribution" in m:
-        family = families[r.choice(r.entry(m, "distribution", v.key), families, "distribution")]
+        chosen = r.choice(r.entry(m, "distribution", v.key), {**families, **sized},
+                          "distribution")
+        family, factory = families.get(chosen), sized.get(chosen)
     if "cost" in m:
         cost_spec = _read_cost(r, r.entry(m, "cost", v.key), r.path)
         cost = registry.get_cost(cost_spec)
 
-    # Until both are known, any registered parameter name is plausible.
-    family_params = family.params if family else union(d.params for d in families.values())
+    # Until both are known, any registered parameter name is plausible (a sized family's
+    # parameters are one list under its GRID_KEY).
+    family_params = (family.params if family else (factory.GRID_KEY,) if factory else
+                     union([d.params for d in families.values()]
+                           + [(f.GRID_KEY,) for f in sized.values()]))
     cost_params = cost.params if cost else union(c.params for c in costs.values())
 
     def hint(key: str) -> str | None:
@@ -99,15 +104,18 @@ def parse(r, doc, common) -> ExpectationProblem:
 
     r.reject_unknown(m, v.key, ("kind", "distribution", "cost") + tuple(family_params)
                      + tuple(cost_params), hint)
-    if family is None:
+    if family is None and factory is None:
         r.missing(v, "distribution", fix=f"add 'distribution: <name>' with one of: "
-                                         f"{', '.join(families)}")
+                                         f"{', '.join([*families, *sized])}")
     if cost is None:
         r.missing(v, "cost", fix=f"add 'cost: <name>' with one of: {', '.join(costs)}, or "
                                  "{python: 'module:function', derivative: 'module:function'}")
 
     params = []
-    for p in family.params + cost.params:
+    if factory is not None:
+        params = _read_sized(r, m, v, factory)
+        family = factory.family(len(params))
+    for p in (() if factory else family.params) + cost.params:
         if p not in m:
             r.missing(v, p, fix=f"add '{p}: <number>' (or a list of numbers)")
         positive = p in family.positive or p in cost.positive
@@ -152,7 +160,7 @@ def _read_mode(r, doc, common) -> tuple[tuple[str, ...], OptimizerSpec | None]:
         return modes, None
     if "optimizer" not in doc:
         r.missing(top, "optimizer", fix="add optimizer: {name: adam, lr: 0.05, steps: 1000, "
-                                        "samples: 1}")
+                                        "samples: 2}")
     ov = r.entry(doc, "optimizer", "")
     optimizer = read_optimizer(r, ov, common["estimators"])
     if optimizer.samples < 2:
@@ -170,6 +178,26 @@ def _read_mode(r, doc, common) -> tuple[tuple[str, ...], OptimizerSpec | None]:
         r.fail(f"backend {common['backend']!r} runs expectation problems in mode estimate "
                "only", bv.line, bv.key, fix="use backend: cpu for mode: optimize")
     return modes, optimizer
+
+def _read_sized(r, m, v, factory) -> list:
+    """A sized family's parameters (the categorical's ``logits: [l_0, ..., l_{K-1}]``) as
+    [(``logits[j]``, values), ...]: 2 to MAX_K entries, each a number or a list of numbers
+    (a sweep axis, like any problem value)."""
+    key = factory.GRID_KEY
+    if key not in m:
+        r.missing(v, key, fix=f"add '{key}: [0.0, 0.5, -1.0]' (one number per category)")
+    lv = r.entry(m, key, v.key)
+    if not isinstance(lv.value, CommentedSeq) or not 2 <= len(lv.value) <= factory.MAX_K:
+        r.fail(f"expected a list of 2 to {factory.MAX_K} numbers (one per category), got "
+               f"{describe_value(lv.value)}", lv.line, lv.key,
+               fix=f"write {key}: [0.0, 0.5, -1.0]; a list in place of a number sweeps it")
+    params = []
+    for j, item in enumerate(r.items(lv, key)):
+        values = r.items(item, "value")
+        numbers = [r.number(x) for x in values]
+        r.no_duplicates(values, numbers, "value")
+        params.append((factory.COLUMNS[j], tuple(numbers)))
+    return params
 
 
 def _check_references(r, v, problem: ExpectationProblem, estimators) -> None:
@@ -386,8 +414,7 @@ def calibration(cell: Cell) -> Cell:
 def parameter_columns() -> tuple[str, ...]:
     """Every registered family and cost parameter: one float64 results column each (NaN
     where a cell's problem has no such parameter)."""
-    return union([d.params for d in registry.FAMILIES.values()]
-                 + [c.params for c in registry.COSTS.values()])
+    return union([registry.family_parameters()] + [c.params for c in registry.COSTS.values()])
 
 
 # -------------------------------------------------------------------------------- report
@@ -416,6 +443,9 @@ def listing() -> list[str]:
     for name, d in registry.FAMILIES.items():
         lines.append(f"  {name:16} params: {', '.join(d.params)}; "
                      f"supports: {', '.join(sorted(d.supports)) or '-'}  {d.description}")
+    for name, factory in registry.FAMILY_FACTORIES.items():
+        lines.append(f"  {name:16} params: {factory.GRID_KEY} (a list of 2 to {factory.MAX_K}; "
+                     f"components {factory.COLUMNS[0]}, ...)  {factory.DESCRIPTION}")
     lines.append("costs:")
     for name, c in registry.COSTS.items():
         params = ", ".join(c.params) if c.params else "-"
