@@ -471,7 +471,8 @@ def term_source(family, cost, estimator, component: str) -> str:
     theta, k = _theta_source(fam, c)
     return _TERM_TEMPLATE.format(
         version=__version__, family=fam.name, cost=c.name, estimator=v.name,
-        component=component, prelude=_prelude(fam, c, v.per_sample), n_terms=n_terms,
+        component=component, prelude=_prelude(fam, c, v.per_sample_for(fam)),
+        n_terms=n_terms,
         lanes=LANES, uses_copy=bool(v.independent_copy), body=body,
         body_given="\n".join([sample, result]),
         consts_tuple="".join(f"consts[{j}], " for j in range(v.n_consts)).rstrip(" "),
@@ -565,7 +566,7 @@ def _term_module(family, cost, estimator, component: str):
     with _lock:
         if key not in _loaded:
             called = [getattr(fam, n) for n in FAMILY_FUNCTIONS if getattr(fam, n) is not None]
-            called += _cost_functions(c)[2] + [v.per_sample]
+            called += _cost_functions(c)[2] + [v.per_sample_for(fam)]
             _loaded[key] = _import_generated(
                 term_source(fam, c, v.name, component), called).accumulate
         return sys.modules[_loaded[key].py_func.__module__]
