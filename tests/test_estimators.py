@@ -55,11 +55,21 @@ FIRST_ORDER_TOO_COARSE = {("delta_cv[coefficient=estimated]", "cos", "rate", (0.
                            "gamma")}
 
 
+# Under these families ``square`` is ``quadratic`` at k = 0 with no other code: the family's
+# and the estimators' kernel code is the same, f = x^2 and f' = 2x run in the square kernels of
+# the other families, and the closed forms are quadratic's at k = 0 (checked against scipy's
+# quadrature, without kernels, in tests/test_gamma.py).  Their square kernels would compile
+# 16 more term kernels (~2 s each per Python) for no new code path.
+SQUARE_IS_QUADRATIC_AT_ZERO = ("gamma",)
+
+
 def cases():
     """(label, cost, component, point, family) for every family, cost and estimator variant
-    the registry allows (``conformance_labels``: numeric options in full on the toy cost)."""
+    the registry allows (``conformance_labels``: numeric options in full on the toy cost;
+    ``SQUARE_IS_QUADRATIC_AT_ZERO``)."""
     return [(label, cost, comp, point, family)
             for family in FAMILIES for cost in registry.COSTS
+            if not (cost == "square" and family in SQUARE_IS_QUADRATIC_AT_ZERO)
             for label in conformance_labels(cost, family)
             for comp in conformance_components(cost, family) for point in FAMILY_POINTS[family]]
 
@@ -73,11 +83,14 @@ def marked_cases():
 
 def test_delta_cv_finite_n_on_gamma_holds_at_large_n():
     """The shape-1 case of ``FIRST_ORDER_TOO_COARSE`` at N = 1e5, where the first-order
-    finite-N variance is accurate: the same check passes."""
+    finite-N variance is accurate: the same check passes.  The estimator alone: its term
+    kernel is the conformance check's (one per variant and component, whatever else a cell
+    runs), and its numbers do not depend on the other terms of a cell, so fusing the other
+    variants would only compute 4e7 samples of terms nobody checks here."""
     for label, cost, comp, point, family in sorted(FIRST_ORDER_TOO_COARSE):
         if point[0] < 1.0:
             continue
-        z = z_scores(label, label, cost, comp, point, fused=conformance_labels(cost, family),
+        z = z_scores(label, label, cost, comp, point, fused=(label,),
                      n=100_000, r=400, family=family)
         assert max(abs(v) for v in z.values()) < Z, (point, z)
 
