@@ -1,5 +1,6 @@
-"""Throughput of the gamma family: its Marsaglia-Tsang sampler against the normal draws, and
-whole cells (draw + estimator terms + accumulation) of the CPU backend per estimator.
+"""Throughput of the gamma and beta families: their samplers (Marsaglia-Tsang; the beta's two
+gammas) against the normal draws, and whole cells (draw + estimator terms + accumulation) of
+the CPU backend per estimator.
 
     python benchmarks/gamma_bench.py [--threads T]
 
@@ -14,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from harness.backends import cpu
-from harness.distributions import gamma
+from harness.distributions import beta, gamma
 from harness.rng import normal_pair
 
 
@@ -24,6 +25,16 @@ def _gamma_sum(shape, n):
     for p in range(n // 2):
         e0, e1 = gamma.draw_pair_at((shape, 1.0), np.uint64(7), np.uint64(0), np.uint64(p),
                                     np.uint64(0))
+        total += e0 + e1
+    return total
+
+
+@njit
+def _beta_sum(a, b, n):
+    total = 0.0
+    for p in range(n // 2):
+        e0, e1 = beta.draw_pair_at((a, b), np.uint64(7), np.uint64(0), np.uint64(p),
+                                   np.uint64(0))
         total += e0 + e1
     return total
 
@@ -59,6 +70,9 @@ def main():
     for shape in (0.3, 1.0, 4.5):
         rate = n / best(lambda shape=shape: _gamma_sum(shape, n)) / 1e6
         print(f"  gamma shape {shape:<4}      {rate:7.1f}")
+    for a, b in ((0.5, 0.5), (2.0, 5.0)):
+        rate = n / best(lambda a=a, b=b: _beta_sum(a, b, n)) / 1e6
+        print(f"  beta a={a:<4} b={b:<4}    {rate:7.1f}")
     n, seeds = 1_000_000, np.arange(8)
     print(f"cells (cost cos, N = {n}, 8 seeds, {numba.get_num_threads()} threads), M samples/s "
           "(all components of the family)")
@@ -66,7 +80,9 @@ def main():
              ("gamma", {"shape": 0.3, "rate": 1.0, "k": 1.0},
               ["score_function", "pathwise", "grep"]),
              ("gamma", {"shape": 4.5, "rate": 1.0, "k": 1.0},
-              ["score_function", "pathwise", "grep"])]
+              ["score_function", "pathwise", "grep"]),
+             ("beta", {"a": 0.5, "b": 0.5, "k": 1.0}, ["score_function", "pathwise"]),
+             ("beta", {"a": 2.0, "b": 5.0, "k": 1.0}, ["score_function", "pathwise"])]
     for family, params, estimators in cases:
         comps = [p for p in params if p != "k"]
         for label in estimators:

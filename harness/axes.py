@@ -41,7 +41,7 @@ the sample's base draw on the independent copy stream (NaN unless the estimator 
 the tuple of the estimator's per-cell constants (``()`` if it has none).  It returns the
 sample's term g_i (per-sample kind) or a tuple of ``n_moments`` floats (accumulated kind).
 Extra random numbers for sample i come from the estimator's own streams (``streams``, ids
-1 .. 2**30 - 1, counter index i) via ``harness.rng``; see ``harness/rng.py`` for the plan.
+1 .. 2**29 - 1, counter index i) via ``harness.rng``; see ``harness/rng.py`` for the plan.
 
 Two kinds of estimator variant
 ------------------------------

@@ -24,7 +24,7 @@ from functools import cache
 
 from .axes import NEEDS, Cost, Estimator, Family
 from .costs import cos, exp, quadratic, square, user
-from .distributions import bernoulli, categorical, exponential, gamma, normal
+from .distributions import bernoulli, beta, categorical, exponential, gamma, normal
 from .errors import ConfigError
 from .estimators import (
     antithetic_pathwise,
@@ -45,6 +45,7 @@ FAMILIES = {
     bernoulli.FAMILY.name: bernoulli.FAMILY,
     exponential.FAMILY.name: exponential.FAMILY,
     gamma.FAMILY.name: gamma.FAMILY,
+    beta.FAMILY.name: beta.FAMILY,
 }
 DISTRIBUTIONS = FAMILIES  # the grid key is ``problem.distribution``
 # families with a record per size, created when a grid names it: grid name -> module with

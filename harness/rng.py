@@ -16,13 +16,20 @@ Stream ids (the third counter word, 32 bits):
 - ``0``: the main samples of a cell, shared by every estimator (common random numbers).  A
   distribution family draws them with its ``draw_pair`` (the normal family: ``normal_pair``),
   two samples per counter.
-- ``1 .. 2**30 - 1``: an estimator's own extra randomness (e.g. ``measure_valued``: 1-3), for
+- ``1 .. 2**29 - 1``: an estimator's own extra randomness (e.g. ``measure_valued``: 1-3), for
   sample i at counter index i; each estimator module lists its ids (``Estimator.streams``).
 - ``s + ATTEMPT_BASE + 2 t`` and ``+ 2 t + 1`` (``ATTEMPT_BASE = 2**30``): attempt t of a
   rejection sampler drawing main stream s (``harness.distributions.gamma``: Marsaglia-Tsang,
   the normal and the acceptance uniform of the pair at counter index pair), so a sample's
   draws never depend on how many attempts other samples needed; an extra uniform (the shape
-  < 1 boost) comes from stream s itself.  Estimators' own ids stay below 2**30.
+  < 1 boost) comes from stream s itself.
+- ``s + SECOND_VARIATE_OFFSET`` (``2**29 + s``): a family that needs a second independent
+  variate per sample draws it as if from main stream s + 2**29, by the same rule
+  (``harness.distributions.beta``: G1 ~ Gamma(a) on stream s, G2 ~ Gamma(b) on s + 2**29,
+  so G2's attempts are on s + 2**29 + ATTEMPT_BASE + 2 t, + 2 t + 1 and its boost on
+  s + 2**29).  The first variate's attempt streams would reach the second's only after
+  2**28 rejected attempts of one sample (probability below 0.05**(2**28)).  Estimators' own
+  ids stay below 2**29.
 - ``s + INDEPENDENT_STREAM_OFFSET`` (``2**31 + s``): the *independent copy* of main stream s,
   drawn by exactly the rule of stream s (sample i of the copy = sample i of stream s with the
   stream id replaced).  Estimators that estimate a baseline or a control-variate coefficient
@@ -60,6 +67,7 @@ _TWO_M53 = 2.0**-53
 
 INDEPENDENT_STREAM_OFFSET = 2**31  # stream s + this = the independent copy of stream s
 ATTEMPT_BASE = 2**30  # rejection samplers: attempt t of stream s on s + this + 2t, + 2t + 1
+SECOND_VARIATE_OFFSET = 2**29  # a family's second variate per sample: as main stream s + this
 
 
 @njit(inline="always")

@@ -46,6 +46,9 @@ FAMILY_POINTS = {
     # (shape, rate, k): shape < 1 (the boosted sampler, a density unbounded at 0), the
     # exponential case shape = 1, and shape > 1 with a slow rate
     "gamma": [(0.3, 1.0, 0.5), (1.0, 2.0, 1.0), (4.5, 0.7, 2.0)],
+    # (a, b, k): the arcsine law (a density unbounded at both ends, both gammas boosted), a
+    # skewed law with mass near 0, and one with mass near 1; k inside and outside (0, 1)
+    "beta": [(0.5, 0.5, 0.3), (2.0, 5.0, 0.6), (3.0, 1.5, 2.0)],
     # (logits[0], logits[1], logits[2], k): no two probabilities equal, one category rare
     # (p = 0.03), the middle one most likely; k between categories (no f(b) ties on quadratic)
     "categorical[K=3]": [(0.2, -0.5, 1.0, 0.8), (-2.5, 0.3, 0.9, 1.3), (0.5, 1.5, -1.0, 0.4)],

@@ -39,7 +39,7 @@ from numba import njit
 
 from harness import exact, registry
 from harness.axes import ClosedForms, Cost, Estimator
-from harness.rng import uniform_pair
+from harness.rng import SECOND_VARIATE_OFFSET, uniform_pair
 
 # Cases where a finite-N reference is a first-order (delta-method) approximation that is not
 # accurate at N = 2000: delta_cv's estimated coefficient on a cos cost under the gamma family,
@@ -58,9 +58,9 @@ FIRST_ORDER_TOO_COARSE = {("delta_cv[coefficient=estimated]", "cos", "rate", (0.
 # Under these families ``square`` is ``quadratic`` at k = 0 with no other code: the family's
 # and the estimators' kernel code is the same, f = x^2 and f' = 2x run in the square kernels of
 # the other families, and the closed forms are quadratic's at k = 0 (checked against scipy's
-# quadrature, without kernels, in tests/test_gamma.py).  Their square kernels would compile
-# 16 more term kernels (~2 s each per Python) for no new code path.
-SQUARE_IS_QUADRATIC_AT_ZERO = ("gamma",)
+# quadrature, without kernels, in tests/test_gamma.py and tests/test_beta.py).  Their square
+# kernels would compile 30 more term kernels (~2 s each per Python) for no new code path.
+SQUARE_IS_QUADRATIC_AT_ZERO = ("gamma", "beta")
 
 
 def cases():
@@ -511,13 +511,14 @@ def test_labels_round_trip_and_resolve_to_variants():
 
 
 def test_declared_streams_do_not_collide():
-    """Own streams are in 1 .. 2**31 - 1 (0 is the main samples, 2**31 + s copies) and no two
-    estimators share one (common random numbers across estimators come from stream 0)."""
+    """Own streams are in 1 .. 2**29 - 1 (0 is the main samples, 2**29 + s a family's second
+    variate, 2**30 + s rejection attempts, 2**31 + s copies) and no two estimators share one
+    (common random numbers across estimators come from stream 0)."""
     owners = {}
     for name in registry.ESTIMATORS:
         for label in registry.variants(name):
             for stream in registry.resolve(label).streams:
-                assert 0 < stream < 2**31, (label, stream)
+                assert 0 < stream < SECOND_VARIATE_OFFSET, (label, stream)
                 assert owners.setdefault(stream, name) == name, (label, stream, owners[stream])
 
 

@@ -173,6 +173,7 @@ def test_rejects_bad_input_with_harness_errors():
 COST = "cos"   # every estimator accepts cos (defined on the whole line, so on [0, 1] too)
 FAMILY_PARAMS = {"normal": {"mu": 0.3, "sigma": 1.2}, "bernoulli": {"logit": 0.4},
                  "exponential": {"rate": 1.3}, "gamma": {"shape": 0.7, "rate": 1.3},
+                 "beta": {"a": 0.7, "b": 1.6},
                  "categorical[K=3]": {"logits[0]": 0.2, "logits[1]": -0.5, "logits[2]": 1.0}}
 # a sized family runs one component and the default temperatures here: the others differ only
 # in a compiled-in index or a per-cell constant, and these are kernels tests/test_estimators.py

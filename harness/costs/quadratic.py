@@ -25,6 +25,20 @@ With c = rate k, f = (e - c)^2 / rate^2:
                            rate^3)
 with the polynomials expanded into the moments above.  Pathwise wrt shape has no closed
 form (dx/dshape is not elementary): quadrature (``harness.exact``).
+
+Under q = Beta(a, b) (``BETA_FORMS``), from the moments m_n = E x^n = prod_(j<n) (a + j) /
+(a + b + j), with dm_n/da = m_n sum_(j<n) (1 / (a + j) - 1 / (a + b + j)) and dm_n/db =
+-m_n sum_(j<n) 1 / (a + b + j), and, since x^n q_(a,b)(x) = m_n q_(a+n,b)(x) and under
+Beta(a + n, b) log x has mean psi(a + n) - psi(a + b + n) and variance psi1(a + n) -
+psi1(a + b + n), log(1 - x) mean psi(b) - psi(a + b + n) and variance psi1(b) - psi1(a + b + n):
+    E[x^n (log x - psi(a) + psi(a + b))^2]
+        = m_n ((psi(a + n) - psi(a + b + n) - psi(a) + psi(a + b))^2 + psi1(a + n)
+               - psi1(a + b + n)),
+    E[x^n (log(1 - x) - psi(b) + psi(a + b))^2]
+        = m_n ((psi(a + b) - psi(a + b + n))^2 + psi1(b) - psi1(a + b + n)).
+Then E f = m_2 - 2 k m_1 + k^2, grad = dm_2 - 2 k dm_1, and the score function's variance
+is E[(x - k)^4 s^2] - grad^2 with (x - k)^4 expanded into powers of x.  Pathwise has no closed
+form (dx/da, dx/db are not elementary): quadrature (``harness.exact``).
 """
 
 import numpy as np
@@ -149,6 +163,60 @@ GAMMA_VARIANCE = {
 }
 GAMMA_FORMS = ClosedForms(mean=gamma_mean, grad=gamma_grad, variance=GAMMA_VARIANCE)
 
+# ---- under q = Beta(a, b) (module docstring) -------------------------------------------------
+
+def _beta_moments(a, b, n):
+    """m_0 .. m_n of Beta(a, b): m_j = prod_(i<j) (a + i) / (a + b + i)."""
+    i = np.arange(n)
+    return np.cumprod(np.concatenate([[1.0], (a + i) / (a + b + i)]))
+
+
+def _beta_moment_grads(a, b, n):
+    """(dm_j/da, dm_j/db) for j = 0 .. n."""
+    m, i = _beta_moments(a, b, n), np.arange(n)
+    sum_a = np.concatenate([[0.0], np.cumsum(1.0 / (a + i) - 1.0 / (a + b + i))])
+    sum_b = np.concatenate([[0.0], np.cumsum(-1.0 / (a + b + i))])
+    return m * sum_a, m * sum_b
+
+
+def beta_mean(a, b, k):
+    m = _beta_moments(a, b, 2)
+    return m[2] - 2.0 * k * m[1] + k * k
+
+
+def beta_grad(a, b, k):
+    dm_a, dm_b = _beta_moment_grads(a, b, 2)
+    return {"a": dm_a[2] - 2.0 * k * dm_a[1], "b": dm_b[2] - 2.0 * k * dm_b[1]}
+
+
+def _beta_sf(a, b, k, component):
+    n = np.arange(5)
+    m = _beta_moments(a, b, 4)
+    psi, psi1 = special.digamma, lambda z: special.polygamma(1, z)
+    if component == "a":
+        shift = psi(a + n) - psi(a + b + n) - psi(a) + psi(a + b)
+        spread = psi1(a + n) - psi1(a + b + n)
+    else:
+        shift = psi(a + b) - psi(a + b + n)
+        spread = psi1(b) - psi1(a + b + n)
+    second = float(np.dot(_gamma_shifted_power(k, 4), m * (shift ** 2 + spread)))
+    return second - beta_grad(a, b, k)[component] ** 2
+
+
+def _beta_sf_a(a, b, k):
+    return _beta_sf(a, b, k, "a")
+
+
+def _beta_sf_b(a, b, k):
+    return _beta_sf(a, b, k, "b")
+
+
+BETA_VARIANCE = {
+    ("score_function", "a"): _beta_sf_a,
+    ("score_function", "b"): _beta_sf_b,
+}
+BETA_FORMS = ClosedForms(mean=beta_mean, grad=beta_grad, variance=BETA_VARIANCE)
+
 COST = Cost(
     name="quadratic",
     params=("k",),
@@ -157,6 +225,6 @@ COST = Cost(
     second_derivative=second_derivative,
     closed_forms={"normal": ClosedForms(mean=exact_mean, grad=exact_grad,
                                         variance=EXACT_VARIANCE),
-                  "gamma": GAMMA_FORMS},
+                  "gamma": GAMMA_FORMS, "beta": BETA_FORMS},
     description="(x - k)^2",
 )

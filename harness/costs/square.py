@@ -1,5 +1,5 @@
 """f(x) = x^2: the cost of the reparameterisation-trick seed; ``quadratic`` with k = 0 (its
-closed forms under the normal and the gamma family).
+closed forms under the normal, gamma and beta families).
 
 With q = N(theta, 1) and theta = 2: exact gradient 4, per-sample variance 87 (score function)
 and 4 (pathwise), as in the seed experiment.
@@ -37,6 +37,14 @@ def _gamma_at_zero(fn):
     return at_k0
 
 
+def _beta_at_zero(fn):
+    def at_k0(a, b, k=0.0):
+        return fn(a, b, 0.0)
+
+    at_k0.__name__ = fn.__name__
+    return at_k0
+
+
 COST = Cost(
     name="square",
     params=(),
@@ -50,6 +58,10 @@ COST = Cost(
         "gamma": ClosedForms(
             mean=_gamma_at_zero(quadratic.gamma_mean),
             grad=_gamma_at_zero(quadratic.gamma_grad),
-            variance={key: _gamma_at_zero(fn) for key, fn in quadratic.GAMMA_VARIANCE.items()})},
+            variance={key: _gamma_at_zero(fn) for key, fn in quadratic.GAMMA_VARIANCE.items()}),
+        "beta": ClosedForms(
+            mean=_beta_at_zero(quadratic.beta_mean),
+            grad=_beta_at_zero(quadratic.beta_grad),
+            variance={key: _beta_at_zero(fn) for key, fn in quadratic.BETA_VARIANCE.items()})},
     description="x^2",
 )
