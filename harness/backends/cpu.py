@@ -23,20 +23,24 @@ multiple of ``LANES`` sized so the draw buffer stays in cache; it never changes 
    number of estimators.  The family draws with ``draw_pair(key0, key1, pair, stream)``, or with
    ``draw_pair_at(theta, key0, key1, pair, stream)`` if it has one (a sampler that depends
    on theta, e.g. a rejection sampler; ``harness.axes.Family``).
-2. ``accumulate``, one kernel per (family, cost, estimator variant, component)
-   (``term_source``): reads the block, evaluates the estimator's per-sample term(s) (its
+2. ``accumulate``, one kernel per (family, estimator variant, component), and per cost
+   only if the variant evaluates the cost itself (``reads_cost``: measure_valued, arm,
+   a copy-stream baseline, ...; most read f and f' from the block, so a grid or a test
+   over several costs compiles their kernels once) (``term_source``): reads the block,
+   evaluates the estimator's per-sample term(s) (its
    ``per_sample``, unchanged contract: ``harness.axes``; extra streams such as
    measure_valued's are drawn there, vectorised over the lanes) and adds them to persistent per-job
    lane sums ``acc[job, sum | sum of squares, term, lane]`` with lane = (pair - first) %
    LANES, sample 2p before 2p + 1 and pairs in order: the order of every addition is fixed
    by the source.  Terms are shifted by those of the chunk's first sample (computed at
-   block 0 without fastmath, kept in ``shift[job, term]``) against cancellation.
+   block 0 without fastmath from the block's e, x, f and f', kept in ``shift[job,
+   term]``) against cancellation.
 3. The Python driver (``estimate``) loops over blocks, then adds each job's lanes in lane
    order and merges the chunks in chunk order with Chan's update (``merge_chunks``).
 
 So compile cost grows with the estimators, not their combinations: adding or removing an
 estimator or a component compiles only its own kernel, and every cell and grid that uses a
-(cost, variant, component) shares it; new kernels are compiled by several processes side by
+(variant, component) (with its cost, if it reads it) shares it; new kernels are compiled by several processes side by
 side (``compile_workers``).  The summation order is that of the former fused kernel (one
 kernel per cell type): its sums are reproduced bitwise for many terms and to 1-3 ulp for
 others (multiply-adds contracted differently once the terms are compiled apart).  Memory is
@@ -57,6 +61,7 @@ per-sample function, for the CUDA backend), ``chunking``, ``block_pairs``, ``mer
 
 from __future__ import annotations
 
+import dis
 import hashlib
 import importlib.util
 import inspect
@@ -143,27 +148,22 @@ USES_COPY = {uses_copy}  # reads the base draws of the independent copy stream
 
 
 @njit(inline="always")
-def sample_terms(theta, k, e, e_copy, key0, key1, index, consts):
-    """The accumulated quantities of one sample with base draw e (e_copy: its draw on the
-    copy stream); consts: the estimator's per-cell constants for this component."""
+def sample_terms_given(theta, k, e, x, f, df, e_copy, key0, key1, index, consts):
+    """The accumulated quantities of one sample with base draw e, x = to_x(theta, e),
+    f = f(x) and df = f'(x) as the draw kernel computed them (e_copy: its draw on the copy
+    stream); consts: the estimator's per-cell constants for this component."""
     family = fused_family()
     cost = fused_cost()
 {body}
 
 
-@njit(inline="always")
-def sample_terms_given(theta, k, e, x, f, df, e_copy, key0, key1, index, consts):
-    """``sample_terms`` with x, f = f(x) and df = f'(x) as the draw kernel computed them."""
-    family = fused_family()
-    cost = fused_cost()
-{body_given}
-
-
 # The same body as a separately compiled function without the kernel's fastmath flags, for
 # the once-per-chunk shift (a second inlined call site would double the compile time).  The
 # function tuples are built inside: passed in, they would be pointers the cache refuses.
+# x, f and f' come from the draw buffer, so a term kernel that does not read the cost's
+# functions needs no cost at all (``reads_cost``).
 @njit
-def first_sample_terms(theta, k, e, e_copy, key0, key1, index, consts):
+def first_sample_terms(theta, k, e, x, f, df, e_copy, key0, key1, index, consts):
     family = plain_family()
     cost = plain_cost()
 {body}
@@ -206,8 +206,9 @@ def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
             key0 = keys0[s]
             key1 = keys1[s]
             if block_first == 0:
-                t = first_sample_terms(theta, k, draws[row, 0, 0, 0], {first_copy}, key0,
-                                       key1, 2 * first, consts)
+                t = first_sample_terms(theta, k, draws[row, 0, 0, 0], draws[row, 1, 0, 0],
+                                       draws[row, 2, 0, 0], draws[row, 3, 0, 0], {first_copy},
+                                       key0, key1, 2 * first, consts)
                 for j in range(N_TERMS):
                     shift[job, j] = t[j]
             sums = np.empty((2, N_TERMS, LANES))  # the job's lane sums, local in the loop
@@ -283,7 +284,8 @@ def draw_block(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
 '''
 
 # Every term of a cell as one per-sample function, for the CUDA backend (not compiled on
-# the CPU): it calls the term modules' ``sample_terms``, so both backends run the same code.
+# the CPU): it computes x, f and f' with the draw module's functions and calls the term
+# modules' ``sample_terms_given``, so both backends run the same code.
 _CELL_TEMPLATE = '''\
 """Generated by harness.backends.cpu (harness {version}); do not edit.
 
@@ -412,18 +414,45 @@ def _family_draw(fam) -> tuple[Callable, bool]:
 
 
 def _theta_source(fam, c) -> tuple[str, str]:
-    """Source of theta's elements and of k, read from the kernels' ``params`` array."""
+    """Source of theta's elements and of k, read from the kernels' ``params`` array
+    (``c`` None: a cost-free term kernel, which reads k if the array has it)."""
     n_theta = len(fam.params)
     theta = "".join(f"params[{j}], " for j in range(n_theta)).rstrip(" ,")
+    if c is None:
+        return theta, f"params[{n_theta}] if params.shape[0] > {n_theta} else 0.0"
     return theta, (f"params[{n_theta}]" if c.params else "0.0")
+
+
+def reads_cost(per_sample) -> bool:
+    """Whether an estimator's ``per_sample(component, s, family, cost, consts)`` reads its
+    ``cost`` argument at all.  One that does not evaluates the cost only through s.f and
+    s.df, which the draw kernel stored: its term kernel is the same for every cost, so it is
+    compiled once per (family, variant, component).  Read from the bytecode: the argument
+    is never loaded (nor captured by an inner function), so no cost function can be called.
+    An estimator that evaluates f elsewhere (measure_valued, arm, a copy-stream baseline)
+    loads it and keeps a kernel per cost."""
+    code = getattr(per_sample, "py_func", per_sample).__code__
+    name = code.co_varnames[3]  # (component, s, family, cost, consts)
+    if name in code.co_cellvars:
+        return True
+    for instruction in dis.get_instructions(code):
+        if "LOAD" in instruction.opname:
+            value = instruction.argval
+            if value == name or (isinstance(value, tuple) and name in value):
+                return True  # LOAD_FAST, or 3.13's LOAD_FAST_LOAD_FAST (a pair of names)
+    return False
+
+
+# The cost functions of a cost-free term kernel: NaN stand-ins, never called (``reads_cost``)
+_NO_COST = "cost_value = cost_derivative = _cost_derivative = unavailable_2"
 
 
 def _prelude(fam, c, per_sample=None) -> str:
     """The sample-evaluating part of a term module (and of a draw module, without an
-    estimator): imports and re-jitted functions."""
+    estimator): imports and re-jitted functions (``c`` None: no cost functions)."""
     imports = [_import_line(getattr(fam, name), f"_family_{name}") for name in FAMILY_FUNCTIONS
                if getattr(fam, name) is not None]
-    cost_imports, cost_defs, _ = _cost_functions(c)
+    cost_imports, cost_defs, _ = _cost_functions(c) if c is not None else ([], [_NO_COST], [])
     imports += cost_imports
     if per_sample is not None:
         imports.append(_import_line(per_sample, "_estimator"))
@@ -436,7 +465,9 @@ def _prelude(fam, c, per_sample=None) -> str:
         rejit.append(f"family_{name} = njit(**FUSED)(_family_{name}.py_func)")
         fused.append(f"family_{name}")
         plain.append(f"_family_{name}")
-    if c.derivative is not None:
+    if c is None:
+        pass
+    elif c.derivative is not None:
         rejit.append("cost_derivative = njit(**FUSED)(_cost_derivative.py_func)")
     else:
         rejit.append("cost_derivative = _cost_derivative = unavailable_2")
@@ -459,21 +490,23 @@ def _accumulate(n_terms: int, indent: str) -> str:
 def term_source(family, cost, estimator, component: str) -> str:
     """The Python source of the term kernel of one (family, cost, estimator variant,
     component): ``family`` a registry name, ``cost`` a cost spec, ``estimator`` a name or
-    label."""
-    fam, c, v = registry.get_family(family), registry.get_cost(cost), registry.resolve(estimator)
+    label.  If the variant does not read the cost (``reads_cost``) the source does not
+    depend on ``cost`` (it may then be None)."""
+    fam, v = registry.get_family(family), registry.resolve(estimator)
+    c = registry.get_cost(cost) if reads_cost(v.per_sample) else None
     n_terms = v.n_moments or 1
     consts = "(" + "".join(f"consts[{j}], " for j in range(v.n_consts)) + ")"
     call = f"estimator({fam.params.index(component)}, s, family, cost, {consts})"
     result = f"    return {call}" if v.n_moments else f"    return ({call},)"
     sample = "    s = Sample(theta, k, e, x, f, df, e_copy, key0, key1, index)"
-    body = "\n".join(["    x = family_to_x(theta, e)", "    f = cost_value(x, k)",
-                      "    df = cost_derivative(x, k)", sample, result])
     theta, k = _theta_source(fam, c)
     return _TERM_TEMPLATE.format(
-        version=__version__, family=fam.name, cost=c.name, estimator=v.name,
+        version=__version__, family=fam.name,
+        cost=c.name if c is not None else "any (f and f' from the draw kernel)",
+        estimator=v.name,
         component=component, prelude=_prelude(fam, c, v.per_sample), n_terms=n_terms,
-        lanes=LANES, uses_copy=bool(v.independent_copy), body=body,
-        body_given="\n".join([sample, result]),
+        lanes=LANES, uses_copy=bool(v.independent_copy),
+        body="\n".join([sample, result]),
         consts_tuple="".join(f"consts[{j}], " for j in range(v.n_consts)).rstrip(" "),
         theta=theta, k=k,
         first_copy="draws[row, 4, 0, 0]" if v.independent_copy else "math.nan",
@@ -498,17 +531,23 @@ def draw_source(family, cost) -> str:
 
 
 def cell_source(family, cost, estimators: tuple[str, ...], components: tuple[str, ...],
-                term_modules: list[str]) -> str:
+                term_modules: list[str], draw_module: str) -> str:
     """The Python source of the cell module (``_CELL_TEMPLATE``) over the term modules named
-    ``term_modules`` (one per (variant, component) in C order)."""
+    ``term_modules`` (one per (variant, component) in C order) and the draw module of
+    (family, cost) (x, f and f' as the CPU's draw kernel computes them)."""
     fam, c = registry.get_family(family), registry.get_cost(cost)
     variants, slots, n_terms, n_consts = _layout(tuple(estimators), tuple(components))
-    imports, lines, names = [_import_line(fam.draw_pair, "_family_draw_pair")], [], []
+    imports = [_import_line(fam.draw_pair, "_family_draw_pair"),
+               f"from {draw_module} import cost_derivative, cost_value, family_to_x"]
+    lines = ["    x = family_to_x(theta, e)", "    f = cost_value(x, k)",
+             "    df = cost_derivative(x, k)"]
+    names = []
     for j, (module, (_, n_q, c0), v) in enumerate(zip(term_modules, slots, (
             v for v in variants for _ in components))):
-        imports.append(f"from {module} import sample_terms as terms_{j}")
+        imports.append(f"from {module} import sample_terms_given as terms_{j}")
         consts = "(" + "".join(f"cell_consts[{c0 + i}], " for i in range(v.n_consts)) + ")"
-        lines.append(f"    t{j} = terms_{j}(theta, k, e, e_copy, key0, key1, index, {consts})")
+        lines.append(f"    t{j} = terms_{j}(theta, k, e, x, f, df, e_copy, key0, key1, index, "
+                     f"{consts})")
         names += [f"t{j}[{i}]" for i in range(n_q)]
     theta, k = _theta_source(fam, c)
     return _CELL_TEMPLATE.format(
@@ -560,14 +599,20 @@ def _import_generated(source: str, called) -> object:
 
 
 def _term_module(family, cost, estimator, component: str):
-    fam, c, v = registry.get_family(family), registry.get_cost(cost), registry.resolve(estimator)
-    key = ("term", fam.name, registry.cost_key(cost), v.name, component)
+    """The term module of (family, cost, variant, component); one for every cost if the
+    variant does not read the cost (``reads_cost``)."""
+    fam, v = registry.get_family(family), registry.resolve(estimator)
+    per_cost = reads_cost(v.per_sample)
+    key = ("term", fam.name, registry.cost_key(cost) if per_cost else None, v.name, component)
     with _lock:
         if key not in _loaded:
             called = [getattr(fam, n) for n in FAMILY_FUNCTIONS if getattr(fam, n) is not None]
-            called += _cost_functions(c)[2] + [v.per_sample]
+            if per_cost:
+                called += _cost_functions(registry.get_cost(cost))[2]
+            called.append(v.per_sample)
             _loaded[key] = _import_generated(
-                term_source(fam, c, v.name, component), called).accumulate
+                term_source(fam, cost if per_cost else None, v.name, component),
+                called).accumulate
         return sys.modules[_loaded[key].py_func.__module__]
 
 
@@ -629,8 +674,9 @@ def cell_module(family, cost, estimators, components):
         if key not in _loaded:
             terms = [_term_module(fam, cost, e, comp).__name__ for e in labels
                      for comp in components]
-            _loaded[key] = _import_generated(cell_source(fam, c, labels, components, terms),
-                                             [])
+            draw = load_draw_kernel(fam, cost).py_func.__module__
+            _loaded[key] = _import_generated(
+                cell_source(fam, c, labels, components, terms, draw), [])
         return _loaded[key]
 
 
