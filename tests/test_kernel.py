@@ -253,8 +253,10 @@ def loop_transcription(label, component, seed, n, family="normal", params=None):
     terms = []
     for i in range(n):
         x = fam.to_x(theta, eps[i])
+        shared = () if v.shared_draws is None else v.shared_draws.py_func(
+            fam.params.index(component), key0, key1, np.int64(i))
         s = Sample(theta, k, eps[i], x, cost.value(x, k), cost.derivative(x, k), eps_copy[i],
-                   key0, key1, i)
+                   key0, key1, i, shared)
         terms.append(v.per_sample.py_func(fam.params.index(component), s, ops, cost_ops,
                                           consts))
     terms = np.array(terms, dtype=float).reshape(n, -1)
@@ -378,3 +380,21 @@ def test_term_kernels_that_do_not_read_the_cost_are_shared_by_every_cost():
                reads_cost_next_to_another_argument):
         assert cpu.reads_cost(fn), fn.__name__
     assert not cpu.reads_cost(reads_f_and_df_only)
+
+
+def test_variants_with_the_same_shared_draws_draw_them_once_and_keep_their_numbers():
+    """measure_valued's coupled and uncoupled variants read the same Rayleigh / Maxwell
+    draws (``Estimator.shared_draws``): a cell with both runs one shared-draw kernel per
+    component, and each variant's numbers are bitwise those it gives alone."""
+    labels = ["measure_valued", "measure_valued[coupling=false]"]
+    kernels = cpu.load_kernel("normal", COST, labels, COMPONENTS)
+    assert len(kernels.shared) == len(COMPONENTS)
+    assert kernels.shared_of_term == (0, 1, 0, 1)
+    args = (COMPONENTS, PARAMS, 20_001, np.arange(3))
+    both = cpu.estimate("normal", COST, labels, *args)
+    for i, label in enumerate(labels):
+        alone = cpu.estimate("normal", COST, [label], *args)
+        assert np.array_equal(alone[0][:, 0], both[0][:, i]), label
+        assert np.array_equal(alone[1][:, 0], both[1][:, i]), label
+    # the two variants do differ (the comparison above is not between equal numbers)
+    assert not np.array_equal(both[1][:, 0], both[1][:, 1])
