@@ -159,6 +159,12 @@ class Family:
         return self.params
 
     @property
+    def base_name(self) -> str:
+        """The name without a size: ``categorical`` for ``categorical[K=3]`` (what
+        ``Estimator.families`` and ``Estimator.per_sample_by_family`` name)."""
+        return self.name.partition("[")[0]
+
+    @property
     def supports(self) -> frozenset:
         """Which of the optional requirements in ``NEEDS`` this family meets."""
         return frozenset(name for name, present in (
@@ -225,6 +231,7 @@ class Estimator:
     ``biased``: the estimator's expectation is not the gradient (relaxations, straight-through):
     its ``reference`` mean is its own exact expectation (results column
     ``exact_estimator_mean``), and tests compare its mean with that, not with the gradient.
+    ``per_sample_by_family``: per-family kernels (``per_sample_for(family)``).
     ``reference(family, cost, component, params) -> (mean, per-sample variance)``: a NumPy
     transcription of the estimator's definition over ``family.rule`` (never ``per_sample``),
     None if there is none.  ``finite_n(family, cost, component, params, n) -> (E[sample_var],
@@ -254,6 +261,13 @@ class Estimator:
     # (component, key0, key1, index) -> tuple of floats, read as ``s.shared`` (module
     # docstring); variants with the same function share the numbers (drawn once per sample)
     shared_draws: Callable | None = None
+    # family base name -> its own per_sample, for an estimator whose formula differs per
+    # family (the relaxations: Bernoulli and categorical); other families use ``per_sample``
+    per_sample_by_family: Mapping[str, Callable] = field(default_factory=dict)
+
+    def per_sample_for(self, family: Family) -> Callable:
+        """The per-sample function the kernel of ``family`` runs."""
+        return self.per_sample_by_family.get(family.base_name, self.per_sample)
 
     @property
     def defaults(self) -> dict:

@@ -75,6 +75,16 @@ def gradient(family, cost, component: str, params: Mapping) -> float:
     return float(w @ (f * family.score_at(component, theta, x)))
 
 
+def objective(family, cost, params: Mapping) -> float:
+    """E_q[f] by quadrature over the family's rule (exact for discrete families, Gauss rules
+    for continuous ones): the objective that ``mode: optimize`` minimises."""
+    family, cost = registry.get_family(family), registry.get_cost(cost)
+    params = _checked(family, cost, params)
+    theta = family.theta(params)
+    x, w = family.rule(theta)
+    return float(w @ values(cost.value, x, params.get("k", 0.0)))
+
+
 def _checked(family, cost, params: Mapping) -> dict:
     """``params`` as a dict of floats with exactly the family's and the cost's parameters."""
     names = family.params + cost.params

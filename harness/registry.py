@@ -24,7 +24,7 @@ from functools import cache
 
 from .axes import NEEDS, Cost, Estimator, Family
 from .costs import cos, exp, quadratic, square, user
-from .distributions import bernoulli, exponential, normal
+from .distributions import bernoulli, categorical, exponential, normal
 from .errors import ConfigError
 from .estimators import (
     antithetic_pathwise,
@@ -45,6 +45,10 @@ FAMILIES = {
     exponential.FAMILY.name: exponential.FAMILY,
 }
 DISTRIBUTIONS = FAMILIES  # the grid key is ``problem.distribution``
+# families with a record per size, created when a grid names it: grid name -> module with
+# ``family(K)`` (record named ``name(K)``, e.g. ``categorical[K=3]``), ``parse_name``, ``MAX_K``
+# and ``COLUMNS`` (the parameter columns of every size)
+FAMILY_FACTORIES = {categorical.NAME: categorical}
 
 COSTS = {
     square.COST.name: square.COST,
@@ -72,13 +76,25 @@ BACKENDS = ("cpu", "cuda")  # modules harness.backends.<name>, each with estimat
 # ---- families and costs ---------------------------------------------------------------------
 
 def get_family(name) -> Family:
-    """The family record for a registered name (a record passes through)."""
+    """The family record for a registered name, or for a sized family's name
+    (``categorical[K=3]``: ``FAMILY_FACTORIES``); a record passes through."""
     if isinstance(name, Family):
         return name
-    if name not in FAMILIES:
-        raise ConfigError(f"unknown distribution {name!r}", key="problem.distribution",
-                          fix=f"use one of {sorted(FAMILIES)}")
-    return FAMILIES[name]
+    if name in FAMILIES:
+        return FAMILIES[name]
+    for factory in FAMILY_FACTORIES.values():
+        size = factory.parse_name(name) if isinstance(name, str) else None
+        if size is not None and 2 <= size <= factory.MAX_K:
+            return factory.family(size)
+    raise ConfigError(f"unknown distribution {name!r}", key="problem.distribution",
+                      fix=f"use one of {sorted(FAMILIES) + sorted(FAMILY_FACTORIES)}")
+
+
+def family_parameters() -> tuple[str, ...]:
+    """Every parameter name of every family (sized families: every size's), in order."""
+    names = [p for fam in FAMILIES.values() for p in fam.params]
+    names += [p for factory in FAMILY_FACTORIES.values() for p in factory.COLUMNS]
+    return tuple(dict.fromkeys(names))
 
 
 def get_cost(spec) -> Cost:
@@ -229,10 +245,13 @@ def check_combination(estimator, family, cost_spec) -> None:
 
 def _missing(estimator, family, cost_spec) -> str | None:
     est, fam, cost = resolve(estimator), get_family(family), get_cost(cost_spec)
-    if est.families is not None and fam.name not in est.families:
+    if est.families is not None and fam.base_name not in est.families:
         return (f"{est.name} is defined for the {' or '.join(est.families)} family only, "
                 f"not {fam.name}")
-    available = fam.supports | cost.provides | ({"unit_interval"} if cost.on_unit_interval
+    # relaxed samples live in [0, 1] (Bernoulli) or [0, K - 1] (the categorical's soft index)
+    relaxed_top = float(len(fam.params) - 1) if fam.base_name == "categorical" else 1.0
+    on_relaxed_range = cost.domain[0] < 0.0 and relaxed_top < cost.domain[1]
+    available = fam.supports | cost.provides | ({"unit_interval"} if on_relaxed_range
                                                  else set())
     for need in NEEDS:  # a fixed order, so the message is reproducible
         if need not in est.needs or need in available:
@@ -241,8 +260,9 @@ def _missing(estimator, family, cost_spec) -> str | None:
             return (f"{est.name} needs the derivative of the cost, but cost {cost.name} is "
                     f"not differentiable")
         if need == "unit_interval":
-            return (f"{est.name} evaluates the cost at a relaxed sample in [0, 1], but cost "
-                    f"{cost.name} is defined on {list(cost.domain)} only")
+            return (f"{est.name} evaluates the cost at a relaxed sample in [0, "
+                    f"{relaxed_top:g}], but cost {cost.name} is defined on {list(cost.domain)} "
+                    f"only")
         if need == "second_derivative":
             return (f"{est.name} needs the second derivative of the cost, but cost {cost.name} "
                     f"has none")

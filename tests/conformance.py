@@ -43,7 +43,12 @@ FAMILY_POINTS = {
     "bernoulli": [(0.3, 0.45), (-1.5, 0.8), (2.0, 2.0)],
     # (rate, k): unit rate, a fast and a slow decay
     "exponential": [(1.0, 0.5), (2.5, 2.0), (0.4, 1.0)],
+    # (logits[0], logits[1], logits[2], k): no two probabilities equal, one category rare
+    # (p = 0.03), the middle one most likely; k between categories (no f(b) ties on quadratic)
+    "categorical[K=3]": [(0.2, -0.5, 1.0, 0.8), (-2.5, 0.3, 0.9, 1.3), (0.5, 1.5, -1.0, 0.4)],
 }
+# every registered family, and each sized family (registry.FAMILY_FACTORIES) at K = 3
+FAMILIES = (*registry.FAMILIES, *(f.name(3) for f in registry.FAMILY_FACTORIES.values()))
 POINTS = FAMILY_POINTS[FAMILY]
 COMPONENTS = registry.FAMILIES[FAMILY].params
 
@@ -56,7 +61,7 @@ def spec(cost):
 def params(cost, point, family=FAMILY) -> dict:
     """The cell's parameters: the family's (normal: mu, sigma) and, for costs that take one,
     k (the point's last entry)."""
-    names = registry.FAMILIES[family].params
+    names = registry.get_family(family).params
     has_k = bool(registry.get_cost(spec(cost)).params)
     return {**dict(zip(names, point)), **({"k": point[-1]} if has_k else {})}
 
@@ -82,13 +87,25 @@ TOY_COST = "quadratic"
 
 def conformance_labels(cost, family=FAMILY) -> tuple:
     """The labels the conformance test checks on (family, cost): every applicable variant on
-    the normal family and on TOY_COST; elsewhere those with numeric options at their
-    defaults."""
+    the normal family and on TOY_COST; elsewhere, and for sized families (the categorical,
+    with a kernel per component) everywhere, those with numeric options at their defaults
+    (the temperature is a per-cell constant of the same code)."""
     labels = applicable(cost, family)
-    if family == "normal" or cost == TOY_COST:
+    if family == "normal" or (cost == TOY_COST and family in registry.FAMILIES):
         return labels
     return tuple(label for label in labels
                  if not any(key in NUMERIC_OPTIONS for key, _ in registry.parse_label(label)[1]))
+
+
+def conformance_components(cost, family=FAMILY) -> tuple:
+    """The components the conformance test checks on (family, cost): every one, except for a
+    sized family (the categorical's logits[j]) off TOY_COST, where only logits[1] is: its
+    components run the same code with another index j, a constant compiled into each term
+    kernel (one kernel per component: ~2 s each, in each Python of CI)."""
+    components = registry.get_family(family).params
+    if family in registry.FAMILIES or cost == TOY_COST:
+        return components
+    return components[1:2]
 
 
 @functools.cache
@@ -97,7 +114,7 @@ def run(estimators: tuple, cost, point: tuple, n: int = N, r: int = R,
     """{(estimator, component): (estimates[r], sample_vars[r])}: one fused kernel per call.
     Serial compiles (3x faster to compile than parallel ones, the same numbers to rounding:
     tests/test_kernel.py)."""
-    components = registry.FAMILIES[family].params
+    components = conformance_components(cost, family)
     est, var = cpu.estimate(family, spec(cost), estimators, components,
                             params(cost, point, family), n, np.arange(r), parallel=False)
     return {(e, c): (est[:, i, j], var[:, i, j])

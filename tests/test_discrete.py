@@ -352,7 +352,7 @@ def _grid(distribution, params_text, estimators, cost="quadratic"):
     ("bernoulli", "  logit: 0.3\n  k: 0.45\n", "measure_valued",
      "measure_valued is defined for the normal family only, not bernoulli"),
     ("normal", "  mu: 0.3\n  sigma: 1.0\n  k: 0.45\n", "gumbel_softmax",
-     "gumbel_softmax is defined for the bernoulli family only, not normal"),
+     "gumbel_softmax is defined for the bernoulli or categorical family only, not normal"),
     ("exponential", "  rate: 2.0\n  k: 0.45\n", "rebar",
      "rebar is defined for the bernoulli family only, not exponential"),
 ])

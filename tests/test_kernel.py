@@ -15,6 +15,7 @@ import sys
 import numba
 import numpy as np
 import pytest
+from conformance import conformance_labels
 from numba import njit
 
 from harness.backends import cpu
@@ -173,7 +174,12 @@ def test_rejects_bad_input_with_harness_errors():
 
 COST = "cos"   # every estimator accepts cos (defined on the whole line, so on [0, 1] too)
 FAMILY_PARAMS = {"normal": {"mu": 0.3, "sigma": 1.2}, "bernoulli": {"logit": 0.4},
-                 "exponential": {"rate": 1.3}}
+                 "exponential": {"rate": 1.3},
+                 "categorical[K=3]": {"logits[0]": 0.2, "logits[1]": -0.5, "logits[2]": 1.0}}
+# a sized family runs one component and the default temperatures here: the others differ only
+# in a compiled-in index or a per-cell constant, and these are kernels tests/test_estimators.py
+# compiles anyway
+FAMILY_COMPONENTS = {"categorical[K=3]": ["logits[1]"]}
 PARAMS = {**FAMILY_PARAMS["normal"], "k": 2.0}
 
 
@@ -189,9 +195,12 @@ def family_cases():
     """(family, its parameters with k, its components, the labels it runs): every family."""
     from harness import registry
 
-    assert set(FAMILY_PARAMS) == set(registry.FAMILIES), "give every family parameters here"
-    return [(name, {**FAMILY_PARAMS[name], "k": 2.0}, list(registry.get_family(name).params),
-             every_variant(name)) for name in registry.FAMILIES]
+    families = [*registry.FAMILIES, *(f.name(3) for f in registry.FAMILY_FACTORIES.values())]
+    assert set(FAMILY_PARAMS) == set(families), "give every family parameters here"
+    return [(name, {**FAMILY_PARAMS[name], "k": 2.0},
+             FAMILY_COMPONENTS.get(name, list(registry.get_family(name).params)),
+             every_variant(name) if name in registry.FAMILIES
+             else list(conformance_labels(COST, name))) for name in families]
 
 
 @pytest.mark.parametrize("family, params, components, labels", family_cases(),
@@ -257,8 +266,8 @@ def loop_transcription(label, component, seed, n, family="normal", params=None):
             fam.params.index(component), key0, key1, np.int64(i))
         s = Sample(theta, k, eps[i], x, cost.value(x, k), cost.derivative(x, k), eps_copy[i],
                    key0, key1, i, shared)
-        terms.append(v.per_sample.py_func(fam.params.index(component), s, ops, cost_ops,
-                                          consts))
+        terms.append(v.per_sample_for(fam).py_func(fam.params.index(component), s, ops,
+                                                    cost_ops, consts))
     terms = np.array(terms, dtype=float).reshape(n, -1)
     means, variances = terms.mean(axis=0), terms.var(axis=0, ddof=1)
     if v.n_moments:
@@ -366,10 +375,10 @@ def test_term_kernels_that_do_not_read_the_cost_are_shared_by_every_cost():
     per_cost = {"measure_valued", "score_function[baseline=optimal]", "antithetic_pathwise"}
     for label in [label for name in registry.ESTIMATORS for label in registry.variants(name)]:
         v = registry.resolve(label)
-        reads = cpu.reads_cost(v.per_sample)
+        family = next(f for f in registry.FAMILIES if f in (v.families or (f,)))
+        reads = cpu.reads_cost(v.per_sample_for(registry.get_family(family)))
         assert label not in shared or not reads, label
         assert label not in per_cost or reads, label
-        family = (v.families or ("normal",))[0]
         component = registry.get_family(family).params[0]
         costs = [c for c in ("cos", "exp", "quadratic")
                  if registry.combination_problem(label, family, c) is None]

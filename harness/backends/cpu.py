@@ -531,7 +531,7 @@ def term_source(family, cost, estimator, component: str) -> str:
     label.  If the variant does not read the cost (``reads_cost``) the source does not
     depend on ``cost`` (it may then be None)."""
     fam, v = registry.get_family(family), registry.resolve(estimator)
-    c = registry.get_cost(cost) if reads_cost(v.per_sample) else None
+    c = registry.get_cost(cost) if reads_cost(v.per_sample_for(fam)) else None
     n_terms = v.n_moments or 1
     consts = "(" + "".join(f"consts[{j}], " for j in range(v.n_consts)) + ")"
     call = f"estimator({fam.params.index(component)}, s, family, cost, {consts})"
@@ -542,7 +542,7 @@ def term_source(family, cost, estimator, component: str) -> str:
         version=__version__, family=fam.name,
         cost=c.name if c is not None else "any (f and f' from the draw kernel)",
         estimator=v.name,
-        component=component, prelude=_prelude(fam, c, v.per_sample), n_terms=n_terms,
+        component=component, prelude=_prelude(fam, c, v.per_sample_for(fam)), n_terms=n_terms,
         lanes=LANES, uses_copy=bool(v.independent_copy),
         body="\n".join([sample, result]),
         consts_tuple="".join(f"consts[{j}], " for j in range(v.n_consts)).rstrip(" "),
@@ -680,14 +680,14 @@ def _term_module(family, cost, estimator, component: str):
     """The term module of (family, cost, variant, component); one for every cost if the
     variant does not read the cost (``reads_cost``)."""
     fam, v = registry.get_family(family), registry.resolve(estimator)
-    per_cost = reads_cost(v.per_sample)
+    per_cost = reads_cost(v.per_sample_for(fam))
     key = ("term", fam.name, registry.cost_key(cost) if per_cost else None, v.name, component)
     with _lock:
         if key not in _loaded:
             called = [getattr(fam, n) for n in FAMILY_FUNCTIONS if getattr(fam, n) is not None]
             if per_cost:
                 called += _cost_functions(registry.get_cost(cost))[2]
-            called.append(v.per_sample)
+            called.append(v.per_sample_for(fam))
             _loaded[key] = _import_generated(
                 term_source(fam, cost if per_cost else None, v.name, component),
                 called).accumulate

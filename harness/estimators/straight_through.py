@@ -7,10 +7,16 @@ Formula:   with u the main uniform (stream 0), L = log(1 - u) - log(u), z = logi
            x = 1{z > 0} the family's sample and y_tau = sigmoid(z / tau):
              g = f'(x) y_tau (1 - y_tau) / tau.
 Option ``temperature`` tau (default 0.5): one of ``gumbel_softmax.TEMPERATURES``.
-Requires:  the Bernoulli family; the cost's derivative at 0 and 1 (a cost defined on [0, 1]).
-           1 evaluation of f' per sample.  Per-sample kind, no extra streams.
+Requires:  the Bernoulli or categorical family; the cost's derivative at 0 and 1 (a cost
+           defined on [0, 1]; [0, K - 1] for K categories).  1 evaluation of f' per sample.
+           Per-sample kind; Bernoulli: no extra streams (categorical: ``STREAMS``).
 Per-sample variance and expectation: ``reference``, source "quadrature": E and Var of the
            formula over L ~ Logistic(0, 1), split where x jumps (L = -logit).
+Categorical family (``categorical[K=...]``): with the K Gumbels of ``relaxed_categorical``
+           (its own streams ``STREAMS``), the hard index b = argmax(logits + G) (a categorical
+           sample, not the family's x: the forward pass must match the relaxation) and the
+           soft index y:  g_j = f'(b) z_j (j - y) / tau.  Exact expectation and variance as
+           for ``gumbel_softmax`` (K = 2, 3; none beyond).
 Reference: Bengio, Leonard & Courville (2013); Jang et al., ICLR 2017, Section 2.2.
 """
 
@@ -22,7 +28,11 @@ from scipy.special import expit
 from ..axes import Estimator
 from ..distributions.bernoulli import logistic_noise, probability
 from ..quadrature import logistic_rule, values
-from .gumbel_softmax import TEMPERATURES
+from . import relaxed_categorical
+from .gumbel_softmax import FAMILIES, TEMPERATURES
+from .relaxed_categorical import relaxed_index
+
+STREAMS = (9, 10, 11, 12)   # the categorical family's Gumbels: G_k on stream 9 + k // 2
 
 
 @njit
@@ -32,12 +42,23 @@ def per_sample(component, s, family, cost, consts):
     return cost.derivative(s.x, s.k) * probability(z) * probability(-z) / tau
 
 
+@njit
+def per_sample_categorical(component, s, family, cost, consts):
+    tau = consts[0]
+    y, z, hard = relaxed_index(s.theta, tau, s.key0, s.key1, s.index, STREAMS[0], component)
+    return cost.derivative(hard, s.k) * z * (component - y) / tau
+
+
 def prepare(temperature, family, cost, component, params):
     return (float(temperature),)
 
 
 def reference(temperature, family, cost, component, params):
-    """E and Var of g over L ~ Logistic(0, 1)."""
+    """E and Var of g over L ~ Logistic(0, 1) (categorical: over the Gumbels, K <= 3)."""
+    if family.base_name == "categorical":
+        return relaxed_categorical.moments(
+            family.theta(params), temperature, family.params.index(component),
+            cost.derivative, params.get("k", 0.0), hard=True)
     logit, tau = params["logit"], float(temperature)
     noise, w = logistic_rule([-logit])
     z = logit + noise
@@ -52,11 +73,12 @@ def configure(temperature):
     return Estimator(
         name="", per_sample=per_sample, evals_per_sample=1, biased=True,
         description=f"straight-through, tau = {temperature}", needs=NEEDS,
-        families=("bernoulli",), n_consts=1, prepare=partial(prepare, temperature),
-        reference=partial(reference, temperature))
+        families=FAMILIES, per_sample_by_family=BY_FAMILY, streams=STREAMS, n_consts=1,
+        prepare=partial(prepare, temperature), reference=partial(reference, temperature))
 
 
 NEEDS = frozenset({"derivative", "unit_interval"})
+BY_FAMILY = {"categorical": per_sample_categorical}
 
 ESTIMATOR = Estimator(
     name="straight_through",
@@ -65,7 +87,9 @@ ESTIMATOR = Estimator(
     description="f'(x) at the hard sample times the relaxed sample's dy/dlogit: biased",
     needs=NEEDS,
     biased=True,
-    families=("bernoulli",),
+    families=FAMILIES,
+    per_sample_by_family=BY_FAMILY,
+    streams=STREAMS,
     n_consts=1,
     prepare=partial(prepare, TEMPERATURES[0]),
     reference=partial(reference, TEMPERATURES[0]),

@@ -11,11 +11,22 @@ Grid part (``problem`` and ``wrt``)::
       sigma: 1.0
       k: [-3, 0, 3]
     wrt: [mu, sigma]               # gradient components; default: every family parameter
+    mode: optimize                 # optional: estimate (default), optimize, or both
+    optimizer: {name: adam, lr: 0.05, steps: 2000, samples: 2, record_every: 20}
 
-A cell is one point of the product of the parameter lists and one N.  Its kernel call is
-``harness.backends.<backend>.estimate``; its exact references ``harness.exact.reference``.
+``mode: estimate``: a cell is one point of the product of the parameter lists and one N.
+Its kernel call is ``harness.backends.<backend>.estimate``; its exact references
+``harness.exact.reference``.
 Rows: one per (seed, estimator, component), with a column per problem parameter and
 ``exact_estimator_mean`` (the estimator's own exact expectation: see ``harness.exact``).
+
+``mode: optimize``: a cell is one (point, estimator); each seed runs stochastic gradient
+descent on E_q[f] from the point over the ``wrt`` components
+(``harness.kinds.expectation_optimize``; optimizer keys name adam|sgd, lr, steps, samples (per
+step), schedule constant|cosine, record_every).  Rows: one per (seed, recorded step,
+component) with ``step``, ``theta`` (the component's value), ``objective`` (exact E_q[f] at
+the recorded theta), ``estimate`` (that step's gradient estimate), ``exact_grad``,
+``exact_var`` and ``exact_estimator_mean`` at the recorded theta.
 """
 
 from __future__ import annotations
@@ -30,13 +41,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from .. import registry
 from ..config import Value, check_cell_count, describe_value, read_numbers, union, values_text
 from ..errors import ConfigError
 from ..model import Cell, ProblemKind
 from ..results import estimate_columns
+from ..vi.api import OptimizerSpec
+from ..vi.config import read_modes, read_optimizer
+from . import expectation_optimize
 
 NAME = "expectation"
 
@@ -57,21 +71,28 @@ class ExpectationProblem:
     cost: str
     params: tuple[tuple[str, tuple[float, ...]], ...]
     wrt: tuple[str, ...]
+    modes: tuple[str, ...] = ("estimate",)     # and/or "optimize"
+    optimizer: OptimizerSpec | None = None     # with mode: optimize
 
 
 def parse(r, doc, common) -> ExpectationProblem:
     v = r.entry(doc, "problem", "")
     m = r.mapping(v, "distribution, cost and their parameters")
-    families, costs = registry.FAMILIES, registry.COSTS
-    family = cost = cost_spec = None
+    families, costs, sized = registry.FAMILIES, registry.COSTS, registry.FAMILY_FACTORIES
+    family = cost = cost_spec = factory = None
     if "distribution" in m:
-        family = families[r.choice(r.entry(m, "distribution", v.key), families, "distribution")]
+        chosen = r.choice(r.entry(m, "distribution", v.key), {**families, **sized},
+                          "distribution")
+        family, factory = families.get(chosen), sized.get(chosen)
     if "cost" in m:
         cost_spec = _read_cost(r, r.entry(m, "cost", v.key), r.path)
         cost = registry.get_cost(cost_spec)
 
-    # Until both are known, any registered parameter name is plausible.
-    family_params = family.params if family else union(d.params for d in families.values())
+    # Until both are known, any registered parameter name is plausible (a sized family's
+    # parameters are one list under its GRID_KEY).
+    family_params = (family.params if family else (factory.GRID_KEY,) if factory else
+                     union([d.params for d in families.values()]
+                           + [(f.GRID_KEY,) for f in sized.values()]))
     cost_params = cost.params if cost else union(c.params for c in costs.values())
 
     def hint(key: str) -> str | None:
@@ -83,15 +104,18 @@ def parse(r, doc, common) -> ExpectationProblem:
 
     r.reject_unknown(m, v.key, ("kind", "distribution", "cost") + tuple(family_params)
                      + tuple(cost_params), hint)
-    if family is None:
+    if family is None and factory is None:
         r.missing(v, "distribution", fix=f"add 'distribution: <name>' with one of: "
-                                         f"{', '.join(families)}")
+                                         f"{', '.join([*families, *sized])}")
     if cost is None:
         r.missing(v, "cost", fix=f"add 'cost: <name>' with one of: {', '.join(costs)}, or "
                                  "{python: 'module:function', derivative: 'module:function'}")
 
     params = []
-    for p in family.params + cost.params:
+    if factory is not None:
+        params = _read_sized(r, m, v, factory)
+        family = factory.family(len(params))
+    for p in (() if factory else family.params) + cost.params:
         if p not in m:
             r.missing(v, p, fix=f"add '{p}: <number>' (or a list of numbers)")
         positive = p in family.positive or p in cost.positive
@@ -109,13 +133,71 @@ def parse(r, doc, common) -> ExpectationProblem:
         wrt = tuple(c for c in family.params if c in names)
 
     _check_estimators(r, doc, common["estimators"], family.name, cost_spec)
-    if not common["n_samples"]:
-        r.missing(Value(doc, 1, ""), "n_samples")
-    problem = ExpectationProblem(family.name, cost_spec, tuple(params), tuple(wrt))
-    check_cell_count(r, math.prod(len(values) for _, values in params)
-                     * len(common["n_samples"]), v)
+    modes, optimizer = _read_mode(r, doc, common)
+    problem = ExpectationProblem(family.name, cost_spec, tuple(params), tuple(wrt), modes,
+                                 optimizer)
+    points = math.prod(len(values) for _, values in params)
+    check_cell_count(r, points * (len(common["n_samples"]) if "estimate" in modes else 0)
+                     + points * (len(common["estimators"]) if "optimize" in modes else 0), v)
     _check_references(r, v, problem, common["estimators"])
     return problem
+
+
+def _read_mode(r, doc, common) -> tuple[tuple[str, ...], OptimizerSpec | None]:
+    """``mode`` and, with ``mode: optimize``, ``optimizer`` (as the ELBO kind reads them)."""
+    top = Value(doc, 1, "")
+    modes = read_modes(r, doc)
+    if "estimate" in modes and not common["n_samples"]:
+        r.missing(top, "n_samples")
+    if "estimate" not in modes and common["n_samples"]:
+        r.fail("n_samples is only used with mode: estimate", doc.lc.key("n_samples")[0] + 1,
+               "n_samples", fix="give the samples per step as optimizer.samples")
+    if "optimize" not in modes:
+        if "optimizer" in doc:
+            r.fail("optimizer is only used with mode: optimize",
+                   doc.lc.key("optimizer")[0] + 1, "optimizer",
+                   fix="add 'mode: optimize' or remove the optimizer")
+        return modes, None
+    if "optimizer" not in doc:
+        r.missing(top, "optimizer", fix="add optimizer: {name: adam, lr: 0.05, steps: 1000, "
+                                        "samples: 2}")
+    ov = r.entry(doc, "optimizer", "")
+    optimizer = read_optimizer(r, ov, common["estimators"])
+    if optimizer.samples < 2:
+        sv = r.entry(ov.value, "samples", ov.key)
+        r.fail(f"samples per step must be >= 2 for expectation problems, got "
+               f"{optimizer.samples}", sv.line, "optimizer.samples",
+               fix="use samples: 2 or more (the kernels draw samples in pairs)")
+    for key in ("var_samples", "min_diag"):
+        if isinstance(ov.value, CommentedMap) and key in ov.value:
+            r.fail(f"{key} is not used by expectation problems (the variance at each "
+                   "record is exact)", r.entry(ov.value, key, ov.key).line,
+                   f"optimizer.{key}", fix=f"remove {key}")
+    if common["backend"] != "cpu":
+        bv = r.entry(doc, "backend", "")
+        r.fail(f"backend {common['backend']!r} runs expectation problems in mode estimate "
+               "only", bv.line, bv.key, fix="use backend: cpu for mode: optimize")
+    return modes, optimizer
+
+def _read_sized(r, m, v, factory) -> list:
+    """A sized family's parameters (the categorical's ``logits: [l_0, ..., l_{K-1}]``) as
+    [(``logits[j]``, values), ...]: 2 to MAX_K entries, each a number or a list of numbers
+    (a sweep axis, like any problem value)."""
+    key = factory.GRID_KEY
+    if key not in m:
+        r.missing(v, key, fix=f"add '{key}: [0.0, 0.5, -1.0]' (one number per category)")
+    lv = r.entry(m, key, v.key)
+    if not isinstance(lv.value, CommentedSeq) or not 2 <= len(lv.value) <= factory.MAX_K:
+        r.fail(f"expected a list of 2 to {factory.MAX_K} numbers (one per category), got "
+               f"{describe_value(lv.value)}", lv.line, lv.key,
+               fix=f"write {key}: [0.0, 0.5, -1.0]; a list in place of a number sweeps it")
+    params = []
+    for j, item in enumerate(r.items(lv, key)):
+        values = r.items(item, "value")
+        numbers = [r.number(x) for x in values]
+        r.no_duplicates(values, numbers, "value")
+        params.append((factory.COLUMNS[j], tuple(numbers)))
+    return params
 
 
 def _check_references(r, v, problem: ExpectationProblem, estimators) -> None:
@@ -195,23 +277,43 @@ def describe(grid) -> str:
     cells = math.prod(len(values) for _, values in p.params) * len(grid.n_samples)
     params = " ".join(f"{name}={values_text(values)}" for name, values in p.params)
     cost = registry.get_cost(p.cost).name
+    what, cells = [], 0
+    points = math.prod(len(values) for _, values in p.params)
+    if "estimate" in p.modes:
+        what.append(f"N={values_text(grid.n_samples)}")
+        cells += points * len(grid.n_samples)
+    if "optimize" in p.modes:
+        o = p.optimizer
+        what.append(f"optimize {o.name} lr={o.lr:g} {o.schedule} steps={o.steps} "
+                    f"samples/step={o.samples}")
+        cells += points * len(grid.estimators)
     return (f"{cells} cells; {p.distribution}/{cost} {params}; wrt {','.join(p.wrt)}; "
-            f"N={values_text(grid.n_samples)}")
+            f"{'; '.join(what)}")
 
 
 # ----------------------------------------------------------------------------- expansion
 
 def cells(grid) -> list[Cell]:
-    """One cell per point of ``product(*param values) x n_samples``, N varying fastest, in
-    the grid's order.  Duplicate points give one cell."""
+    """estimate: one cell per point of ``product(*param values) x n_samples``, N varying
+    fastest, in the grid's order; optimize: one per (point, estimator).  Duplicate points
+    give one cell."""
     p = grid.problem
     names = [name for name, _ in p.params]
     out, seen = [], set()
     for values in itertools.product(*(vals for _, vals in p.params)):
         point = {"distribution": p.distribution, "cost": p.cost,
                  "params": {n: float(x) for n, x in zip(names, values)}, "wrt": list(p.wrt)}
-        for n in grid.n_samples:
-            cell = Cell(NAME, grid.name, point, grid.estimators, n, grid.seeds, grid.backend)
+        new = []
+        if "estimate" in p.modes:
+            new += [Cell(NAME, grid.name, point, grid.estimators, n, grid.seeds, grid.backend)
+                    for n in grid.n_samples]
+        if "optimize" in p.modes:
+            o = p.optimizer
+            new += [Cell(NAME, grid.name, {**point, "mode": "optimize",
+                                           "optimizer": dict(o.__dict__)}, (e,), o.samples,
+                         grid.seeds, grid.backend, samples=o.steps * o.samples * len(grid.seeds))
+                    for e in grid.estimators]
+        for cell in new:
             if cell.id not in seen:
                 seen.add(cell.id)
                 out.append(cell)
@@ -231,6 +333,8 @@ def compute(cell: Cell) -> dict:
     from ..exact import references
 
     point = cell.point
+    if point.get("mode") == "optimize":
+        return _compute_optimize(cell)
     backend = importlib.import_module(f"harness.backends.{cell.backend}")
     wrt = tuple(point["wrt"])
     start = time.perf_counter()
@@ -258,9 +362,51 @@ def compute(cell: Cell) -> dict:
     return columns
 
 
+def _compute_optimize(cell: Cell) -> dict:
+    """The optimisation traces of one (point, estimator) cell (module docstring)."""
+    point = cell.point
+    opt = OptimizerSpec(**point["optimizer"])
+    (spec,) = cell.estimators
+    wrt, params = tuple(point["wrt"]), dict(point["params"])
+    start = time.perf_counter()
+    run = expectation_optimize.optimize(point["distribution"], point["cost"], spec.label, wrt,
+                                        params, opt, cell.seeds)
+    refs = expectation_optimize.trace_references(point["distribution"], point["cost"],
+                                                 spec.label, wrt, params, run["theta"])
+    n_seeds, n_records, n_comp = run["theta"].shape
+    n = n_seeds * n_records * n_comp
+    columns = {
+        "estimator": [spec.label] * n,
+        "param": np.tile(np.array(wrt, dtype=object), n_seeds * n_records),
+        "seed": np.repeat(np.asarray(cell.seeds, np.int64), n_records * n_comp),
+        "step": np.tile(np.repeat(run["steps"], n_comp), n_seeds),
+        "theta": run["theta"].ravel(), "estimate": run["estimate"].ravel(),
+        "objective": np.repeat(refs["objective"].ravel(), n_comp),
+        "exact_grad": refs["grad"].ravel(), "exact_var": refs["var"].ravel(),
+        "exact_estimator_mean": refs["estimator_mean"].ravel(),
+        "exact_source": np.tile(np.array(refs["source"], dtype=object), n_seeds * n_records),
+        "evals_per_sample": np.full(n, registry.resolve(spec.label).evals_per_sample,
+                                    np.int64),
+        "mode": ["optimize"] * n,
+        "distribution": [point["distribution"]] * n,
+        "cost": [registry.get_cost(point["cost"]).name] * n,
+        "point": [point_label(point)] * n,
+    }
+    for name in parameter_columns():
+        columns[name] = np.full(n, params.get(name, math.nan))
+    columns["seconds"] = np.full(n, time.perf_counter() - start)
+    return columns
+
+
 def calibration(cell: Cell) -> Cell:
-    """``cell`` with N at most 2^16, for the cost estimate (the kernel's time per seed is
-    linear in N beyond a few thousand samples)."""
+    """``cell`` with N at most 2^16 (optimize: at most 20 steps), for the cost estimate (the
+    kernel's time per seed is linear in N beyond a few thousand samples)."""
+    if cell.point.get("mode") == "optimize":
+        o = {**cell.point["optimizer"]}
+        o.update(steps=min(o["steps"], 20), record_every=min(o["record_every"], 10))
+        return Cell(NAME, cell.experiment, {**cell.point, "optimizer": o}, cell.estimators,
+                    cell.n_samples, cell.seeds, cell.backend,
+                    samples=o["steps"] * o["samples"] * len(cell.seeds))
     return Cell(NAME, cell.experiment, cell.point, cell.estimators,
                 min(cell.n_samples, 1 << 16), cell.seeds, cell.backend)
 
@@ -268,8 +414,7 @@ def calibration(cell: Cell) -> Cell:
 def parameter_columns() -> tuple[str, ...]:
     """Every registered family and cost parameter: one float64 results column each (NaN
     where a cell's problem has no such parameter)."""
-    return union([d.params for d in registry.FAMILIES.values()]
-                 + [c.params for c in registry.COSTS.values()])
+    return union([registry.family_parameters()] + [c.params for c in registry.COSTS.values()])
 
 
 # -------------------------------------------------------------------------------- report
@@ -280,14 +425,17 @@ def report_section(df, summary, out_dir):
     estimators against their temperature (``harness.report_bias``), when a run has any."""
     from ..report import MAX_FACET_POINTS
     from ..report_bias import bias_section
+    from ..report_optimize import optimize_section
     from ..report_study import study_section, swept_parameter
 
     rows = df[df["problem"] == NAME]
     figures, text = [], ""
-    if rows["point"].nunique() > MAX_FACET_POINTS:
-        figures, text = study_section(rows, out_dir)
-    bias_figures, bias_text = bias_section(rows, out_dir, swept_parameter(rows))
-    return figures + bias_figures, text + bias_text
+    if rows.loc[rows["step"].isna(), "point"].nunique() > MAX_FACET_POINTS:
+        figures, text = study_section(rows[rows["step"].isna()], out_dir)
+    estimates = rows[rows["step"].isna()]
+    bias_figures, bias_text = bias_section(estimates, out_dir, swept_parameter(estimates))
+    opt_figures, opt_text = optimize_section(rows[rows["step"].notna()], out_dir)
+    return figures + bias_figures + opt_figures, text + bias_text + opt_text
 
 
 def listing() -> list[str]:
@@ -295,6 +443,9 @@ def listing() -> list[str]:
     for name, d in registry.FAMILIES.items():
         lines.append(f"  {name:16} params: {', '.join(d.params)}; "
                      f"supports: {', '.join(sorted(d.supports)) or '-'}  {d.description}")
+    for name, factory in registry.FAMILY_FACTORIES.items():
+        lines.append(f"  {name:16} params: {factory.GRID_KEY} (a list of 2 to {factory.MAX_K}; "
+                     f"components {factory.COLUMNS[0]}, ...)  {factory.DESCRIPTION}")
     lines.append("costs:")
     for name, c in registry.COSTS.items():
         params = ", ".join(c.params) if c.params else "-"
@@ -318,6 +469,9 @@ def _columns() -> tuple:
             # E[estimate] exactly: exact_grad for unbiased estimators, the relaxed problem's
             # gradient for biased ones (Estimator.biased), NaN where not tractable
             pa.field("exact_estimator_mean", pa.float64()),
+            pa.field("mode", pa.string()),        # null (estimate) | optimize
+            pa.field("theta", pa.float64()),      # optimize: the component's value at step
+            pa.field("objective", pa.float64()),  # optimize: exact E_q[f] at that theta
             *(pa.field(name, pa.float64()) for name in parameter_columns()))
 
 
@@ -332,7 +486,7 @@ KIND = ProblemKind(
     name=NAME,
     description="d/dtheta E_q[f(x)] for a distribution q(x; theta) and a cost f(x; k)",
     estimators=registry.ESTIMATORS,
-    top_level_keys=("wrt",),
+    top_level_keys=("wrt", "mode", "optimizer"),
     backends=("cpu", "cuda"),
     parse=parse,
     describe=describe,

@@ -134,13 +134,7 @@ def parse(r, doc: CommentedMap, common: dict) -> ElboProblem:
     """Read ``problem``, ``mode`` and ``optimizer``; check them against the common keys."""
     top = Value(doc, 1, "")
     fields = _read_problem(r, r.entry(doc, "problem", ""))
-    modes = ("estimate",)
-    if "mode" in doc:
-        items = r.items(r.entry(doc, "mode", ""), "mode")
-        modes = [r.choice(it, ("estimate", "optimize"), "mode") for it in items]
-        r.no_duplicates(items, modes, "mode")
-        modes = tuple(m for m in ("estimate", "optimize") if m in modes)
-    fields["modes"] = modes
+    modes = fields["modes"] = read_modes(r, doc)
     if ":" in fields["target"] and common["backend"] != "cpu":
         v = r.entry(doc, "backend", "")
         r.fail(f"backend {common['backend']!r} does not run user-written targets", v.line,
@@ -156,7 +150,7 @@ def parse(r, doc: CommentedMap, common: dict) -> ElboProblem:
         if "optimizer" not in doc:
             r.missing(top, "optimizer", fix="add optimizer: {name: adam, lr: 0.01, steps: 1000, "
                                             "samples: 10}")
-        fields["optimizer"] = _read_optimizer(r, r.entry(doc, "optimizer", ""),
+        fields["optimizer"] = read_optimizer(r, r.entry(doc, "optimizer", ""),
                                               common["estimators"])
         if common["backend"] != "cpu":
             v = r.entry(doc, "backend", "")
@@ -476,7 +470,20 @@ _OPT_KEYS = {
 }
 
 
-def _read_optimizer(r, v: Value, estimators) -> OptimizerSpec:
+def read_modes(r, doc: CommentedMap) -> tuple[str, ...]:
+    """``mode``: estimate (the default), optimize, or a list of both (in that order)."""
+    if "mode" not in doc:
+        return ("estimate",)
+    items = r.items(r.entry(doc, "mode", ""), "mode")
+    modes = [r.choice(it, ("estimate", "optimize"), "mode") for it in items]
+    r.no_duplicates(items, modes, "mode")
+    return tuple(m for m in ("estimate", "optimize") if m in modes)
+
+
+def read_optimizer(r, v: Value, estimators) -> OptimizerSpec:
+    """The ``optimizer`` mapping (keys of :class:`harness.vi.api.OptimizerSpec`), checked
+    against the estimators (the leave-one-out baseline needs >= 2 samples per step).  Also
+    read by the expectation kind's ``mode: optimize``."""
     m = r.mapping(v, "name, lr, steps, samples, schedule, record_every, var_samples")
     r.reject_unknown(m, v.key, _OPT_KEYS)
     out = {}
