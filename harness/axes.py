@@ -42,7 +42,7 @@ of the estimator, ``()`` if it declares none), ``family`` a ``FamilyOps``, ``cos
 ``CostOps`` and ``consts`` the tuple of the estimator's per-cell constants (``()`` if it has
 none). It returns the sample's term g_i (per-sample kind) or a tuple of ``n_moments`` floats
 (accumulated kind). Extra random numbers for sample i come from the estimator's own streams
-(``streams``, ids 1 .. 2**31 - 1, counter index i) via ``harness.rng``; see
+(``streams``, ids 1 .. 2**30 - 1, counter index i) via ``harness.rng``; see
 ``harness/rng.py`` for the plan. Numbers that several variants draw alike (measure_valued's
 coupled and uncoupled parts) can come from ``shared_draws(component, key0, key1, index) ->
 tuple of floats`` (jitted, the same length for every component) instead: the CPU backend
@@ -126,7 +126,8 @@ class Family:
     written from the density (not from the kernel functions), for ``harness.exact``:
     ``rule(theta) -> (x, w)`` quadrature nodes and weights with sum_j w_j h(x_j) ~= E_q[h(x)]
     (``base_rule() -> (e, w)``: the same rule over the base draw, for per-cell constants that
-    an estimator computes with the kernel functions, ``harness.quadrature.kernel_values``);
+    an estimator computes with the kernel functions, ``harness.quadrature.kernel_values``;
+    a family whose base law depends on theta, such as gamma, has none and raises);
     ``score_at(component, theta, x)``; ``dx_at(component, theta, x)`` (the pathwise derivative
     as a function of x; None if not reparameterisable); ``antithetic_at(theta, x)`` (the
     antithetic partner of x; None if none); ``mean(theta)`` = E_q[x] and

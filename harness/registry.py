@@ -24,13 +24,14 @@ from functools import cache
 
 from .axes import NEEDS, Cost, Estimator, Family
 from .costs import cos, exp, quadratic, square, user
-from .distributions import bernoulli, categorical, exponential, normal
+from .distributions import bernoulli, categorical, exponential, gamma, normal
 from .errors import ConfigError
 from .estimators import (
     antithetic_pathwise,
     arm,
     delta_cv,
     disarm,
+    grep,
     gumbel_softmax,
     measure_valued,
     pathwise,
@@ -43,6 +44,7 @@ FAMILIES = {
     normal.FAMILY.name: normal.FAMILY,
     bernoulli.FAMILY.name: bernoulli.FAMILY,
     exponential.FAMILY.name: exponential.FAMILY,
+    gamma.FAMILY.name: gamma.FAMILY,
 }
 DISTRIBUTIONS = FAMILIES  # the grid key is ``problem.distribution``
 # families with a record per size, created when a grid names it: grid name -> module with
@@ -68,6 +70,7 @@ ESTIMATORS = {
     gumbel_softmax.ESTIMATOR.name: gumbel_softmax.ESTIMATOR,
     straight_through.ESTIMATOR.name: straight_through.ESTIMATOR,
     rebar.ESTIMATOR.name: rebar.ESTIMATOR,
+    grep.ESTIMATOR.name: grep.ESTIMATOR,
 }
 
 BACKENDS = ("cpu", "cuda")  # modules harness.backends.<name>, each with estimate()

@@ -16,8 +16,13 @@ Stream ids (the third counter word, 32 bits):
 - ``0``: the main samples of a cell, shared by every estimator (common random numbers).  A
   distribution family draws them with its ``draw_pair`` (the normal family: ``normal_pair``),
   two samples per counter.
-- ``1 .. 2**31 - 1``: an estimator's own extra randomness (e.g. ``measure_valued``: 1-3), for
+- ``1 .. 2**30 - 1``: an estimator's own extra randomness (e.g. ``measure_valued``: 1-3), for
   sample i at counter index i; each estimator module lists its ids (``Estimator.streams``).
+- ``s + ATTEMPT_BASE + 2 t`` and ``+ 2 t + 1`` (``ATTEMPT_BASE = 2**30``): attempt t of a
+  rejection sampler drawing main stream s (``harness.distributions.gamma``: Marsaglia-Tsang,
+  the normal and the acceptance uniform of the pair at counter index pair), so a sample's
+  draws never depend on how many attempts other samples needed; an extra uniform (the shape
+  < 1 boost) comes from stream s itself.  Estimators' own ids stay below 2**30.
 - ``s + INDEPENDENT_STREAM_OFFSET`` (``2**31 + s``): the *independent copy* of main stream s,
   drawn by exactly the rule of stream s (sample i of the copy = sample i of stream s with the
   stream id replaced).  Estimators that estimate a baseline or a control-variate coefficient
@@ -54,6 +59,7 @@ _SHIFT21 = np.uint64(21)
 _TWO_M53 = 2.0**-53
 
 INDEPENDENT_STREAM_OFFSET = 2**31  # stream s + this = the independent copy of stream s
+ATTEMPT_BASE = 2**30  # rejection samplers: attempt t of stream s on s + this + 2t, + 2t + 1
 
 
 @njit(inline="always")

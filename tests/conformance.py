@@ -43,6 +43,9 @@ FAMILY_POINTS = {
     "bernoulli": [(0.3, 0.45), (-1.5, 0.8), (2.0, 2.0)],
     # (rate, k): unit rate, a fast and a slow decay
     "exponential": [(1.0, 0.5), (2.5, 2.0), (0.4, 1.0)],
+    # (shape, rate, k): shape < 1 (the boosted sampler, a density unbounded at 0), the
+    # exponential case shape = 1, and shape > 1 with a slow rate
+    "gamma": [(0.3, 1.0, 0.5), (1.0, 2.0, 1.0), (4.5, 0.7, 2.0)],
     # (logits[0], logits[1], logits[2], k): no two probabilities equal, one category rare
     # (p = 0.03), the middle one most likely; k between categories (no f(b) ties on quadratic)
     "categorical[K=3]": [(0.2, -0.5, 1.0, 0.8), (-2.5, 0.3, 0.9, 1.3), (0.5, 1.5, -1.0, 0.4)],

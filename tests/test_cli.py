@@ -107,7 +107,7 @@ BAD = [
     ("unknown-estimator", dict(l9="estimators: [score_fuction]"), 9, "estimators[0]",
      "valid: score_function, pathwise"),
     ("unknown-cost", dict(l4="  cost: cubic"), 4, "problem.cost", "valid: square, quadratic"),
-    ("unknown-distribution", dict(l3="  distribution: gamma"), 3, "problem.distribution",
+    ("unknown-distribution", dict(l3="  distribution: weibull"), 3, "problem.distribution",
      "valid: normal"),
     ("unknown-backend", dict(l12="backend: tpu"), 12, "backend", "valid: cpu, cuda"),
     ("missing-problem", dict(l2=None, l3=None, l4=None, l5=None, l6=None, l7=None, l8=None),

@@ -174,7 +174,7 @@ def test_rejects_bad_input_with_harness_errors():
 
 COST = "cos"   # every estimator accepts cos (defined on the whole line, so on [0, 1] too)
 FAMILY_PARAMS = {"normal": {"mu": 0.3, "sigma": 1.2}, "bernoulli": {"logit": 0.4},
-                 "exponential": {"rate": 1.3},
+                 "exponential": {"rate": 1.3}, "gamma": {"shape": 0.7, "rate": 1.3},
                  "categorical[K=3]": {"logits[0]": 0.2, "logits[1]": -0.5, "logits[2]": 1.0}}
 # a sized family runs one component and the default temperatures here: the others differ only
 # in a compiled-in index or a per-cell constant, and these are kernels tests/test_estimators.py
@@ -227,14 +227,20 @@ def test_every_estimator_bitwise_across_threads_one_thread_and_reruns(family, pa
     assert np.isfinite(one[0]).all() and np.isfinite(one[1]).all()
 
 
-def base_draws(family, seed, n, stream):
+def base_draws(family, seed, n, stream, theta=()):
     """The family's first n base draws on ``stream``, pair by pair through its jitted
-    ``draw_pair`` called from Python (no kernel, no blocks)."""
+    ``draw_pair`` (or ``draw_pair_at`` with ``theta``) called from Python (no kernel, no
+    blocks)."""
     from harness import registry
 
-    draw = registry.get_family(family).draw_pair
+    fam = registry.get_family(family)
     key0, key1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
-    pairs = [draw(key0, key1, np.uint64(p), np.uint64(stream)) for p in range((n + 1) // 2)]
+    if fam.draw_pair_at is not None:
+        pairs = [fam.draw_pair_at(theta, key0, key1, np.uint64(p), np.uint64(stream))
+                 for p in range((n + 1) // 2)]
+    else:
+        pairs = [fam.draw_pair(key0, key1, np.uint64(p), np.uint64(stream))
+                 for p in range((n + 1) // 2)]
     return np.array(pairs, dtype=float).reshape(-1)[:n]
 
 
@@ -257,8 +263,8 @@ def loop_transcription(label, component, seed, n, family="normal", params=None):
     theta, k = fam.theta(params), params["k"]
     consts = tuple(cpu.constants(family, COST, [label], [component], params)[:v.n_consts])
     key0, key1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
-    eps = base_draws(family, seed, n, 0)
-    eps_copy = base_draws(family, seed, n, INDEPENDENT_STREAM_OFFSET)
+    eps = base_draws(family, seed, n, 0, theta)
+    eps_copy = base_draws(family, seed, n, INDEPENDENT_STREAM_OFFSET, theta)
     terms = []
     for i in range(n):
         x = fam.to_x(theta, eps[i])

@@ -156,6 +156,11 @@ def estimate(family, cost, estimators, components, params, n_samples: int, seeds
 
     Returns ``(estimate, sample_var)`` of shape ``(n_seeds, n_estimators, n_components)``.
     """
+    if registry.get_family(family).draw_pair_at is not None:
+        # the kernels draw with the theta-free ``draw_pair``; grids are rejected earlier
+        raise BackendError(f"backend 'cuda' does not run distribution "
+                           f"{registry.get_family(family).name} (a theta-dependent sampler; "
+                           "fix: use backend cpu)")
     cuda = require()
     components = tuple(components)
     estimators = cpu._labels(estimators)  # names, labels or EstimatorSpecs -> labels

@@ -81,9 +81,15 @@ def parse(r, doc, common) -> ExpectationProblem:
     families, costs, sized = registry.FAMILIES, registry.COSTS, registry.FAMILY_FACTORIES
     family = cost = cost_spec = factory = None
     if "distribution" in m:
-        chosen = r.choice(r.entry(m, "distribution", v.key), {**families, **sized},
-                          "distribution")
+        dv = r.entry(m, "distribution", v.key)
+        chosen = r.choice(dv, {**families, **sized}, "distribution")
         family, factory = families.get(chosen), sized.get(chosen)
+        if common.get("backend") == "cuda" and family is not None \
+                and family.draw_pair_at is not None:
+            # the CUDA kernels draw with the theta-free ``draw_pair`` (a rejection sampler
+            # whose law depends on theta, such as gamma's, runs on the CPU backend only)
+            r.fail(f"distribution {family.name} does not run on backend cuda", dv.line, dv.key,
+                   fix="use backend: cpu")
     if "cost" in m:
         cost_spec = _read_cost(r, r.entry(m, "cost", v.key), r.path)
         cost = registry.get_cost(cost_spec)
