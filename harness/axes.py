@@ -37,11 +37,19 @@ Estimator: ``per_sample(component, s, family, cost, consts)`` where ``s`` is a `
 (theta, k, e, x = to_x(theta, e), f = value(x, k), df = derivative(x, k) or NaN, e_copy =
 the sample's base draw on the independent copy stream (NaN unless the estimator declares
 ``independent_copy``), key0, key1 (the seed's Philox key, uint32 values in uint64), index
-(int64, the sample index)), ``family`` a ``FamilyOps``, ``cost`` a ``CostOps`` and ``consts``
-the tuple of the estimator's per-cell constants (``()`` if it has none).  It returns the
-sample's term g_i (per-sample kind) or a tuple of ``n_moments`` floats (accumulated kind).
-Extra random numbers for sample i come from the estimator's own streams (``streams``, ids
-1 .. 2**29 - 1, counter index i) via ``harness.rng``; see ``harness/rng.py`` for the plan.
+(int64, the sample index), shared = the tuple ``shared_draws(component, key0, key1, index)``
+of the estimator, ``()`` if it declares none), ``family`` a ``FamilyOps``, ``cost`` a
+``CostOps`` and ``consts`` the tuple of the estimator's per-cell constants (``()`` if it has
+none). It returns the sample's term g_i (per-sample kind) or a tuple of ``n_moments`` floats
+(accumulated kind). Extra random numbers for sample i come from the estimator's own streams
+(``streams``, ids 1 .. 2**29 - 1, counter index i) via ``harness.rng``; see
+``harness/rng.py`` for the plan. Numbers that several variants draw alike (measure_valued's
+coupled and uncoupled parts) can come from ``shared_draws(component, key0, key1, index) ->
+tuple of floats`` (jitted, the same length for every component) instead: the CPU backend
+then draws them once per sample for every variant with the same function (a separate kernel
+per (function, component)) and hands them over as ``s.shared``; the numbers are those the
+function returns, so a variant gives the same results whether or not another variant shares
+them.
 
 Two kinds of estimator variant
 ------------------------------
@@ -74,7 +82,8 @@ from numba import njit
 
 # ---- what the kernel hands an estimator ---------------------------------------------------
 
-Sample = namedtuple("Sample", "theta k e x f df e_copy key0 key1 index")
+# ``shared`` defaults to () so code that builds a Sample without shared draws still works
+Sample = namedtuple("Sample", "theta k e x f df e_copy key0 key1 index shared", defaults=((),))
 FamilyOps = namedtuple("FamilyOps", "to_x score times_score dx_dtheta antithetic centred")
 CostOps = namedtuple("CostOps", "value derivative")
 
@@ -250,6 +259,9 @@ class Estimator:
     prepare: Callable | None = None
     reference: Callable | None = None
     finite_n: Callable | None = None
+    # (component, key0, key1, index) -> tuple of floats, read as ``s.shared`` (module
+    # docstring); variants with the same function share the numbers (drawn once per sample)
+    shared_draws: Callable | None = None
     # family base name -> its own per_sample, for an estimator whose formula differs per
     # family (the relaxations: Bernoulli and categorical); other families use ``per_sample``
     per_sample_by_family: Mapping[str, Callable] = field(default_factory=dict)

@@ -3,8 +3,9 @@ plain per-sample loop over the same draws for every registry estimator, bitwise
 reproducibility (threads, one thread, reruns, cached vs cold, helper-process compiles),
 flat memory.
 
-Kernels are compiled per (cost, estimator variant, component): the tests share one cost
-(``cos``, which every estimator accepts) so that they compile each kernel once."""
+Term kernels are compiled per (estimator variant, component), and per cost for variants
+that evaluate the cost themselves: the tests share one cost (``cos``, which every estimator
+accepts) so that they compile each kernel once."""
 
 import math
 import os
@@ -108,11 +109,12 @@ def test_cached_kernel_in_a_new_process_gives_the_cold_numbers(tmp_path):
            "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "HARNESS_COMPILE_WORKERS": "1"}
     cold, warm = (subprocess.run([sys.executable, "-c", script], env=env, check=True,
                                  capture_output=True, text=True).stdout.split() for _ in range(2))
-    # 5 kernels: the draw kernels of (normal, square) and (normal, quadratic), and the terms
-    # (square, score_function, mu), (square, pathwise, mu), (quadratic, score_function, mu)
-    assert cold[0] == "0" and warm[0] == "5"  # the second process compiled nothing
+    # 4 kernels: the draw kernels of (normal, square) and (normal, quadratic), which compute
+    # f, and the terms (score_function, mu) and (pathwise, mu), which read f from the draw
+    # buffer and so serve every cost (``cpu.reads_cost``)
+    assert cold[0] == "0" and warm[0] == "4"  # the second process compiled nothing
     assert cold[1:] == warm[1:] and len(set(cold[1:])) == 3
-    assert len(list((tmp_path / "numba").rglob("*.nbi"))) == 5  # one cache entry per kernel
+    assert len(list((tmp_path / "numba").rglob("*.nbi"))) == 4  # one cache entry per kernel
 
 
 def test_kernels_compiled_by_helper_processes_give_the_bits_of_one_process(tmp_path):
@@ -267,8 +269,10 @@ def loop_transcription(label, component, seed, n, family="normal", params=None):
     terms = []
     for i in range(n):
         x = fam.to_x(theta, eps[i])
+        shared = () if v.shared_draws is None else v.shared_draws.py_func(
+            fam.params.index(component), key0, key1, np.int64(i))
         s = Sample(theta, k, eps[i], x, cost.value(x, k), cost.derivative(x, k), eps_copy[i],
-                   key0, key1, i)
+                   key0, key1, i, shared)
         terms.append(v.per_sample_for(fam).py_func(fam.params.index(component), s, ops,
                                                     cost_ops, consts))
     terms = np.array(terms, dtype=float).reshape(n, -1)
@@ -347,3 +351,66 @@ def test_a_family_with_a_theta_dependent_sampler_plugs_into_the_draw_kernel(monk
     with_hook = cpu.estimate(family, *args)
     plain = cpu.estimate("normal", *args)
     assert np.array_equal(with_hook[0], plain[0]) and np.array_equal(with_hook[1], plain[1])
+
+
+def reads_cost_through_a_closure(component, s, family, cost, consts):
+    def inner():
+        return cost.value(s.x, s.k)
+    return inner()
+
+
+def reads_cost_through_a_helper(component, s, family, cost, consts):
+    return loop_transcription(cost, s, family, component)
+
+
+def reads_cost_next_to_another_argument(component, s, family, cost, consts):
+    return family.score(component, s.theta, s.e) * cost.derivative(s.x, s.k)
+
+
+def reads_f_and_df_only(component, s, family, costs, consts):
+    cost = s.f   # a local that shadows nothing: the cost argument here is ``costs``
+    return cost * s.df + len(consts)
+
+
+def test_term_kernels_that_do_not_read_the_cost_are_shared_by_every_cost():
+    """A variant whose ``per_sample`` never reads its cost argument (it uses s.f and s.df,
+    computed by the draw kernel) gets one term kernel for every cost; one that evaluates
+    the cost elsewhere one per cost.  Loading a kernel compiles nothing."""
+    from harness import registry
+
+    shared = {"score_function", "score_function[baseline=mean]", "pathwise"}
+    per_cost = {"measure_valued", "score_function[baseline=optimal]", "antithetic_pathwise"}
+    for label in [label for name in registry.ESTIMATORS for label in registry.variants(name)]:
+        v = registry.resolve(label)
+        family = next(f for f in registry.FAMILIES if f in (v.families or (f,)))
+        reads = cpu.reads_cost(v.per_sample_for(registry.get_family(family)))
+        assert label not in shared or not reads, label
+        assert label not in per_cost or reads, label
+        component = registry.get_family(family).params[0]
+        costs = [c for c in ("cos", "exp", "quadratic")
+                 if registry.combination_problem(label, family, c) is None]
+        kernels = {id(cpu.load_term_kernel(family, c, label, component)) for c in costs}
+        assert len(kernels) == (len(costs) if reads else 1), label
+    # the detector itself, on functions written to hide or not hide a read
+    for fn in (reads_cost_through_a_closure, reads_cost_through_a_helper,
+               reads_cost_next_to_another_argument):
+        assert cpu.reads_cost(fn), fn.__name__
+    assert not cpu.reads_cost(reads_f_and_df_only)
+
+
+def test_variants_with_the_same_shared_draws_draw_them_once_and_keep_their_numbers():
+    """measure_valued's coupled and uncoupled variants read the same Rayleigh / Maxwell
+    draws (``Estimator.shared_draws``): a cell with both runs one shared-draw kernel per
+    component, and each variant's numbers are bitwise those it gives alone."""
+    labels = ["measure_valued", "measure_valued[coupling=false]"]
+    kernels = cpu.load_kernel("normal", COST, labels, COMPONENTS)
+    assert len(kernels.shared) == len(COMPONENTS)
+    assert kernels.shared_of_term == (0, 1, 0, 1)
+    args = (COMPONENTS, PARAMS, 20_001, np.arange(3))
+    both = cpu.estimate("normal", COST, labels, *args)
+    for i, label in enumerate(labels):
+        alone = cpu.estimate("normal", COST, [label], *args)
+        assert np.array_equal(alone[0][:, 0], both[0][:, i]), label
+        assert np.array_equal(alone[1][:, 0], both[1][:, i]), label
+    # the two variants do differ (the comparison above is not between equal numbers)
+    assert not np.array_equal(both[1][:, 0], both[1][:, 1])

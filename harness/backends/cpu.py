@@ -23,24 +23,28 @@ multiple of ``LANES`` sized so the draw buffer stays in cache; it never changes 
    number of estimators.  The family draws with ``draw_pair(key0, key1, pair, stream)``, or with
    ``draw_pair_at(theta, key0, key1, pair, stream)`` if it has one (a sampler that depends
    on theta, e.g. a rejection sampler; ``harness.axes.Family``).
-2. ``accumulate``, one kernel per (family, cost, estimator variant, component)
-   (``term_source``): reads the block, evaluates the estimator's per-sample term(s) (its
+2. ``accumulate``, one kernel per (family, estimator variant, component), and per cost
+   only if the variant evaluates the cost itself (``reads_cost``: measure_valued, arm,
+   a copy-stream baseline, ...; most read f and f' from the block, so a grid or a test
+   over several costs compiles their kernels once) (``term_source``): reads the block,
+   evaluates the estimator's per-sample term(s) (its
    ``per_sample``, unchanged contract: ``harness.axes``; extra streams such as
    measure_valued's are drawn there, vectorised over the lanes) and adds them to persistent per-job
    lane sums ``acc[job, sum | sum of squares, term, lane]`` with lane = (pair - first) %
    LANES, sample 2p before 2p + 1 and pairs in order: the order of every addition is fixed
    by the source.  Terms are shifted by those of the chunk's first sample (computed at
-   block 0 without fastmath, kept in ``shift[job, term]``) against cancellation.
+   block 0 without fastmath from the block's e, x, f and f', kept in ``shift[job,
+   term]``) against cancellation.
 3. The Python driver (``estimate``) loops over blocks, then adds each job's lanes in lane
    order and merges the chunks in chunk order with Chan's update (``merge_chunks``).
 
 So compile cost grows with the estimators, not their combinations: adding or removing an
 estimator or a component compiles only its own kernel, and every cell and grid that uses a
-(cost, variant, component) shares it; new kernels are compiled by several processes side by
-side (``compile_workers``).  The summation order is that of the former fused kernel (one
-kernel per cell type): its sums are reproduced bitwise for many terms and to 1-3 ulp for
-others (multiply-adds contracted differently once the terms are compiled apart).  Memory is
-O(jobs x (block_pairs + terms x LANES)), independent of N.
+(variant, component) (with its cost, if it reads it) shares it; new kernels are compiled by
+several processes side by side (``compile_workers``). The summation order is that of the
+former fused kernel (one kernel per cell type): its sums are reproduced bitwise for many
+terms and to 1-3 ulp for others (multiply-adds contracted differently once the terms are
+compiled apart). Memory is O(jobs x (block_pairs + terms x LANES)), independent of N.
 
 Threads: the kernels are compiled serially (``nogil``, ``error_model="numpy"``: a
 division's Python-style zero check would stop LLVM vectorising) and the jobs are split into
@@ -57,6 +61,8 @@ per-sample function, for the CUDA backend), ``chunking``, ``block_pairs``, ``mer
 
 from __future__ import annotations
 
+import dis
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -143,27 +149,23 @@ USES_COPY = {uses_copy}  # reads the base draws of the independent copy stream
 
 
 @njit(inline="always")
-def sample_terms(theta, k, e, e_copy, key0, key1, index, consts):
-    """The accumulated quantities of one sample with base draw e (e_copy: its draw on the
-    copy stream); consts: the estimator's per-cell constants for this component."""
+def sample_terms_given(theta, k, e, x, f, df, e_copy, key0, key1, index, consts, shared):
+    """The accumulated quantities of one sample with base draw e, x = to_x(theta, e),
+    f = f(x) and df = f'(x) as the draw kernel computed them (e_copy: its draw on the copy
+    stream); consts: the estimator's per-cell constants for this component; shared: the
+    estimator's shared draws of the sample (``()`` if none)."""
     family = fused_family()
     cost = fused_cost()
 {body}
 
 
-@njit(inline="always")
-def sample_terms_given(theta, k, e, x, f, df, e_copy, key0, key1, index, consts):
-    """``sample_terms`` with x, f = f(x) and df = f'(x) as the draw kernel computed them."""
-    family = fused_family()
-    cost = fused_cost()
-{body_given}
-
-
 # The same body as a separately compiled function without the kernel's fastmath flags, for
 # the once-per-chunk shift (a second inlined call site would double the compile time).  The
 # function tuples are built inside: passed in, they would be pointers the cache refuses.
+# x, f and f' come from the draw buffer, so a term kernel that does not read the cost's
+# functions needs no cost at all (``reads_cost``).
 @njit
-def first_sample_terms(theta, k, e, e_copy, key0, key1, index, consts):
+def first_sample_terms(theta, k, e, x, f, df, e_copy, key0, key1, index, consts, shared):
     family = plain_family()
     cost = plain_cost()
 {body}
@@ -181,12 +183,13 @@ def constants_tuple(consts):
 # sums) nor "nnan"/"ninf" (they break NaN checks).
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={{"contract"}})
 def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first, params,
-               consts_array, draws, shift, acc):
+               consts_array, draws, shared, shift, acc):
     """Add the terms of pairs first + block_first + i (i < block_pairs) of jobs
     (seed, chunk) ``jobs[0] <= job < jobs[1]`` to ``acc[job, sum | sum of squares, term,
     lane]``; at block 0 first store the terms of the chunk's first sample in
     ``shift[job, term]``.  ``draws``: the block's base draws of these jobs from
-    ``draw_block``, (jobs, streams, 2, block_pairs)."""
+    ``draw_block``, (jobs, streams, 2, block_pairs); ``shared``: the estimator's shared
+    draws from ``draw_shared`` (jobs, numbers, 2, block_pairs), unread if it has none."""
     block_pairs = draws.shape[3]
     n_pairs = (n_samples + 1) // 2  # an odd N uses the first draw of its last pair
     # LANES as a run-time value: with a constant 8 LLVM unrolls a small sample body fully
@@ -206,8 +209,9 @@ def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
             key0 = keys0[s]
             key1 = keys1[s]
             if block_first == 0:
-                t = first_sample_terms(theta, k, draws[row, 0, 0, 0], {first_copy}, key0,
-                                       key1, 2 * first, consts)
+                t = first_sample_terms(theta, k, draws[row, 0, 0, 0], draws[row, 1, 0, 0],
+                                       draws[row, 2, 0, 0], draws[row, 3, 0, 0], {first_copy},
+                                       key0, key1, 2 * first, consts, {first_shared})
                 for j in range(N_TERMS):
                     shift[job, j] = t[j]
             sums = np.empty((2, N_TERMS, LANES))  # the job's lane sums, local in the loop
@@ -228,7 +232,7 @@ def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
                         t = sample_terms_given(theta, k, draws[row, 0, h, i],
                                                draws[row, 1, h, i], draws[row, 2, h, i],
                                                draws[row, 3, h, i], {copy_arg}, key0, key1,
-                                               2 * p + h, consts)
+                                               2 * p + h, consts, {shared_arg})
 {accumulate}
             for j in range(N_TERMS):
                 for lane in range(LANES):
@@ -282,8 +286,44 @@ def draw_block(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
                                                                    copy_stream)
 '''
 
+_SHARED_TEMPLATE = '''\
+"""Generated by harness.backends.cpu (harness {version}); do not edit.
+
+shared draws: {function}, component {component}: the numbers of one block of pairs of every
+(seed, chunk) job that the estimator variants with this function read (``s.shared``).
+"""
+from numba import njit
+
+{imports}
+
+shared_draws = njit(inline="always", fastmath={{"contract"}})(_shared_draws.py_func)
+N_DRAWS = {n}
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={{"contract"}})
+def draw_shared(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first, draws):
+    """``draws[job - jobs[0], d, h, i]`` = number d of ``shared_draws(component, key0, key1,
+    2p + h)`` for pair p = first + block_first + i of job (seed, chunk): sample 2p + h, as
+    the term kernels number it.  Pairs past the chunk's end are left as they are."""
+    block_pairs = draws.shape[3]
+    n_pairs = (n_samples + 1) // 2
+    for job in range(jobs[0], jobs[1]):
+        row = job - jobs[0]
+        s = job // n_chunks
+        first = (job - s * n_chunks) * chunk_pairs
+        start = first + block_first
+        stop = min(block_pairs, min(first + chunk_pairs, n_pairs) - start)
+        key0 = keys0[s]
+        key1 = keys1[s]
+        for h in range(2):
+            for i in range(stop):
+                t = shared_draws({component}, key0, key1, 2 * (start + i) + h)
+{stores}
+'''
+
 # Every term of a cell as one per-sample function, for the CUDA backend (not compiled on
-# the CPU): it calls the term modules' ``sample_terms``, so both backends run the same code.
+# the CPU): it computes x, f and f' with the draw module's functions and calls the term
+# modules' ``sample_terms_given``, so both backends run the same code.
 _CELL_TEMPLATE = '''\
 """Generated by harness.backends.cpu (harness {version}); do not edit.
 
@@ -412,18 +452,45 @@ def _family_draw(fam) -> tuple[Callable, bool]:
 
 
 def _theta_source(fam, c) -> tuple[str, str]:
-    """Source of theta's elements and of k, read from the kernels' ``params`` array."""
+    """Source of theta's elements and of k, read from the kernels' ``params`` array
+    (``c`` None: a cost-free term kernel, which reads k if the array has it)."""
     n_theta = len(fam.params)
     theta = "".join(f"params[{j}], " for j in range(n_theta)).rstrip(" ,")
+    if c is None:
+        return theta, f"params[{n_theta}] if params.shape[0] > {n_theta} else 0.0"
     return theta, (f"params[{n_theta}]" if c.params else "0.0")
+
+
+def reads_cost(per_sample) -> bool:
+    """Whether an estimator's ``per_sample(component, s, family, cost, consts)`` reads its
+    ``cost`` argument at all.  One that does not evaluates the cost only through s.f and
+    s.df, which the draw kernel stored: its term kernel is the same for every cost, so it is
+    compiled once per (family, variant, component).  Read from the bytecode: the argument
+    is never loaded (nor captured by an inner function), so no cost function can be called.
+    An estimator that evaluates f elsewhere (measure_valued, arm, a copy-stream baseline)
+    loads it and keeps a kernel per cost."""
+    code = getattr(per_sample, "py_func", per_sample).__code__
+    name = code.co_varnames[3]  # (component, s, family, cost, consts)
+    if name in code.co_cellvars:
+        return True
+    for instruction in dis.get_instructions(code):
+        if "LOAD" in instruction.opname:
+            value = instruction.argval
+            if value == name or (isinstance(value, tuple) and name in value):
+                return True  # LOAD_FAST, or 3.13's LOAD_FAST_LOAD_FAST (a pair of names)
+    return False
+
+
+# The cost functions of a cost-free term kernel: NaN stand-ins, never called (``reads_cost``)
+_NO_COST = "cost_value = cost_derivative = _cost_derivative = unavailable_2"
 
 
 def _prelude(fam, c, per_sample=None) -> str:
     """The sample-evaluating part of a term module (and of a draw module, without an
-    estimator): imports and re-jitted functions."""
+    estimator): imports and re-jitted functions (``c`` None: no cost functions)."""
     imports = [_import_line(getattr(fam, name), f"_family_{name}") for name in FAMILY_FUNCTIONS
                if getattr(fam, name) is not None]
-    cost_imports, cost_defs, _ = _cost_functions(c)
+    cost_imports, cost_defs, _ = _cost_functions(c) if c is not None else ([], [_NO_COST], [])
     imports += cost_imports
     if per_sample is not None:
         imports.append(_import_line(per_sample, "_estimator"))
@@ -436,7 +503,9 @@ def _prelude(fam, c, per_sample=None) -> str:
         rejit.append(f"family_{name} = njit(**FUSED)(_family_{name}.py_func)")
         fused.append(f"family_{name}")
         plain.append(f"_family_{name}")
-    if c.derivative is not None:
+    if c is None:
+        pass
+    elif c.derivative is not None:
         rejit.append("cost_derivative = njit(**FUSED)(_cost_derivative.py_func)")
     else:
         rejit.append("cost_derivative = _cost_derivative = unavailable_2")
@@ -459,29 +528,65 @@ def _accumulate(n_terms: int, indent: str) -> str:
 def term_source(family, cost, estimator, component: str) -> str:
     """The Python source of the term kernel of one (family, cost, estimator variant,
     component): ``family`` a registry name, ``cost`` a cost spec, ``estimator`` a name or
-    label."""
-    fam, c, v = registry.get_family(family), registry.get_cost(cost), registry.resolve(estimator)
+    label.  If the variant does not read the cost (``reads_cost``) the source does not
+    depend on ``cost`` (it may then be None)."""
+    fam, v = registry.get_family(family), registry.resolve(estimator)
+    c = registry.get_cost(cost) if reads_cost(v.per_sample_for(fam)) else None
     n_terms = v.n_moments or 1
     consts = "(" + "".join(f"consts[{j}], " for j in range(v.n_consts)) + ")"
     call = f"estimator({fam.params.index(component)}, s, family, cost, {consts})"
     result = f"    return {call}" if v.n_moments else f"    return ({call},)"
-    sample = "    s = Sample(theta, k, e, x, f, df, e_copy, key0, key1, index)"
-    body = "\n".join(["    x = family_to_x(theta, e)", "    f = cost_value(x, k)",
-                      "    df = cost_derivative(x, k)", sample, result])
+    sample = "    s = Sample(theta, k, e, x, f, df, e_copy, key0, key1, index, shared)"
     theta, k = _theta_source(fam, c)
     return _TERM_TEMPLATE.format(
-        version=__version__, family=fam.name, cost=c.name, estimator=v.name,
-        component=component, prelude=_prelude(fam, c, v.per_sample_for(fam)),
-        n_terms=n_terms,
-        lanes=LANES, uses_copy=bool(v.independent_copy), body=body,
-        body_given="\n".join([sample, result]),
+        version=__version__, family=fam.name,
+        cost=c.name if c is not None else "any (f and f' from the draw kernel)",
+        estimator=v.name,
+        component=component, prelude=_prelude(fam, c, v.per_sample_for(fam)), n_terms=n_terms,
+        lanes=LANES, uses_copy=bool(v.independent_copy),
+        body="\n".join([sample, result]),
         consts_tuple="".join(f"consts[{j}], " for j in range(v.n_consts)).rstrip(" "),
         theta=theta, k=k,
         first_copy="draws[row, 4, 0, 0]" if v.independent_copy else "math.nan",
         load_shift="\n".join(f"            shift_{j} = shift[job, {j}]" for j in range(n_terms)),
         copy_arg="draws[row, 4, h, i]" if v.independent_copy else "math.nan",
+        first_shared=_shared_tuple(v, "shared[row, {d}, 0, 0]"),
+        shared_arg=_shared_tuple(v, "shared[row, {d}, h, i]"),
         accumulate=_accumulate(n_terms, " " * 24),
     )
+
+
+def n_shared(variant) -> int:
+    """How many shared draws (``Estimator.shared_draws``) a variant reads (0: none)."""
+    return 0 if variant.shared_draws is None else _n_draws(variant.shared_draws)
+
+
+@functools.cache
+def _n_draws(shared_draws) -> int:
+    """The length of the tuples ``shared_draws`` returns (checked equal for components
+    0 .. 7)."""
+    key = np.uint64(0)
+    lengths = {len(shared_draws.py_func(c, key, key, np.int64(0))) for c in range(8)}
+    if len(lengths) != 1:
+        raise ValueError(f"{shared_draws.__name__} must return the same number of draws for "
+                         f"every component, got {sorted(lengths)}")
+    return lengths.pop()
+
+
+def _shared_tuple(variant, element: str) -> str:
+    """Source of the tuple of a variant's shared draws from the buffer (``()`` if none)."""
+    n = n_shared(variant)
+    return "(" + "".join(element.format(d=d) + ", " for d in range(n)).rstrip(" ") + ")"
+
+
+def shared_source(shared_draws, component: int) -> str:
+    """The Python source of the shared-draw kernel of (``shared_draws``, component)."""
+    n = _n_draws(shared_draws)
+    py = shared_draws.py_func
+    return _SHARED_TEMPLATE.format(
+        version=__version__, function=f"{py.__module__}.{py.__qualname__}",
+        component=component, n=n, imports=_import_line(shared_draws, "_shared_draws"),
+        stores="\n".join(f"                draws[row, {d}, h, i] = t[{d}]" for d in range(n)))
 
 
 def draw_source(family, cost) -> str:
@@ -499,17 +604,28 @@ def draw_source(family, cost) -> str:
 
 
 def cell_source(family, cost, estimators: tuple[str, ...], components: tuple[str, ...],
-                term_modules: list[str]) -> str:
+                term_modules: list[str], draw_module: str) -> str:
     """The Python source of the cell module (``_CELL_TEMPLATE``) over the term modules named
-    ``term_modules`` (one per (variant, component) in C order)."""
+    ``term_modules`` (one per (variant, component) in C order) and the draw module of
+    (family, cost) (x, f and f' as the CPU's draw kernel computes them)."""
     fam, c = registry.get_family(family), registry.get_cost(cost)
     variants, slots, n_terms, n_consts = _layout(tuple(estimators), tuple(components))
-    imports, lines, names = [_import_line(fam.draw_pair, "_family_draw_pair")], [], []
+    imports = [_import_line(fam.draw_pair, "_family_draw_pair"),
+               f"from {draw_module} import cost_derivative, cost_value, family_to_x"]
+    lines = ["    x = family_to_x(theta, e)", "    f = cost_value(x, k)",
+             "    df = cost_derivative(x, k)"]
+    names = []
     for j, (module, (_, n_q, c0), v) in enumerate(zip(term_modules, slots, (
             v for v in variants for _ in components))):
-        imports.append(f"from {module} import sample_terms as terms_{j}")
+        imports.append(f"from {module} import sample_terms_given as terms_{j}")
         consts = "(" + "".join(f"cell_consts[{c0 + i}], " for i in range(v.n_consts)) + ")"
-        lines.append(f"    t{j} = terms_{j}(theta, k, e, e_copy, key0, key1, index, {consts})")
+        shared = "()"
+        if v.shared_draws is not None:
+            imports.append(_import_line(v.shared_draws, f"shared_draws_{j}"))
+            shared = f"shared_draws_{j}({fam.params.index(components[j % len(components)])}, " \
+                     "key0, key1, index)"
+        lines.append(f"    t{j} = terms_{j}(theta, k, e, x, f, df, e_copy, key0, key1, index, "
+                     f"{consts}, {shared})")
         names += [f"t{j}[{i}]" for i in range(n_q)]
     theta, k = _theta_source(fam, c)
     return _CELL_TEMPLATE.format(
@@ -561,14 +677,20 @@ def _import_generated(source: str, called) -> object:
 
 
 def _term_module(family, cost, estimator, component: str):
-    fam, c, v = registry.get_family(family), registry.get_cost(cost), registry.resolve(estimator)
-    key = ("term", fam.name, registry.cost_key(cost), v.name, component)
+    """The term module of (family, cost, variant, component); one for every cost if the
+    variant does not read the cost (``reads_cost``)."""
+    fam, v = registry.get_family(family), registry.resolve(estimator)
+    per_cost = reads_cost(v.per_sample_for(fam))
+    key = ("term", fam.name, registry.cost_key(cost) if per_cost else None, v.name, component)
     with _lock:
         if key not in _loaded:
             called = [getattr(fam, n) for n in FAMILY_FUNCTIONS if getattr(fam, n) is not None]
-            called += _cost_functions(c)[2] + [v.per_sample_for(fam)]
+            if per_cost:
+                called += _cost_functions(registry.get_cost(cost))[2]
+            called.append(v.per_sample_for(fam))
             _loaded[key] = _import_generated(
-                term_source(fam, c, v.name, component), called).accumulate
+                term_source(fam, cost if per_cost else None, v.name, component),
+                called).accumulate
         return sys.modules[_loaded[key].py_func.__module__]
 
 
@@ -590,18 +712,33 @@ def load_draw_kernel(family, cost):
         return _loaded[key]
 
 
+def load_shared_kernel(shared_draws, component: int):
+    """The ``draw_shared`` kernel of (an estimator's ``shared_draws``, component index)."""
+    py = shared_draws.py_func
+    key = ("shared", py.__module__, py.__qualname__, component)
+    with _lock:
+        if key not in _loaded:
+            _loaded[key] = _import_generated(shared_source(shared_draws, component),
+                                             [shared_draws]).draw_shared
+        return _loaded[key]
+
+
 @dataclass(frozen=True)
 class CellKernels:
-    """The kernels one cell type runs: the family's draw kernel and one term kernel per
-    (variant, component) in C order.  ``stats``: numba's cache counters summed over them
+    """The kernels one cell type runs: the family's draw kernel, one term kernel per
+    (variant, component) in C order and, per term, the index in ``shared`` of the kernel
+    drawing its shared draws (-1: none; variants with the same ``shared_draws`` share one
+    per component).  ``stats``: numba's cache counters summed over them
     (``cache_hits``/``cache_misses`` as dicts, like a dispatcher's)."""
 
     draw: object
     terms: tuple
+    shared: tuple = ()
+    shared_of_term: tuple = ()
 
     @property
     def dispatchers(self) -> tuple:
-        return (self.draw, *self.terms)
+        return (self.draw, *self.shared, *self.terms)
 
     @property
     def stats(self):
@@ -613,10 +750,20 @@ class CellKernels:
 def load_kernel(family, cost, estimators, components) -> CellKernels:
     """Import (writing them first if needed) the kernels of a cell type."""
     labels = _labels(estimators)
+    fam = registry.get_family(family)
+    shared, shared_of_term = [], []
+    for e in labels:
+        fn = registry.resolve(e).shared_draws
+        for comp in components:
+            kernel = None if fn is None else load_shared_kernel(fn, fam.params.index(comp))
+            if kernel is not None and kernel not in shared:
+                shared.append(kernel)
+            shared_of_term.append(-1 if kernel is None else shared.index(kernel))
     return CellKernels(
         draw=load_draw_kernel(family, cost),
         terms=tuple(load_term_kernel(family, cost, e, comp)
-                    for e in labels for comp in components))
+                    for e in labels for comp in components),
+        shared=tuple(shared), shared_of_term=tuple(shared_of_term))
 
 
 def cell_module(family, cost, estimators, components):
@@ -630,8 +777,9 @@ def cell_module(family, cost, estimators, components):
         if key not in _loaded:
             terms = [_term_module(fam, cost, e, comp).__name__ for e in labels
                      for comp in components]
-            _loaded[key] = _import_generated(cell_source(fam, c, labels, components, terms),
-                                             [])
+            draw = load_draw_kernel(fam, cost).py_func.__module__
+            _loaded[key] = _import_generated(
+                cell_source(fam, c, labels, components, terms, draw), [])
         return _loaded[key]
 
 
@@ -645,8 +793,15 @@ def _example_args(variant=None, n_params: int = 3) -> tuple:
     if variant is None:
         return (*head, np.int64(INDEPENDENT_STREAM_OFFSET), draws)
     n_q = variant.n_moments or 1
-    return (*head, np.zeros(variant.n_consts), draws, np.zeros((1, n_q)),
+    return (*head, np.zeros(variant.n_consts), draws, draws, np.zeros((1, n_q)),
             np.zeros((1, 2, n_q, LANES)))
+
+
+def _shared_example_args() -> tuple:
+    """Arguments of the types ``estimate`` passes to a shared-draw kernel."""
+    keys = np.zeros(1, dtype=np.uint64)
+    return (keys, keys, np.int64(2), np.int64(1), np.int64(1), np.array([0, 1]), np.int64(0),
+            np.zeros((1, 2, 2, LANES)))
 
 
 def compile_workers() -> int:
@@ -694,6 +849,8 @@ def _compile(family, cost, labels, components, kernels: CellKernels) -> None:
         theirs = {id(kernel) for w in range(1, workers) for kernel, _, _ in new[w::workers]}
         todo = [job for job in todo if id(job[0]) not in theirs] + \
             [job for job in todo if id(job[0]) in theirs]  # ours first, then load theirs
+    for kernel in kernels.shared:  # small: compiled (or loaded) here, while helpers work
+        kernel_cache.compile_once(kernel, _shared_example_args())
     for kernel, variant, _ in todo:
         if helpers and not kernel.overloads and id(kernel) in theirs:
             for proc in helpers:  # wait for every helper, then load what they compiled
@@ -825,18 +982,21 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
     keys0 = seeds_u & np.uint64(0xFFFFFFFF)
     keys1 = seeds_u >> np.uint64(32)
     n_rows = 4 + any(v.independent_copy for v in variants)  # e, x, f, df (, e_copy)
+    shared_rows = [kernel.py_func.__globals__["N_DRAWS"] for kernel in kernels.shared]
     params_v = param_vector(family, cost, params)
     head = (keys0, keys1, np.int64(n_samples), np.int64(n_chunks), np.int64(chunk_pairs))
-    terms = []  # per (variant, component): kernel, slot, constants, shift[job], acc[job]
-    for kernel, (q, n_q, c0), v in zip(kernels.terms, slots,
-                                       [v for v in variants for _ in components]):
+    terms = []  # per (variant, component): kernel, slot, constants, shift[job], acc[job],
+    #             index of its shared-draw buffer (-1: none)
+    for kernel, (q, n_q, c0), v, shared in zip(kernels.terms, slots,
+                                               [v for v in variants for _ in components],
+                                               kernels.shared_of_term):
         terms.append((kernel, q, n_q, consts[c0:c0 + v.n_consts].copy(),
-                      np.zeros((n_jobs, n_q)), np.zeros((n_jobs, 2, n_q, LANES))))
+                      np.zeros((n_jobs, n_q)), np.zeros((n_jobs, 2, n_q, LANES)), shared))
 
     n_threads = 1 if not parallel else max(1, min(numba.get_num_threads(), n_jobs))
     bounds = [n_jobs * t // n_threads for t in range(n_threads + 1)]
     groups = [np.array(bounds[t:t + 2], dtype=np.int64) for t in range(n_threads)]
-    pairs = block_pairs(max(bounds[1], 1) * n_threads, n_rows, chunk_pairs)
+    pairs = block_pairs(max(bounds[1], 1) * n_threads, n_rows + sum(shared_rows), chunk_pairs)
 
     def run(jobs):
         """Every block of jobs[0] <= job < jobs[1], with its own draw buffer.  Zeros, not
@@ -844,11 +1004,16 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
         whatever the buffer holds, and garbage bits could be slow subnormals."""
         draws = np.zeros((jobs[1] - jobs[0], n_rows, 2, pairs))
         draw_tail = (params_v, np.int64(INDEPENDENT_STREAM_OFFSET), draws)
+        shared = [np.zeros((jobs[1] - jobs[0], rows, 2, pairs)) for rows in shared_rows]
+        unread = np.zeros((1, 1, 2, LANES))  # the ``shared`` of a term without shared draws
         for block_first in range(0, chunk_pairs, pairs):
             block = np.int64(block_first)
             kernels.draw(*head, jobs, block, *draw_tail)
-            for kernel, _, _, term_consts, shift, acc in terms:
-                kernel(*head, jobs, block, params_v, term_consts, draws, shift, acc)
+            for kernel, buffer in zip(kernels.shared, shared):
+                kernel(*head, jobs, block, buffer)
+            for kernel, _, _, term_consts, shift, acc, j in terms:
+                kernel(*head, jobs, block, params_v, term_consts, draws,
+                       shared[j] if j >= 0 else unread, shift, acc)
 
     _compile(family, cost, labels, components, kernels)  # before the threads start
     if n_threads == 1:
@@ -861,7 +1026,7 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
     pair0 = np.arange(n_jobs) % n_chunks * chunk_pairs
     last = np.minimum(pair0 + chunk_pairs, (n_samples + 1) // 2)
     partials[:, 0] = np.minimum(2 * last, n_samples) - 2 * pair0
-    for _, q, n_q, _, shift, acc in terms:
+    for _, q, n_q, _, shift, acc, _ in terms:
         total = np.zeros((n_jobs, 2, n_q))
         for lane in range(LANES):  # lanes added in lane order
             total += acc[:, :, :, lane]
@@ -945,9 +1110,12 @@ def vector_width(family, cost, estimators, components) -> int:
     params = np.ones(len(fam.params) + len(c.params))
     draws = np.zeros((1, rows, 2, LANES))
     calls = [(kernels.draw, (*head, params, np.int64(INDEPENDENT_STREAM_OFFSET), draws))]
+    calls += [(kernel, (*head, np.zeros((1, kernel.py_func.__globals__["N_DRAWS"], 2, LANES))))
+              for kernel in kernels.shared]
     for kernel, v in zip(kernels.terms, [v for v in variants for _ in components]):
         n_q = v.n_moments or 1
-        calls.append((kernel, (*head, params, np.ones(v.n_consts), draws, np.zeros((1, n_q)),
+        calls.append((kernel, (*head, params, np.ones(v.n_consts), draws,
+                               np.zeros((1, max(n_shared(v), 1), 2, LANES)), np.zeros((1, n_q)),
                                np.zeros((1, 2, n_q, LANES)))))
     widths = []
     for kernel, args in calls:

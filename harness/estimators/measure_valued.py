@@ -17,7 +17,9 @@ Option ``coupling`` (default true): common random numbers between the two parts.
 Requires:  the normal family (the decompositions above are the Gaussian's); the cost's value
            only.  2 evaluations of f per sample and component (``evals_per_sample = 2``).
 Random streams: mu uses ``uniform_pair(key, i, 1)`` (U, and U- when uncoupled); sigma uses
-           ``uniform_pair(key, i, 2)`` (V0, V1) and ``normal_at(key, i, 3)`` (Z).
+           ``uniform_pair(key, i, 2)`` (V0, V1) and ``normal_at(key, i, 3)`` (Z).  Both
+           variants read them through ``shared_draws`` (mu: (W+, W-) = the Rayleigh draws
+           of U and U-; sigma: (M, V1)), so a study with both draws them once per sample.
 Per-sample variance: Var[g] of the term above (per-sample kind, within-seed sample
            variance).  Reference (``reference``, source "quadrature", NumPy): mu: 1-D composite
            Gauss-Legendre over the Rayleigh density (coupled: E[(f(x+) - f(x-))^2]; uncoupled:
@@ -51,15 +53,25 @@ def _maxwell(key0, key1, index):
     return (r if v1 < 0.5 else -r), v1
 
 
+@njit(inline="always")
+def shared_draws(component, key0, key1, index):
+    """The random numbers of sample ``index`` both variants use: mu: (W+, W-), Rayleigh
+    draws sqrt(-2 log U) of the two uniforms of stream 1 (the coupled variant uses W+
+    only); sigma: (M, V1) (``_maxwell``)."""
+    if component == 0:
+        u0, u1 = uniform_pair(key0, key1, index, STREAM_MU)
+        return math.sqrt(-2.0 * log_unit(u0)), math.sqrt(-2.0 * log_unit(u1))
+    return _maxwell(key0, key1, index)
+
+
 @njit
 def per_sample_coupled(component, s, family, cost, consts):
     mu, sigma = s.theta
     if component == 0:
-        u0, u1 = uniform_pair(s.key0, s.key1, s.index, STREAM_MU)
-        w = math.sqrt(-2.0 * log_unit(u0))
+        w = s.shared[0]
         return (cost.value(mu + sigma * w, s.k) - cost.value(mu - sigma * w, s.k)) * (
             INV_SQRT_2PI / sigma)
-    m, v1 = _maxwell(s.key0, s.key1, s.index)
+    m, v1 = s.shared
     t = 2.0 * v1
     u = t - np.float64(np.int64(t))  # frac(2 V1), t >= 0 (no np.floor: numba-cuda lacks it)
     return (cost.value(mu + sigma * m, s.k) - cost.value(mu + sigma * (m * u), s.k)) / sigma
@@ -69,12 +81,10 @@ def per_sample_coupled(component, s, family, cost, consts):
 def per_sample_independent(component, s, family, cost, consts):
     mu, sigma = s.theta
     if component == 0:
-        u0, u1 = uniform_pair(s.key0, s.key1, s.index, STREAM_MU)
-        w_plus = math.sqrt(-2.0 * log_unit(u0))
-        w_minus = math.sqrt(-2.0 * log_unit(u1))
+        w_plus, w_minus = s.shared
         return (cost.value(mu + sigma * w_plus, s.k) - cost.value(mu - sigma * w_minus, s.k)) * (
             INV_SQRT_2PI / sigma)
-    m, v1 = _maxwell(s.key0, s.key1, s.index)
+    m = s.shared[0]
     return (cost.value(mu + sigma * m, s.k) - s.f) / sigma
 
 
@@ -134,6 +144,7 @@ def configure(coupling):
         families=FAMILIES,
         streams=STREAMS,
         reference=_reference(bool(coupling)),
+        shared_draws=shared_draws,
     )
 
 
@@ -148,6 +159,7 @@ ESTIMATOR = Estimator(
     families=FAMILIES,
     streams=STREAMS,
     reference=_reference(True),
+    shared_draws=shared_draws,
     options={"coupling": (True, False)},
     configure=configure,
 )
