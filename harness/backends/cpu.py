@@ -821,6 +821,9 @@ def _compile(family, cost, labels, components, kernels: CellKernels) -> None:
     ``compile_workers() > 1``, helper processes (``python -m harness.backends.cpu``) compile
     a share each into numba's on-disk cache while this process compiles its own, and this
     process then loads theirs (the same machine code: numba's cache)."""
+    if all(d.overloads for d in kernels.dispatchers if hasattr(d, "overloads")):
+        return  # every kernel has its one signature already (typeof of the example args
+        #         costs ~1 ms per cell: mode: optimize calls a cell's kernels every step)
     fam, c = registry.get_family(family), registry.get_cost(cost)
     n_params = len(fam.params) + len(c.params)
     variants = [registry.resolve(e) for e in labels for _ in components]
