@@ -60,7 +60,7 @@ from scipy import special
 from ..axes import Family
 from ..quadrature import composite_legendre
 from ..rng import SECOND_VARIATE_OFFSET
-from .gamma import digamma
+from .gamma import digamma, draw_pair  # draw_pair: NaN, the base draw needs theta
 from .gamma import draw_pair_at as gamma_pair_at
 
 PANELS = 800             # reference rule: panels over y = logit x
@@ -170,13 +170,6 @@ def incomplete_beta_derivatives(a, b, x):
 
 
 # ---- kernel functions (@njit; theta = (a, b), e = logit x) -----------------------------------
-
-
-@njit(inline="always")
-def draw_pair(key0, key1, pair, stream):
-    """Not a sampler: the Beta base draw depends on (a, b) (``draw_pair_at``).  NaN, so a
-    kernel that bypassed the hook could not return plausible numbers."""
-    return math.nan, math.nan
 
 
 @njit

@@ -147,8 +147,8 @@ def incomplete_gamma_da(a, x):
 
 @njit(inline="always")
 def draw_pair(key0, key1, pair, stream):
-    """Not a sampler: the Gamma base draw depends on shape (``draw_pair_at``).  NaN, so a
-    kernel that bypassed the hook could not return plausible numbers."""
+    """Not a sampler: the base draw depends on theta (``draw_pair_at``; also the Beta
+    family's).  NaN, so a kernel that bypassed the hook could not return plausible numbers."""
     return math.nan, math.nan
 
 

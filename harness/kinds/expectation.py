@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..model import Cell, ProblemKind
 from ..results import estimate_columns
 from ..vi.api import OptimizerSpec
-from ..vi.config import read_modes, read_optimizer
+from ..vi.config import describe_modes, read_modes, read_optimizer
 from . import expectation_optimize
 
 NAME = "expectation"
@@ -283,18 +283,10 @@ def describe(grid) -> str:
     cells = math.prod(len(values) for _, values in p.params) * len(grid.n_samples)
     params = " ".join(f"{name}={values_text(values)}" for name, values in p.params)
     cost = registry.get_cost(p.cost).name
-    what, cells = [], 0
     points = math.prod(len(values) for _, values in p.params)
-    if "estimate" in p.modes:
-        what.append(f"N={values_text(grid.n_samples)}")
-        cells += points * len(grid.n_samples)
-    if "optimize" in p.modes:
-        o = p.optimizer
-        what.append(f"optimize {o.name} lr={o.lr:g} {o.schedule} steps={o.steps} "
-                    f"samples/step={o.samples}")
-        cells += points * len(grid.estimators)
-    return (f"{cells} cells; {p.distribution}/{cost} {params}; wrt {','.join(p.wrt)}; "
-            f"{'; '.join(what)}")
+    cells, what = describe_modes(p.modes, p.optimizer, points, grid,
+                                 values_text(grid.n_samples))
+    return f"{cells} cells; {p.distribution}/{cost} {params}; wrt {','.join(p.wrt)}; {what}"
 
 
 # ----------------------------------------------------------------------------- expansion

@@ -538,14 +538,20 @@ def describe(grid) -> str:
     pts = len(p.points)
     fams = ",".join(dict.fromkeys(pt.family for pt in p.points))
     dims = ",".join(str(d) for d in dict.fromkeys(pt.dim for pt in p.points))
+    cells, what = describe_modes(p.modes, p.optimizer, pts, grid, f"{list(grid.n_samples)}")
+    return f"{cells} cells; elbo target {p.target} family {fams} dim {dims}; {what}"
+
+
+def describe_modes(modes, optimizer, points: int, grid, n_text: str) -> tuple[int, str]:
+    """(cells, words) of a grid's modes for ``describe``: ``points`` problem points, one
+    estimate cell per N (``n_text``: the N list in words), one optimize cell per estimator."""
     what, cells = [], 0
-    if "estimate" in p.modes:
-        what.append(f"N={list(grid.n_samples)}")
-        cells += pts * len(grid.n_samples)
-    if "optimize" in p.modes:
-        o = p.optimizer
+    if "estimate" in modes:
+        what.append(f"N={n_text}")
+        cells += points * len(grid.n_samples)
+    if "optimize" in modes:
+        o = optimizer
         what.append(f"optimize {o.name} lr={o.lr:g} {o.schedule} steps={o.steps} "
                     f"samples/step={o.samples}")
-        cells += pts * len(grid.estimators)
-    return (f"{cells} cells; elbo target {p.target} family {fams} dim {dims}; "
-            f"{'; '.join(what)}")
+        cells += points * len(grid.estimators)
+    return cells, "; ".join(what)
