@@ -42,8 +42,12 @@ Per-sample variance (exponential), ``reference``, source "quadrature", NumPy ove
            nodes in e (the definition above, apart from the kernel): the mean
            (E_Exp f - E_Gamma(2) f) / rate on the family's rule (Gamma(2) weights = Exp(1)
            weights times e); uncoupled: the two parts' moments combined by independence;
-           coupled: E[(f(E1 / rate) - f((E1 + E2) / rate))^2] on a 2-D tensor rule in (E1, E2)
-           (``_exp_tensor_rule``).  Quadratic cost (x - k)^2, coupled, closed form for
+           coupled: the 2-D integral E[(f(E1 / rate) - f((E1 + E2) / rate))^2] over (E1, E2),
+           its cross term int int e^-(a+b) f(a / rate) f((a+b) / rate) as the iterated
+           int e^-s f(s / rate) (int_0^s f(a / rate) da) ds (s = a + b) on the family's
+           composite rule, the inner integral per panel by Legendre interpolation
+           (``_running_integrals``), f centred by E f(x+) (no cancellation of large E f^2;
+           g does not change).  Quadratic cost (x - k)^2, coupled, closed form for
            checking: g = -E2 (2 E1 + E2 - 2 k rate) / rate^3, Var[g] = (48 - 12 c + c^2) /
            rate^6 with c = 2 k rate (tests/test_discrete.py).
 Reference: Pflug (1989); Heidergott & Vazquez-Abad (2000); Mohamed et al., JMLR 2020,
@@ -56,6 +60,7 @@ import numpy as np
 from numba import njit
 
 from ..axes import Estimator
+from ..distributions.exponential import EXP_PANELS
 from ..distributions.exponential import draw_pair as exponential_pair
 from ..quadrature import composite_legendre, hermite_rule, rayleigh_expect, unit_nodes, values
 from ..rng import normal_at, uniform_pair
@@ -64,6 +69,9 @@ from ..scalar_math import log_unit
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 STREAM_MU, STREAM_SIGMA, STREAM_SIGMA_NORMAL = 1, 2, 3
 STREAM_RATE = 13   # the exponential family's E2 (and E1' when uncoupled)
+# the exponential family's rule for the coupled cross term: as its own 1-D rule (EXP_PANELS
+# panels of 16 nodes on [0, 80]), with the panel structure the running integral needs
+EXP_TOP, EXP_ORDER = 80.0, 16
 
 
 @njit(inline="always")
@@ -158,35 +166,50 @@ def _sigma_moments(cost, mu, sigma, k, coupled):
     return mean, max(second - mean * mean, 0.0)
 
 
-# the coupled rate-term's 2-D rule: composite Gauss-Legendre in each of E1, E2 on [0, 50]
-# (mass beyond e^-50), panels of width 1/8 as in the family's 1-D rule (for narrow exp costs)
-EXP_TENSOR_PANELS, EXP_TENSOR_ORDER, EXP_TENSOR_TOP = 400, 8, 50.0
+def _running_integrals(top: float, panels: int, order: int):
+    """(s, w, cumulative): composite Gauss-Legendre nodes s and weights w on [0, top] and the
+    matrix-free map h -> H with H_j = int_0^{s_j} h(a) da for h sampled at the nodes (per
+    panel, the integral of the panel's interpolating polynomial up to each node: the
+    Legendre "integration matrix"; exact for piecewise polynomials of degree < order)."""
+    s, w = composite_legendre(0.0, top, panels, order)
+    x, _ = np.polynomial.legendre.leggauss(order)
+    to_coefficients = np.linalg.inv(np.polynomial.legendre.legvander(x, order - 1))
+    integrals = np.stack([np.polynomial.legendre.legval(x, np.polynomial.legendre.legint(
+        np.eye(order)[n], lbnd=-1.0)) for n in range(order)], axis=1)
+    within = integrals @ to_coefficients          # [node j, node i] on the panel [-1, 1]
+    half = 0.5 * top / panels
+
+    def cumulative(h):
+        h = h.reshape(panels, order)
+        inside = half * (h @ within.T)            # from the panel's left edge to each node
+        before = np.concatenate([[0.0], np.cumsum(half * (h @ _gauss_weights(order)))[:-1]])
+        return (before[:, None] + inside).ravel()
+
+    return s, w, cumulative
 
 
-def _exp_tensor_rule():
-    """(e, w): 1-D nodes and weights for E over Exp(1) (weights include e^-e), used in both
-    coordinates of the 2-D rule."""
-    e, w = composite_legendre(0.0, EXP_TENSOR_TOP, EXP_TENSOR_PANELS, EXP_TENSOR_ORDER)
-    return e, w * np.exp(-e)
+def _gauss_weights(order):
+    return np.polynomial.legendre.leggauss(order)[1]
 
 
 def _rate_moments(family, cost, rate, k, coupled):
     """(mean, variance) of the exponential family's rate-term (module docstring), written
-    in Exp(1) variables e from the decomposition, never from the kernel."""
+    in Exp(1) variables from the decomposition, never from the kernel."""
     e, w = family.base_rule()                 # E over E ~ Exp(1)
     f = values(cost.value, e / rate, k)       # f(E / rate) and, weighted by e, f(T / rate)
     w_gamma2 = w * e                          # E over T ~ Gamma(2, 1): density t e^-t
     mean_plus, mean_minus = float(w @ f), float(w_gamma2 @ f)
     mean = (mean_plus - mean_minus) / rate
     if coupled:
-        e1, w1 = _exp_tensor_rule()
-        second = 0.0
-        for i in range(0, e1.size, 200):      # rows of E1 in blocks: bounded memory
-            rows = slice(i, i + 200)
-            f_plus = values(cost.value, e1[rows] / rate, k)
-            f_minus = values(cost.value, (e1[rows, None] + e1[None, :]) / rate, k)
-            second += float(w1[rows] @ (((f_plus[:, None] - f_minus) ** 2) @ w1))
-        second /= rate * rate
+        # E[(f(E1 / rate) - f((E1 + E2) / rate))^2] = E f+^2 - 2 E[f+ f-] + E f-^2, f centred
+        # (g does not change; no cancellation of large E f^2), and the 2-D cross term
+        # int int e^-(a + b) f(a) f(a + b) da db = int e^-s f(s) (int_0^s f(a) da) ds (s = a + b)
+        s, ws, cumulative = _running_integrals(EXP_TOP, EXP_PANELS, EXP_ORDER)
+        fc = values(cost.value, s / rate, k) - mean_plus
+        weight = np.exp(-s) * ws
+        cross = float(weight @ (fc * cumulative(fc)))
+        second = (float(weight @ fc ** 2) - 2.0 * cross + float((weight * s) @ fc ** 2)) \
+            / rate ** 2
     else:
         second = (float(w @ f ** 2) - 2.0 * mean_plus * mean_minus
                   + float(w_gamma2 @ f ** 2)) / rate ** 2
