@@ -36,7 +36,7 @@ Exponential family (q = rate e^{-rate x} on x > 0; Mohamed et al. 2020, Table 2)
   coupled (default): E1' = E1: x- = x+ + E2 / rate (a Gamma(2) draw is the sum of two
            exponentials; common random numbers in E1).
   uncoupled: E1' and E2 both new, independent of E1.
-Random streams (exponential): ``exponential.draw_pair(key, i, STREAM_RATE)`` gives two
+Random streams (exponential): ``exponential.draw_pair(key, i, 13)`` (``STREAM_RATE``): two
            Exp(1) draws per sample: coupled uses the first (E2), uncoupled both (E1', E2).
 Per-sample variance (exponential), ``reference``, source "quadrature", NumPy over Exp(1)
            nodes in e (the definition above, apart from the kernel): the mean
