@@ -15,10 +15,10 @@ from functools import partial
 import numba
 import numpy as np
 import pytest
-from conformance import FAMILY_POINTS, Z, params, z_scores
+from conformance import FAMILY_POINTS, Z, conformance_labels, params, z_scores
 from helpers import needs_cuda
 from numba import njit
-from scipy import integrate
+from scipy import integrate, stats
 from scipy.special import expit
 
 from harness import exact, registry
@@ -26,7 +26,9 @@ from harness.axes import Cost
 from harness.backends import cpu
 from harness.config import parse_grid
 from harness.distributions.bernoulli import logistic_noise, probability
+from harness.distributions.exponential import draw_pair as exponential_pair
 from harness.errors import ConfigError
+from harness.estimators.measure_valued import STREAM_RATE
 from harness.rng import uniform_pair
 
 BERNOULLI_POINTS = FAMILY_POINTS["bernoulli"]
@@ -234,6 +236,114 @@ def _squared(g, x):
     return g(x) ** 2
 
 
+# ---- exponential: the measure-valued (weak-derivative) estimator --------------------------------
+
+MEASURE_VALUED = ("measure_valued", "measure_valued[coupling=false]")
+# the built-in costs as documented (README), in plain Python for scipy: apart from the
+# registry's jitted functions, and fast to call from quad
+PLAIN_COSTS = {"square": lambda x, k: x * x, "quadratic": lambda x, k: (x - k) ** 2,
+               "exp": lambda x, k: math.exp(-k * x * x), "cos": lambda x, k: math.cos(k * x)}
+
+
+@pytest.mark.parametrize("point", EXPONENTIAL_POINTS)
+def test_exponential_weak_derivative_decomposition(point):
+    """Table 2 of Mohamed et al. (2020) for Exp(rate): d/drate q = c (q+ - q-) with c = 1/rate,
+    q+ = Exp(rate), q- = Gamma(2, rate): checked pointwise against a central difference of
+    the density in rate (scipy.stats densities, not the module's), and in expectation: the
+    module's reference mean (its sign and constant) equals a central difference in rate of
+    E_q[f] by scipy quad, for every cost."""
+    rate, k = point
+    h = 1e-6 * rate
+    x = np.linspace(0.01, 8.0 / rate, 41)
+    fd = (stats.expon.pdf(x, scale=1 / (rate + h)) - stats.expon.pdf(x, scale=1 / (rate - h))) \
+        / (2 * h)
+    split = (stats.expon.pdf(x, scale=1 / rate) - stats.gamma.pdf(x, 2, scale=1 / rate)) / rate
+    assert np.allclose(split, fd, rtol=1e-7, atol=1e-9 * rate)
+
+    def objective(cost, r):
+        return integrate.quad(lambda x: r * math.exp(-r * x) * PLAIN_COSTS[cost](x, k), 0.0,
+                              math.inf, limit=400, epsabs=1e-14, epsrel=1e-12)[0]
+
+    for cost in COSTS:
+        h = 1e-4 * rate
+        slope = (objective(cost, rate + h) - objective(cost, rate - h)) / (2 * h)
+        p_ = params(cost, point, "exponential")
+        for label in MEASURE_VALUED:
+            mean, _ = registry.resolve(label).reference(
+                registry.FAMILIES["exponential"], registry.COSTS[cost], "rate", p_)
+            assert mean == pytest.approx(slope, rel=1e-6, abs=1e-9), (cost, label)
+
+
+def _raw_moments(law):
+    """E[Y^j], j = 0..4, for Y ~ Exp(1) (j!) or Gamma(2, 1) ((j + 1)!)."""
+    return [math.factorial(j + (law == "gamma2")) for j in range(5)]
+
+
+def _central(law, m, power):
+    """E[(Y - m)^power] from the raw moments (binomial expansion)."""
+    raw = _raw_moments(law)
+    return sum(math.comb(power, j) * raw[j] * (-m) ** (power - j) for j in range(power + 1))
+
+
+def measure_valued_quadratic_closed_form(rate, k, coupled):
+    """Var[g] for f = (x - k)^2 (square: k = 0), derived by hand from moments of Exp(1):
+    coupled, g = -E2 (2 E1 + E2 - c) / rate^3 with c = 2 k rate: (48 - 12 c + c^2) / rate^6;
+    uncoupled, g = (f(E1 / rate) - f(T / rate)) / rate with f(Y / rate) = (Y - k rate)^2 /
+    rate^2: (Var_Exp + Var_Gamma2 of (Y - k rate)^2) / rate^6."""
+    c, m = 2.0 * k * rate, k * rate
+    if coupled:
+        return (48.0 - 12.0 * c + c * c) / rate ** 6
+    var = sum(_central(law, m, 4) - _central(law, m, 2) ** 2 for law in ("exp", "gamma2"))
+    return var / rate ** 6
+
+
+def measure_valued_scipy(cost, rate, k, coupled):
+    """(mean, Var[g]) by scipy quad in x: x+ ~ Exp(rate), x- ~ Gamma(2, rate) (scipy.stats
+    densities); coupled, x- = x+ + b with b ~ Exp(rate) independent (a 2-D integral over
+    (x+, b))."""
+    def expect(h, law):
+        return integrate.quad(lambda x: law.pdf(x) * h(x), 0.0, math.inf, limit=400,
+                              epsabs=1e-13, epsrel=1e-11)[0]
+
+    plus, minus = stats.expon(scale=1 / rate), stats.gamma(2, scale=1 / rate)
+    fx = partial(PLAIN_COSTS[cost], k=k)
+    mean = (expect(fx, plus) - expect(fx, minus)) / rate
+    if coupled:
+        second = integrate.dblquad(
+            lambda b, a: rate * rate * math.exp(-rate * (a + b)) * (fx(a) - fx(a + b)) ** 2,
+            0.0, math.inf, 0.0, math.inf, epsabs=1e-12, epsrel=1e-10)[0] / rate ** 2
+    else:
+        second = (expect(lambda x: fx(x) ** 2, plus) - 2 * expect(fx, plus) * expect(fx, minus)
+                  + expect(lambda x: fx(x) ** 2, minus)) / rate ** 2
+    return mean, second - mean * mean
+
+
+@pytest.mark.parametrize("cost", COSTS)
+@pytest.mark.parametrize("point", EXPONENTIAL_POINTS)
+def test_exponential_measure_valued_references_match_scipy_and_closed_forms(cost, point):
+    """The per-sample variance of both variants (the module's fixed rules: 1-D sums, a 2-D
+    tensor rule for the coupled form) against hand-derived closed forms (square and
+    quadratic) or scipy's adaptive quad / dblquad (exp and cos), and the gradient they
+    integrate to against the exact gradient (E[f score])."""
+    rate, k = point
+    k = k if cost != "square" else 0.0
+    p_ = params(cost, point, "exponential")
+    for label, coupled in zip(MEASURE_VALUED, (True, False)):
+        ref = exact.references(label, "rate", "exponential", cost, p_)
+        own_mean = registry.resolve(label).reference(
+            registry.FAMILIES["exponential"], registry.COSTS[cost], "rate", p_)[0]
+        assert ref.source == "quadrature"
+        assert own_mean == pytest.approx(ref.grad, rel=1e-10, abs=1e-13), label
+        if cost in ("square", "quadratic"):
+            grad, var = -4.0 / rate ** 3 + 2.0 * k / rate ** 2, \
+                measure_valued_quadratic_closed_form(rate, k, coupled)
+        else:
+            grad, var = measure_valued_scipy(cost, rate, k, coupled)
+        assert ref.grad == pytest.approx(grad, rel=1e-8, abs=1e-12), label
+        assert ref.var == pytest.approx(var, rel=1e-7, abs=1e-12), label
+
+
+
 # ---- deliberately wrong estimators: the conformance check must reject each -----------------------
 
 @njit
@@ -292,6 +402,22 @@ def exponential_pathwise_scaled(component, s, family, cost, consts):
     return 1.05 * s.df * family.dx_dtheta(component, s.theta, s.e)
 
 
+@njit
+def exponential_mv_double_constant(component, s, family, cost, consts):
+    # the coupled weak derivative with c = 2 / rate for 1 / rate: twice the gradient
+    rate = s.theta[0]
+    e2, _ = exponential_pair(s.key0, s.key1, s.index, STREAM_RATE)
+    return 2.0 * (s.f - cost.value((s.e + e2) / rate, s.k)) / rate
+
+
+@njit
+def exponential_mv_one_draw_twice(component, s, family, cost, consts):
+    # the coupling taken too far: x- = (E1 + E1) / rate is Exp(rate / 2), not Gamma(2, rate)
+    # (same mean, larger second moment: biased on every cost but a linear one)
+    rate = s.theta[0]
+    return (s.f - cost.value((s.e + s.e) / rate, s.k)) / rate
+
+
 registry_disarm = registry.ESTIMATORS["disarm"].per_sample
 
 WRONG = {  # name -> (per_sample, impersonated label, family)
@@ -301,6 +427,10 @@ WRONG = {  # name -> (per_sample, impersonated label, family)
     "rebar_fixed_conditional": (rebar_fixed_conditional, "rebar", "bernoulli"),
     "gumbel_hotter": (gumbel_hotter, "gumbel_softmax", "bernoulli"),
     "exponential_pathwise_scaled": (exponential_pathwise_scaled, "pathwise", "exponential"),
+    "exponential_mv_double_constant": (exponential_mv_double_constant, "measure_valued",
+                                       "exponential"),
+    "exponential_mv_one_draw_twice": (exponential_mv_one_draw_twice, "measure_valued",
+                                      "exponential"),
 }
 
 
@@ -310,8 +440,11 @@ def wrong_registered(monkeypatch):
 
     for name, (fn, impersonates, _) in WRONG.items():
         real = registry.resolve(impersonates)
+        # per_sample_by_family={}: the wrong function runs on every family (measure_valued
+        # maps the exponential family to its own kernel)
         monkeypatch.setitem(registry.ESTIMATORS, name, dataclasses.replace(
-            real, name=name, per_sample=fn, description="deliberately wrong"))
+            real, name=name, per_sample=fn, per_sample_by_family={},
+            description="deliberately wrong"))
     registry._resolve.cache_clear()
     yield
     registry._resolve.cache_clear()
@@ -339,6 +472,20 @@ def test_a_biased_estimator_checked_against_the_gradient_is_rejected():
     assert max(abs(v) for v in z_own.values()) < Z, z_own
 
 
+@pytest.mark.parametrize("point", EXPONENTIAL_POINTS)
+def test_lost_coupling_is_rejected_by_the_variance_check(point):
+    """Each measure-valued variant checked against the other's reference: the means agree
+    (both unbiased), the per-sample variances do not (coupling halves it or better at these
+    points), and the same check rejects each swap; against its own reference each passes."""
+    fused = conformance_labels("quadratic", "exponential")
+    for label, other in (MEASURE_VALUED, MEASURE_VALUED[::-1]):
+        z = z_scores(label, other, "quadratic", "rate", point, fused=fused, family="exponential")
+        assert abs(z["mean"]) < Z and max(abs(z["pooled"]), abs(z["spread"])) > Z, (label, z)
+        z_own = z_scores(label, label, "quadratic", "rate", point, fused=fused,
+                         family="exponential")
+        assert max(abs(v) for v in z_own.values()) < Z, (label, z_own)
+
+
 # ---- validation: combinations that cannot work, in one line ------------------------------------
 
 def _grid(distribution, params_text, estimators, cost="quadratic"):
@@ -350,7 +497,7 @@ def _grid(distribution, params_text, estimators, cost="quadratic"):
     ("bernoulli", "  logit: 0.3\n  k: 0.45\n", "pathwise",
      "pathwise needs a reparameterisable family (dx/dtheta), which family bernoulli is not"),
     ("bernoulli", "  logit: 0.3\n  k: 0.45\n", "measure_valued",
-     "measure_valued is defined for the normal family only, not bernoulli"),
+     "measure_valued is defined for the normal or exponential family only, not bernoulli"),
     ("normal", "  mu: 0.3\n  sigma: 1.0\n  k: 0.45\n", "gumbel_softmax",
      "gumbel_softmax is defined for the bernoulli or categorical family only, not normal"),
     ("exponential", "  rate: 2.0\n  k: 0.45\n", "rebar",
@@ -463,17 +610,21 @@ def test_discrete_estimators_are_bitwise_identical_for_one_and_two_threads():
 
 
 @needs_cuda
-def test_cuda_backend_matches_the_cpu_on_the_same_streams(monkeypatch):
-    """The Bernoulli family with ARM, REBAR (its own stream) and the leave-one-out baseline
-    on the CUDA backend (the simulator in tox -e cudasim): the CPU's numbers to the tolerance
-    of tests/test_cuda.py, on the same Philox streams."""
+@pytest.mark.parametrize("family,ests,params_", [
+    ("bernoulli", list(BERNOULLI_SET), {"logit": 0.3, "k": 0.45}),
+    ("exponential", list(MEASURE_VALUED), {"rate": 1.5, "k": 0.45})])
+def test_cuda_backend_matches_the_cpu_on_the_same_streams(monkeypatch, family, ests, params_):
+    """The Bernoulli family with ARM, REBAR (its own stream) and the leave-one-out baseline,
+    and the exponential family's measure-valued variants (its own stream), on the CUDA
+    backend (the simulator in tox -e cudasim): the CPU's numbers to the tolerance of
+    tests/test_cuda.py, on the same Philox streams."""
     from harness.backends import cuda
 
     monkeypatch.setattr(cuda, "MIN_CHUNK_PAIRS", 64)
-    ests = list(BERNOULLI_SET)
     seeds = np.array([0, 7, 2**40 + 3])
+    comps = registry.FAMILIES[family].params
     for n in (3, 1001):
-        args = ("bernoulli", "quadratic", ests, ("logit",), {"logit": 0.3, "k": 0.45}, n, seeds)
+        args = (family, "quadratic", ests, comps, params_, n, seeds)
         (eg, vg), (ec, vc) = cuda.estimate(*args), cpu.estimate(*args)
         assert np.all(np.abs(eg - ec) <= 1e-12 * (np.abs(ec) + np.sqrt(vc))), n
         assert np.allclose(vg, vc, rtol=1e-10, atol=0), n

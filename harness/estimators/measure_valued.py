@@ -1,6 +1,7 @@
-"""Measure-valued (weak-derivative) estimator for the Gaussian.
+"""Measure-valued (weak-derivative) estimator for the Gaussian and the exponential family.
 
-Estimand:  d/dtheta E_q[f(x)] for q = N(mu, sigma^2), theta in {mu, sigma}.
+Estimand:  d/dtheta E_q[f(x)] for q = N(mu, sigma^2), theta in {mu, sigma}, and for
+           q = Exp(rate), theta = rate (``per_sample_by_family``: one estimator, two kernels).
 Formula:   the derivative of the density is split into a positive and a negative part, each a
            probability density times a constant c:  d/dtheta q = c (q+ - q-), so
            g = c (f(x+) - f(x-)) with x+ ~ q+, x- ~ q-.
@@ -14,8 +15,9 @@ Option ``coupling`` (default true): common random numbers between the two parts.
            independent of the sign, since M U' ~ N(0, 1) exactly for U' independent of M.
   false:   mu: W+ and W- from two independent uniforms.  sigma: E = the shared eps
            (stream 0), independent of M.
-Requires:  the normal family (the decompositions above are the Gaussian's); the cost's value
-           only.  2 evaluations of f per sample and component (``evals_per_sample = 2``).
+Requires:  the normal or the exponential family (each with its own decomposition); the cost's
+           value only.  2 evaluations of f per sample and component (``evals_per_sample = 2``;
+           the exponential's f(x+) is the shared sample's f, so its kernel evaluates f once).
 Random streams: mu uses ``uniform_pair(key, i, 1)`` (U, and U- when uncoupled); sigma uses
            ``uniform_pair(key, i, 2)`` (V0, V1) and ``normal_at(key, i, 3)`` (Z).  Both
            variants read them through ``shared_draws`` (mu: (W+, W-) = the Rayleigh draws
@@ -26,8 +28,32 @@ Per-sample variance: Var[g] of the term above (per-sample kind, within-seed samp
            the two parts' moments combined by independence); sigma: Gauss-Hermite over the
            Maxwell density (E_M[h] = E_eps[eps^2 h(eps)]), uncoupled combined with E_q f by
            independence, coupled a 2-D rule (Gauss-Hermite in M x Gauss-Legendre in U').
+Exponential family (q = rate e^{-rate x} on x > 0; Mohamed et al. 2020, Table 2):
+  rate:    d/drate q(x) = q(x) / rate - x q(x) = (1 / rate) (q(x) - x rate q(x)), and
+           x rate q(x) = rate^2 x e^{-rate x} is the Gamma(2, rate) density (the size-biased
+           law x q / E x), so c = 1 / rate, q+ = Exp(rate), q- = Gamma(2, rate):
+             g = (f(x+) - f(x-)) / rate,   x+ = E1 / rate,  x- = (E1' + E2) / rate,
+           E1, E1', E2 ~ Exp(1).  x+ is the family's own sample (E1 = the base draw e of
+           stream 0, so f(x+) = s.f).
+  coupled (default): E1' = E1: x- = x+ + E2 / rate (a Gamma(2) draw is the sum of two
+           exponentials; common random numbers in E1).
+  uncoupled: E1' and E2 both new, independent of E1.
+Random streams (exponential): ``exponential.draw_pair(key, i, 13)`` (``STREAM_RATE``): two
+           Exp(1) draws per sample: coupled uses the first (E2), uncoupled both (E1', E2).
+Per-sample variance (exponential), ``reference``, source "quadrature", NumPy over Exp(1)
+           nodes in e (the definition above, apart from the kernel): the mean
+           (E_Exp f - E_Gamma(2) f) / rate on the family's rule (Gamma(2) weights = Exp(1)
+           weights times e); uncoupled: the two parts' moments combined by independence;
+           coupled: the 2-D integral E[(f(E1 / rate) - f((E1 + E2) / rate))^2] over (E1, E2),
+           its cross term int int e^-(a+b) f(a / rate) f((a+b) / rate) as the iterated
+           int e^-s f(s / rate) (int_0^s f(a / rate) da) ds (s = a + b) on the family's
+           composite rule, the inner integral per panel by Legendre interpolation
+           (``_running_integrals``), f centred by E f(x+) (no cancellation of large E f^2;
+           g does not change).  Quadratic cost (x - k)^2, coupled, closed form for
+           checking: g = -E2 (2 E1 + E2 - 2 k rate) / rate^3, Var[g] = (48 - 12 c + c^2) /
+           rate^6 with c = 2 k rate (tests/test_discrete.py).
 Reference: Pflug (1989); Heidergott & Vazquez-Abad (2000); Mohamed et al., JMLR 2020,
-           Section 6.
+           Section 6 and Table 2.
 """
 
 import math
@@ -36,12 +62,18 @@ import numpy as np
 from numba import njit
 
 from ..axes import Estimator
-from ..quadrature import hermite_rule, rayleigh_expect, unit_nodes, values
+from ..distributions.exponential import EXP_PANELS
+from ..distributions.exponential import draw_pair as exponential_pair
+from ..quadrature import composite_legendre, hermite_rule, rayleigh_expect, unit_nodes, values
 from ..rng import normal_at, uniform_pair
 from ..scalar_math import log_unit
 
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 STREAM_MU, STREAM_SIGMA, STREAM_SIGMA_NORMAL = 1, 2, 3
+STREAM_RATE = 13   # the exponential family's E2 (and E1' when uncoupled)
+# the exponential family's rule for the coupled cross term: as its own 1-D rule (EXP_PANELS
+# panels of 16 nodes on [0, 80]), with the panel structure the running integral needs
+EXP_TOP, EXP_ORDER = 80.0, 16
 
 
 @njit(inline="always")
@@ -88,6 +120,22 @@ def per_sample_independent(component, s, family, cost, consts):
     return (cost.value(mu + sigma * m, s.k) - s.f) / sigma
 
 
+@njit
+def per_sample_exponential_coupled(component, s, family, cost, consts):
+    # x+ = s.x = E1 / rate and x- = (E1 + E2) / rate: a Gamma(2, rate) draw sharing E1
+    rate = s.theta[0]
+    e2, _ = exponential_pair(s.key0, s.key1, s.index, STREAM_RATE)
+    return (s.f - cost.value((s.e + e2) / rate, s.k)) / rate
+
+
+@njit
+def per_sample_exponential_independent(component, s, family, cost, consts):
+    # x- = (E1' + E2) / rate from the estimator's own stream, independent of x+ = s.x
+    rate = s.theta[0]
+    e1_new, e2 = exponential_pair(s.key0, s.key1, s.index, STREAM_RATE)
+    return (s.f - cost.value((e1_new + e2) / rate, s.k)) / rate
+
+
 # ---- exact references by quadrature ---------------------------------------------------------
 
 def _mu_moments(cost, mu, sigma, k, coupled):
@@ -128,10 +176,63 @@ def _sigma_moments(cost, mu, sigma, k, coupled):
     return mean, max(second - mean * mean, 0.0)
 
 
+def _running_integrals(top: float, panels: int, order: int):
+    """(s, w, cumulative): composite Gauss-Legendre nodes s and weights w on [0, top] and the
+    matrix-free map h -> H with H_j = int_0^{s_j} h(a) da for h sampled at the nodes (per
+    panel, the integral of the panel's interpolating polynomial up to each node: the
+    Legendre "integration matrix"; exact for piecewise polynomials of degree < order)."""
+    s, w = composite_legendre(0.0, top, panels, order)
+    x, _ = np.polynomial.legendre.leggauss(order)
+    to_coefficients = np.linalg.inv(np.polynomial.legendre.legvander(x, order - 1))
+    integrals = np.stack([np.polynomial.legendre.legval(x, np.polynomial.legendre.legint(
+        np.eye(order)[n], lbnd=-1.0)) for n in range(order)], axis=1)
+    within = integrals @ to_coefficients          # [node j, node i] on the panel [-1, 1]
+    half = 0.5 * top / panels
+
+    def cumulative(h):
+        h = h.reshape(panels, order)
+        inside = half * (h @ within.T)            # from the panel's left edge to each node
+        before = np.concatenate([[0.0], np.cumsum(half * (h @ _gauss_weights(order)))[:-1]])
+        return (before[:, None] + inside).ravel()
+
+    return s, w, cumulative
+
+
+def _gauss_weights(order):
+    return np.polynomial.legendre.leggauss(order)[1]
+
+
+def _rate_moments(family, cost, rate, k, coupled):
+    """(mean, variance) of the exponential family's rate-term (module docstring), written
+    in Exp(1) variables from the decomposition, never from the kernel."""
+    e, w = family.base_rule()                 # E over E ~ Exp(1)
+    f = values(cost.value, e / rate, k)       # f(E / rate) and, weighted by e, f(T / rate)
+    w_gamma2 = w * e                          # E over T ~ Gamma(2, 1): density t e^-t
+    mean_plus, mean_minus = float(w @ f), float(w_gamma2 @ f)
+    mean = (mean_plus - mean_minus) / rate
+    if coupled:
+        # E[(f(E1 / rate) - f((E1 + E2) / rate))^2] = E f+^2 - 2 E[f+ f-] + E f-^2, f centred
+        # (g does not change; no cancellation of large E f^2), and the 2-D cross term
+        # int int e^-(a + b) f(a) f(a + b) da db = int e^-s f(s) (int_0^s f(a) da) ds (s = a + b)
+        s, ws, cumulative = _running_integrals(EXP_TOP, EXP_PANELS, EXP_ORDER)
+        fc = values(cost.value, s / rate, k) - mean_plus
+        weight = np.exp(-s) * ws
+        cross = float(weight @ (fc * cumulative(fc)))
+        second = (float(weight @ fc ** 2) - 2.0 * cross + float((weight * s) @ fc ** 2)) \
+            / rate ** 2
+    else:
+        second = (float(w @ f ** 2) - 2.0 * mean_plus * mean_minus
+                  + float(w_gamma2 @ f ** 2)) / rate ** 2
+    return mean, max(second - mean * mean, 0.0)
+
+
 def _reference(coupled):
     def reference(family, cost, component, params):
+        k = params.get("k", 0.0)
+        if family.base_name == "exponential":
+            return _rate_moments(family, cost, params["rate"], k, coupled)
         moments = _mu_moments if component == "mu" else _sigma_moments
-        return moments(cost, params["mu"], params["sigma"], params.get("k", 0.0), coupled)
+        return moments(cost, params["mu"], params["sigma"], k, coupled)
     return reference
 
 
@@ -139,6 +240,7 @@ def configure(coupling):
     return Estimator(
         name="",
         per_sample=per_sample_coupled if coupling else per_sample_independent,
+        per_sample_by_family=BY_FAMILY_COUPLED if coupling else BY_FAMILY_INDEPENDENT,
         evals_per_sample=2,
         description=f"weak derivative, {'coupled' if coupling else 'independent'} parts",
         families=FAMILIES,
@@ -148,14 +250,19 @@ def configure(coupling):
     )
 
 
-FAMILIES = ("normal",)  # the Rayleigh / Maxwell decompositions are those of the Gaussian
-STREAMS = (STREAM_MU, STREAM_SIGMA, STREAM_SIGMA_NORMAL)
+# Rayleigh / Maxwell decompositions for the Gaussian, Exp / Gamma(2) for the exponential
+FAMILIES = ("normal", "exponential")
+STREAMS = (STREAM_MU, STREAM_SIGMA, STREAM_SIGMA_NORMAL, STREAM_RATE)
+# the Gaussian's kernels are ``per_sample``; other families' are looked up here
+BY_FAMILY_COUPLED = {"exponential": per_sample_exponential_coupled}
+BY_FAMILY_INDEPENDENT = {"exponential": per_sample_exponential_independent}
 
 ESTIMATOR = Estimator(
     name="measure_valued",
     per_sample=per_sample_coupled,
+    per_sample_by_family=BY_FAMILY_COUPLED,
     evals_per_sample=2,
-    description="c (f(x+) - f(x-)): weak derivative (Rayleigh / Maxwell decompositions)",
+    description="c (f(x+) - f(x-)): weak derivative (Rayleigh / Maxwell; Exp / Gamma(2))",
     families=FAMILIES,
     streams=STREAMS,
     reference=_reference(True),
