@@ -233,6 +233,8 @@ class Estimator:
     its ``reference`` mean is its own exact expectation (results column
     ``exact_estimator_mean``), and tests compare its mean with that, not with the gradient.
     ``per_sample_by_family``: per-family kernels (``per_sample_for(family)``).
+    ``components``: family base name -> the components it is defined for there (absent: all;
+    ``registry.combination_problem(..., components)`` refuses the others).
     ``reference(family, cost, component, params) -> (mean, per-sample variance)``: a NumPy
     transcription of the estimator's definition over ``family.rule`` (never ``per_sample``),
     None if there is none.  ``finite_n(family, cost, component, params, n) -> (E[sample_var],
@@ -265,6 +267,14 @@ class Estimator:
     # family base name -> its own per_sample, for an estimator whose formula differs per
     # family (the relaxations: Bernoulli and categorical); other families use ``per_sample``
     per_sample_by_family: Mapping[str, Callable] = field(default_factory=dict)
+    # family base name -> the gradient components the estimator is defined for under that
+    # family (absent: every one); measure_valued under gamma: ("rate",), since the shape
+    # derivative of the Gamma density has no decomposition c (q+ - q-) of this kind
+    components: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def supports_component(self, family: Family, component: str) -> bool:
+        """Whether the estimator is defined for ``component`` under ``family``."""
+        return component in self.components.get(family.base_name, (component,))
 
     def per_sample_for(self, family: Family) -> Callable:
         """The per-sample function the kernel of ``family`` runs."""

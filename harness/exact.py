@@ -54,6 +54,8 @@ def references(estimator, component: str, family, cost, params: Mapping) -> Refe
     params = _checked(fam, c, params)
     if component not in fam.params:
         raise ValueError(f"component {component!r} is not a parameter of {fam.name}")
+    if not est.supports_component(fam, component):
+        registry.check_combination(estimator, fam, c, (component,))   # the one-line error
     forms = c.closed_forms.get(fam.name)
     grad = float(forms.grad(**params)[component]) if forms else gradient(fam, c, component, params)
     closed = forms.variance.get((est.name, component)) if forms else None

@@ -221,12 +221,27 @@ def variants(name: str) -> list[str]:
 
 # ---- which combinations can work -----------------------------------------------------------
 
-def combination_problem(estimator, family, cost_spec) -> tuple[str, str] | None:
-    """``(why, fix)`` if ``estimator`` cannot run on (family, cost), one sentence each, else
-    None (see :func:`check_combination`)."""
+def supported_components(estimator, family, components) -> tuple[str, ...]:
+    """The members of ``components`` that ``estimator`` is defined for under ``family``
+    (``Estimator.components``; every one for most estimators)."""
+    est, fam = resolve(estimator), get_family(family)
+    return tuple(c for c in components if est.supports_component(fam, c))
+
+
+def combination_problem(estimator, family, cost_spec, components=()) -> tuple[str, str] | None:
+    """``(why, fix)`` if ``estimator`` cannot run on (family, cost), or not for one of the
+    gradient ``components``, one sentence each, else None (see :func:`check_combination`)."""
     reason = _missing(estimator, family, cost_spec)
     if reason is None:
-        return None
+        est, fam = resolve(estimator), get_family(family)
+        unsupported = [c for c in components if not est.supports_component(fam, c)]
+        if not unsupported:
+            return None
+        allowed = est.components[fam.base_name]
+        return (f"{est.name} is defined wrt {', '.join(allowed)} only under the {fam.name} "
+                f"family, not wrt {', '.join(unsupported)}",
+                f"set wrt: [{', '.join(allowed)}], or use another estimator for "
+                f"{', '.join(unsupported)}")
     usable = [name for name in ESTIMATORS if _missing(name, family, cost_spec) is None]
     cost_needs = resolve(estimator).needs & {"derivative", "second_derivative", "unit_interval"}
     fix = f"use {', '.join(usable) or 'another estimator'}"
@@ -238,11 +253,11 @@ def combination_problem(estimator, family, cost_spec) -> tuple[str, str] | None:
     return reason, fix
 
 
-def check_combination(estimator, family, cost_spec) -> None:
+def check_combination(estimator, family, cost_spec, components=()) -> None:
     """Raise a one-line ``ConfigError`` (key ``estimators``) if ``estimator`` needs something
     the family or the cost lacks (a derivative, a second derivative, a reparameterisation, an
-    antithetic draw) or is not defined for the family."""
-    problem = combination_problem(estimator, family, cost_spec)
+    antithetic draw), is not defined for the family, or not for one of ``components``."""
+    problem = combination_problem(estimator, family, cost_spec, components)
     if problem is not None:
         raise ConfigError(problem[0], key="estimators", fix=problem[1])
 

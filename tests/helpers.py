@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +26,11 @@ import pytest
 from harness.exact import reference
 from harness.kinds.expectation import ExpectationProblem
 from harness.model import EstimatorSpec, Grid
+
+# the built-in costs as documented (README), in plain Python for scipy: apart from the
+# registry's jitted functions, and fast to call from quad
+PLAIN_COSTS = {"square": lambda x, k: x * x, "quadratic": lambda x, k: (x - k) ** 2,
+               "exp": lambda x, k: math.exp(-k * x * x), "cos": lambda x, k: math.cos(k * x)}
 
 QUADRATIC = (("mu", (2.0,)), ("sigma", (1.0,)), ("k", (-3.0, 0.0)))
 

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 import pytest
 from conformance import FAMILY_POINTS, Z, conformance_labels, params, z_scores
-from helpers import needs_cuda
+from helpers import PLAIN_COSTS, needs_cuda
 from numba import njit
 from scipy import integrate, stats
 from scipy.special import expit
@@ -239,10 +239,6 @@ def _squared(g, x):
 # ---- exponential: the measure-valued (weak-derivative) estimator --------------------------------
 
 MEASURE_VALUED = ("measure_valued", "measure_valued[coupling=false]")
-# the built-in costs as documented (README), in plain Python for scipy: apart from the
-# registry's jitted functions, and fast to call from quad
-PLAIN_COSTS = {"square": lambda x, k: x * x, "quadratic": lambda x, k: (x - k) ** 2,
-               "exp": lambda x, k: math.exp(-k * x * x), "cos": lambda x, k: math.cos(k * x)}
 
 
 @pytest.mark.parametrize("point", EXPONENTIAL_POINTS)
@@ -497,7 +493,7 @@ def _grid(distribution, params_text, estimators, cost="quadratic"):
     ("bernoulli", "  logit: 0.3\n  k: 0.45\n", "pathwise",
      "pathwise needs a reparameterisable family (dx/dtheta), which family bernoulli is not"),
     ("bernoulli", "  logit: 0.3\n  k: 0.45\n", "measure_valued",
-     "measure_valued is defined for the normal or exponential family only, not bernoulli"),
+     "measure_valued is defined for the normal or exponential or gamma family only, not bernoulli"),
     ("normal", "  mu: 0.3\n  sigma: 1.0\n  k: 0.45\n", "gumbel_softmax",
      "gumbel_softmax is defined for the bernoulli or categorical family only, not normal"),
     ("exponential", "  rate: 2.0\n  k: 0.45\n", "rebar",

@@ -7,16 +7,19 @@ standard errors) and a Kolmogorov-Smirnov test whose threshold is the asymptotic
 quantile (p < 5.7e-7 rejects)."""
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
-from conformance import FAMILY_POINTS, Z, params, run
+from conformance import FAMILY_POINTS, Z, conformance_labels, params, run, z_scores
 from numba import njit
 from scipy import integrate, special, stats
 
 from harness import exact, registry
 from harness.distributions import gamma
+from harness.distributions.exponential import draw_pair as exponential_pair
 from harness.errors import ConfigError
+from harness.estimators.measure_valued import STREAM_GAMMA, STREAM_RATE
 
 SHAPES = (0.3, 1.0, 4.5)
 P_REJECT = 2.0 * stats.norm.sf(Z)   # the two-sided 5-sigma tail, 5.7e-7
@@ -259,3 +262,203 @@ def test_cuda_backend_refuses_gamma_when_called_directly():
     with pytest.raises(BackendError, match="does not run distribution gamma"):
         cuda.estimate("gamma", "square", ["pathwise"], ["shape"], {"shape": 2.0, "rate": 1.0},
                       100, np.arange(2))
+
+
+# ---- measure_valued wrt rate: Gamma(a) / Gamma(a + 1) weak derivative ---------------------------
+
+MEASURE_VALUED = ("measure_valued", "measure_valued[coupling=false]")
+
+
+def _expect_gamma(h, shape, rate):
+    """E[h(x)], x ~ Gamma(shape, rate), by scipy quad (in log x below the mode region)."""
+    density = stats.gamma(shape, scale=1.0 / rate).pdf
+    cut, end = max(shape, 1.0) / rate, (shape + 130.0 + 30.0 * math.sqrt(shape)) / rate
+    opts = dict(limit=400, epsabs=1e-13, epsrel=1e-11)
+
+    def in_log(y):
+        x = math.exp(y)
+        return density(x) * h(x) * x if x > 0.0 else 0.0
+
+    return (integrate.quad(in_log, -math.inf, math.log(cut), **opts)[0]
+            + integrate.quad(lambda x: density(x) * h(x), cut, end, **opts)[0])
+
+
+@pytest.mark.parametrize("point", FAMILY_POINTS["gamma"])
+def test_gamma_weak_derivative_decomposition(point):
+    """Table 2 of Mohamed et al. (2020) for Gamma(a, rate) wrt rate: d/drate q = (a / rate)
+    (q+ - q-), q+ = Gamma(a, rate), q- = Gamma(a + 1, rate), pointwise against a central
+    difference of scipy.stats' density in rate, and in expectation: the module's reference
+    mean (both variants) against a central difference in rate of E_q[f] by scipy quad."""
+    from helpers import PLAIN_COSTS
+
+    shape, rate, k = point
+    x = np.linspace(0.05, 8.0 * max(shape, 1.0) / rate, 41)
+    h = 1e-6 * rate
+    fd = (stats.gamma.pdf(x, shape, scale=1 / (rate + h))
+          - stats.gamma.pdf(x, shape, scale=1 / (rate - h))) / (2 * h)
+    split = (shape / rate) * (stats.gamma.pdf(x, shape, scale=1 / rate)
+                              - stats.gamma.pdf(x, shape + 1.0, scale=1 / rate))
+    assert np.allclose(split, fd, rtol=1e-6, atol=1e-9)
+    for cost in ("quadratic", "exp", "cos"):
+        h = 1e-4 * rate
+        fx = partial(PLAIN_COSTS[cost], k=k)
+        slope = (_expect_gamma(fx, shape, rate + h) - _expect_gamma(fx, shape, rate - h)) \
+            / (2 * h)
+        p_ = params(cost, point, "gamma")
+        for label in MEASURE_VALUED:
+            mean, _ = registry.resolve(label).reference(
+                registry.FAMILIES["gamma"], registry.COSTS[cost], "rate", p_)
+            assert mean == pytest.approx(slope, rel=1e-6, abs=1e-7), (cost, label)
+
+
+def gamma_measure_valued_quadratic(shape, rate, k, coupled):
+    """Var[g] for f = (x - k)^2, by hand from Gamma moments (c = 2 k rate): coupled,
+    g = -a E (2 G + E - c) / rate^3: a^2 (4 a^2 + 24 a - 4 a c + c^2 - 8 c + 20) / rate^6;
+    uncoupled, (a / rate)^2 (Var f(G / rate) + Var f(G' / rate)), G ~ Gamma(a), G' ~
+    Gamma(a + 1), from the raw moments E G^j = poch(alpha, j)."""
+    a, c = shape, 2.0 * k * rate
+    if coupled:
+        return a * a * (4 * a * a + 24 * a - 4 * a * c + c * c - 8 * c + 20) / rate ** 6
+
+    def central(alpha, m, power):   # E[(G - m)^power], G ~ Gamma(alpha, 1)
+        return sum(math.comb(power, j) * special.poch(alpha, j) * (-m) ** (power - j)
+                   for j in range(power + 1))
+
+    m = k * rate   # f(G / rate) = (G - m)^2 / rate^2
+    var = sum(central(alpha, m, 4) - central(alpha, m, 2) ** 2 for alpha in (a, a + 1.0))
+    return (a / rate) ** 2 * var / rate ** 4
+
+
+def gamma_measure_valued_scipy(cost, shape, rate, k, coupled):
+    """(mean, Var[g]) by scipy quad: x+ ~ Gamma(a, rate), x- ~ Gamma(a + 1, rate) (scipy.stats
+    densities); coupled, x- = x+ + d with d ~ Exp(rate) (dblquad over (log x+, d))."""
+    from helpers import PLAIN_COSTS
+
+    fx, c = (lambda x: PLAIN_COSTS[cost](x, k)), shape / rate
+    plus = _expect_gamma(fx, shape, rate)
+    minus = _expect_gamma(fx, shape + 1.0, rate)
+    mean = c * (plus - minus)
+    if coupled:
+        density = stats.gamma(shape, scale=1.0 / rate).pdf
+        second = integrate.dblquad(
+            lambda d, y: density(math.exp(y)) * math.exp(y) * rate * math.exp(-rate * d)
+            * (fx(math.exp(y)) - fx(math.exp(y) + d)) ** 2,
+            -60.0 / shape, math.log((shape + 130.0) / rate), 0.0, 120.0 / rate,
+            epsabs=1e-12, epsrel=1e-9)[0]
+    else:
+        second = (_expect_gamma(lambda x: fx(x) ** 2, shape, rate) - 2 * plus * minus
+                  + _expect_gamma(lambda x: fx(x) ** 2, shape + 1.0, rate))
+    return mean, c * c * second - mean * mean
+
+
+@pytest.mark.parametrize("point", FAMILY_POINTS["gamma"])
+def test_gamma_measure_valued_references_match_closed_forms_and_scipy(point):
+    """Both variants' per-sample variance (the module's rules: 1-D sums over the Gamma(a)
+    rule, a 2-D tensor rule over (G, E) for the coupled cross term) against the hand-derived
+    closed forms on the quadratic cost, and against scipy's adaptive quad / dblquad on cos;
+    the gradient they integrate to against the exact gradient (E[f score])."""
+    shape, rate, k = point
+    for cost in ("quadratic", "cos"):
+        p_ = params(cost, point, "gamma")
+        for label, coupled in zip(MEASURE_VALUED, (True, False)):
+            ref = exact.references(label, "rate", "gamma", cost, p_)
+            own = registry.resolve(label).reference(
+                registry.FAMILIES["gamma"], registry.COSTS[cost], "rate", p_)
+            assert ref.source == "quadrature"
+            assert own[0] == pytest.approx(ref.grad, rel=1e-9, abs=1e-12), (cost, label)
+            if cost == "quadratic":
+                var = gamma_measure_valued_quadratic(shape, rate, k, coupled)
+                assert ref.var == pytest.approx(var, rel=1e-10), label
+            else:
+                grad, var = gamma_measure_valued_scipy(cost, shape, rate, k, coupled)
+                assert ref.grad == pytest.approx(grad, rel=1e-7, abs=1e-12), label
+                assert ref.var == pytest.approx(var, rel=1e-6, abs=1e-12), label
+
+
+def test_measure_valued_refuses_the_shape_component_in_one_line():
+    """No weak derivative of the form c (q+ - q-) wrt shape: the grid (default wrt = every
+    parameter), the backend and the exact references refuse it; wrt: [rate] runs."""
+    from harness import config
+    from harness.backends import cpu
+
+    text = ("name: g\nproblem:\n  distribution: gamma\n  cost: cos\n  shape: 2.0\n"
+            "  rate: 1.0\n  k: 1.0\nestimators: [score_function, measure_valued]\n"
+            "n_samples: 100\nseeds: 2\n")
+    message = "measure_valued is defined wrt rate only under the gamma family, not wrt shape"
+    with pytest.raises(ConfigError, match=message) as info:
+        config.parse_grid(text, "g.yaml")
+    assert "set wrt: [rate]" in str(info.value) and "g.yaml:8:" in str(info.value)
+    grid = config.parse_grid(text + "wrt: [rate]\n", "g.yaml")
+    assert grid.problem.wrt == ("rate",)
+    with pytest.raises(ConfigError, match=message):
+        cpu.estimate("gamma", "cos", ["measure_valued"], ["shape", "rate"],
+                     {"shape": 2.0, "rate": 1.0, "k": 1.0}, 100, np.arange(2))
+    with pytest.raises(ConfigError, match=message):
+        exact.references("measure_valued[coupling=false]", "shape", "gamma", "cos",
+                         {"shape": 2.0, "rate": 1.0, "k": 1.0})
+
+
+@njit
+def gamma_mv_rate_constant(component, s, family, cost, consts):
+    """The coupled weak derivative with the exponential's constant c = 1 / rate for
+    shape / rate: right at shape 1 only."""
+    e, _ = exponential_pair(s.key0, s.key1, s.index, STREAM_RATE)
+    return (s.f - cost.value((s.e + e) / s.theta[1], s.k)) / s.theta[1]
+
+
+@njit
+def gamma_mv_same_shape(component, s, family, cost, consts):
+    """The uncoupled weak derivative with x- ~ Gamma(shape, rate), not Gamma(shape + 1, rate):
+    q+ and q- the same law, so the estimate has mean 0."""
+    shape, rate = s.theta
+    pair = gamma.draw_pair_at((shape, 1.0), s.key0, s.key1, np.uint64(s.index >> 1),
+                              STREAM_GAMMA)
+    g = pair[0] if s.index % 2 == 0 else pair[1]
+    return (s.f - cost.value(g / rate, s.k)) * (shape / rate)
+
+
+GAMMA_MV_WRONG = {"gamma_mv_rate_constant": (gamma_mv_rate_constant, "measure_valued"),
+                  "gamma_mv_same_shape": (gamma_mv_same_shape,
+                                          "measure_valued[coupling=false]")}
+
+
+@pytest.fixture
+def gamma_mv_wrong(monkeypatch):
+    import dataclasses
+
+    for name, (fn, impersonates) in GAMMA_MV_WRONG.items():
+        real = registry.resolve(impersonates)
+        monkeypatch.setitem(registry.ESTIMATORS, name, dataclasses.replace(
+            real, name=name, per_sample=fn, per_sample_by_family={},
+            description="deliberately wrong"))
+    registry._resolve.cache_clear()
+    yield
+    registry._resolve.cache_clear()
+    run.cache_clear()   # the wrong kernels' numbers must not serve other tests
+
+
+@pytest.mark.parametrize("point", [0, 2])
+def test_wrong_gamma_measure_valued_variants_are_rejected(gamma_mv_wrong, point):
+    """c = 1 / rate for shape / rate, and x- from Gamma(shape) for Gamma(shape + 1): the
+    conformance check (against the real variants' references) rejects both at shape 0.3 and
+    4.5 (quadratic cost; measured z of the mean: rate constant -765 and +475, same shape +291
+    and +232), while the real variants pass the same check in tests/test_estimators.py
+    (|z| <= 2.9 on every cost and point; the rate constant is right at shape 1, z = -2.2)."""
+    fused = tuple(sorted(GAMMA_MV_WRONG))
+    for name, (_, impersonates) in GAMMA_MV_WRONG.items():
+        z = z_scores(name, impersonates, "quadratic", "rate", FAMILY_POINTS["gamma"][point],
+                     fused=fused, family="gamma")
+        assert max(abs(v) for v in z.values()) > Z, (name, z)
+
+
+@pytest.mark.parametrize("point", [0, 2])
+def test_lost_coupling_is_rejected_by_the_variance_check_on_gamma(point):
+    """Each gamma measure-valued variant checked against the other's reference: the means
+    agree (both unbiased), the per-sample variances do not, and the same check rejects each
+    swap (measured z of the pooled variance: -22 and +19 at shape 0.3, -939 and +236 at
+    shape 4.5; of the mean: |z| <= 1.9)."""
+    fused = conformance_labels("quadratic", "gamma")
+    for label, other in (MEASURE_VALUED, MEASURE_VALUED[::-1]):
+        z = z_scores(label, other, "quadratic", "rate", FAMILY_POINTS["gamma"][point],
+                     fused=fused, family="gamma")
+        assert abs(z["mean"]) < Z and max(abs(z["pooled"]), abs(z["spread"])) > Z, (label, z)

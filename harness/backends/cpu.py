@@ -1067,11 +1067,11 @@ def validate(family, cost, estimators, components, params: Mapping, n_samples, s
     """Check one cell's inputs (shared by the backends); returns ``(seeds as an array,
     params as a dict of floats)``.  Raises :class:`ConfigError` with the offending key."""
     fam, c = registry.get_family(family), registry.get_cost(cost)
-    for e in _labels(estimators):
-        registry.check_combination(e, fam, c)
     if not components or len(set(components)) != len(components) or \
             any(comp not in fam.params for comp in components):
         raise ConfigError(f"components {tuple(components)} not in {fam.params}", key="wrt")
+    for e in _labels(estimators):
+        registry.check_combination(e, fam, c, tuple(components))
     names = fam.params + c.params
     if not isinstance(params, Mapping) or set(params) != set(names):
         got = sorted(params) if isinstance(params, Mapping) else type(params).__name__

@@ -221,15 +221,16 @@ def centred(theta, e):
 
 # ---- reference functions (NumPy / scipy, in x, from the density) ------------------------------
 
-def standard_rule(shape):
-    """(e, w): sum_j w_j h(e_j) ~= E[h(e)], e ~ Gamma(shape, 1) (module docstring)."""
+def standard_rule(shape, panels=(LOG_PANELS, LINEAR_PANELS)):
+    """(e, w): sum_j w_j h(e_j) ~= E[h(e)], e ~ Gamma(shape, 1) (module docstring); ``panels``
+    (log part, linear part): fewer for the factors of a 2-D tensor rule."""
     c = max(shape, 1.0)
     log_norm = special.gammaln(shape)
     y_min = -(60.0 + 40.0 * max(0.0, -math.log(shape))) / shape  # e^shape below e^-60
-    y, wy = composite_legendre(y_min, math.log(c), LOG_PANELS, 16)
+    y, wy = composite_legendre(y_min, math.log(c), panels[0], 16)
     e_low = np.exp(y)
     w_low = wy * np.exp(shape * y - e_low - log_norm)      # density in y = log e
-    e_high, wl = composite_legendre(c, c + 80.0 + 20.0 * math.sqrt(shape), LINEAR_PANELS, 16)
+    e_high, wl = composite_legendre(c, c + 80.0 + 20.0 * math.sqrt(shape), panels[1], 16)
     w_high = wl * np.exp((shape - 1.0) * np.log(e_high) - e_high - log_norm)
     e, w = np.concatenate([e_low, e_high]), np.concatenate([w_low, w_high])
     keep = w > 1e-280   # nodes whose density underflows carry no mass (and would give 0 / 0)

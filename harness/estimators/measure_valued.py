@@ -1,7 +1,8 @@
-"""Measure-valued (weak-derivative) estimator for the Gaussian and the exponential family.
+"""Measure-valued (weak-derivative) estimator for the Gaussian, exponential and Gamma families.
 
-Estimand:  d/dtheta E_q[f(x)] for q = N(mu, sigma^2), theta in {mu, sigma}, and for
-           q = Exp(rate), theta = rate (``per_sample_by_family``: one estimator, two kernels).
+Estimand:  d/dtheta E_q[f(x)] for q = N(mu, sigma^2), theta in {mu, sigma}, for q = Exp(rate),
+           theta = rate, and for q = Gamma(shape, rate), theta = rate only
+           (``per_sample_by_family``: one estimator, a kernel per family).
 Formula:   the derivative of the density is split into a positive and a negative part, each a
            probability density times a constant c:  d/dtheta q = c (q+ - q-), so
            g = c (f(x+) - f(x-)) with x+ ~ q+, x- ~ q-.
@@ -15,7 +16,7 @@ Option ``coupling`` (default true): common random numbers between the two parts.
            independent of the sign, since M U' ~ N(0, 1) exactly for U' independent of M.
   false:   mu: W+ and W- from two independent uniforms.  sigma: E = the shared eps
            (stream 0), independent of M.
-Requires:  the normal or the exponential family (each with its own decomposition); the cost's
+Requires:  the normal, exponential or gamma family (each with its own decomposition); the cost's
            value only.  2 evaluations of f per sample and component (``evals_per_sample = 2``;
            the exponential's f(x+) is the shared sample's f, so its kernel evaluates f once).
 Random streams: mu uses ``uniform_pair(key, i, 1)`` (U, and U- when uncoupled); sigma uses
@@ -52,6 +53,35 @@ Per-sample variance (exponential), ``reference``, source "quadrature", NumPy ove
            g does not change).  Quadratic cost (x - k)^2, coupled, closed form for
            checking: g = -E2 (2 E1 + E2 - 2 k rate) / rate^3, Var[g] = (48 - 12 c + c^2) /
            rate^6 with c = 2 k rate (tests/test_discrete.py).
+Gamma family (q = rate^a x^(a-1) e^{-rate x} / Gamma(a), a = shape; Mohamed et al. 2020,
+           Table 2):
+  rate:    d/drate q = (a / rate - x) q = (a / rate) (q - (rate x / a) q), and (rate x / a) q
+           is the Gamma(a + 1, rate) density (the size-biased law x q / E x), so c = a / rate,
+           q+ = Gamma(a, rate), q- = Gamma(a + 1, rate):
+             g = (a / rate) (f(x+) - f(x-)),  x+ = G / rate = the family's sample (f(x+) = s.f).
+           (At a = 1 this is the exponential's decomposition above.)
+  shape:   no decomposition of this form: d/da q = (log(rate x) - psi(a)) q changes sign at
+           a point that depends on a, and neither part is a Gamma law, so the estimator
+           declares ``components = {"gamma": ("rate",)}`` and the registry refuses shape
+           (``registry.combination_problem``: "set wrt: [rate]").
+  coupled (default): x- = x+ + E / rate, E ~ Exp(1): a Gamma(a + 1) variate is exactly the
+           sum of independent Gamma(a) and Gamma(1) variates, so x- shares the family's base
+           draw G (common random numbers, as the exponential's Gamma(2) = Exp + Exp).
+  uncoupled: x- = G' / rate, G' ~ Gamma(a + 1, 1) drawn on its own stream, independent of G.
+Random streams (gamma): coupled: E = the first of ``exponential.draw_pair(key, i, 13)``
+           (``STREAM_RATE``, as the exponential's E2); uncoupled: G' = half i mod 2 of the gamma
+           family's Marsaglia-Tsang pair (``gamma.draw_pair_at``, shape a + 1) at pair i // 2
+           on stream 14 (``STREAM_GAMMA``; attempts on 14 + 2^30 + 2t, + 2t + 1): a pure
+           function of (seed, sample), the pair's other half is drawn and not used.
+Per-sample variance (gamma), ``reference``, source "quadrature", NumPy over the Gamma(a, 1)
+           rule ``gamma.standard_rule`` (written from the density, apart from the kernel):
+           Gamma(a + 1) weights = Gamma(a) weights times e / a; uncoupled: the two parts'
+           moments combined by independence; coupled: the cross term E[f(G / rate)
+           f((G + E) / rate)] as a 2-D tensor rule over (G, E) (E on a composite
+           Gauss-Legendre rule on [0, 80], ``GAMMA_E_PANELS`` x 16 nodes; G-nodes of weight
+           below 1e-22 left out), f centred by E f(x+).  Quadratic cost (x - k)^2 in closed
+           form for checking (c = 2 k rate): coupled g = -a E (2 G + E - c) / rate^3,
+           Var[g] = a^2 (4 a^2 + 24 a - 4 a c + c^2 - 8 c + 20) / rate^6 (tests/test_gamma.py).
 Reference: Pflug (1989); Heidergott & Vazquez-Abad (2000); Mohamed et al., JMLR 2020,
            Section 6 and Table 2.
 """
@@ -62,6 +92,7 @@ import numpy as np
 from numba import njit
 
 from ..axes import Estimator
+from ..distributions import gamma
 from ..distributions.exponential import EXP_PANELS
 from ..distributions.exponential import draw_pair as exponential_pair
 from ..quadrature import composite_legendre, hermite_rule, rayleigh_expect, unit_nodes, values
@@ -70,7 +101,9 @@ from ..scalar_math import log_unit
 
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 STREAM_MU, STREAM_SIGMA, STREAM_SIGMA_NORMAL = 1, 2, 3
-STREAM_RATE = 13   # the exponential family's E2 (and E1' when uncoupled)
+STREAM_RATE = 13   # the exponential family's E2 (and E1' when uncoupled); gamma's coupled E
+STREAM_GAMMA = 14  # the gamma family's uncoupled G' ~ Gamma(shape + 1, 1)
+GAMMA_E_PANELS = 160   # the coupled gamma reference's rule over E ~ Exp(1): panels on [0, 80]
 # the exponential family's rule for the coupled cross term: as its own 1-D rule (EXP_PANELS
 # panels of 16 nodes on [0, 80]), with the panel structure the running integral needs
 EXP_TOP, EXP_ORDER = 80.0, 16
@@ -134,6 +167,24 @@ def per_sample_exponential_independent(component, s, family, cost, consts):
     rate = s.theta[0]
     e1_new, e2 = exponential_pair(s.key0, s.key1, s.index, STREAM_RATE)
     return (s.f - cost.value((e1_new + e2) / rate, s.k)) / rate
+
+
+@njit
+def per_sample_gamma_coupled(component, s, family, cost, consts):
+    # rate only (``components``): x- = x+ + E / rate ~ Gamma(shape + 1, rate), sharing G
+    shape, rate = s.theta
+    e, _ = exponential_pair(s.key0, s.key1, s.index, STREAM_RATE)
+    return (s.f - cost.value((s.e + e) / rate, s.k)) * (shape / rate)
+
+
+@njit
+def per_sample_gamma_independent(component, s, family, cost, consts):
+    # rate only: x- = G' / rate, G' ~ Gamma(shape + 1, 1) on the estimator's own stream
+    shape, rate = s.theta
+    pair = gamma.draw_pair_at((shape + 1.0, 1.0), s.key0, s.key1, np.uint64(s.index >> 1),
+                              STREAM_GAMMA)
+    g = pair[0] if s.index % 2 == 0 else pair[1]
+    return (s.f - cost.value(g / rate, s.k)) * (shape / rate)
 
 
 # ---- exact references by quadrature ---------------------------------------------------------
@@ -226,11 +277,44 @@ def _rate_moments(family, cost, rate, k, coupled):
     return mean, max(second - mean * mean, 0.0)
 
 
+def _gamma_rate_moments(cost, shape, rate, k, coupled):
+    """(mean, variance) of the gamma family's rate-term (module docstring), in standard
+    Gamma variables from the decomposition, never from the kernel."""
+    e, w = gamma.standard_rule(shape)         # E over G ~ Gamma(shape, 1)
+    f = values(cost.value, e / rate, k)
+    w_next = w * e / shape                    # E over Gamma(shape + 1, 1): density e / shape
+    mean_plus, mean_minus = float(w @ f), float(w_next @ f)
+    c = shape / rate
+    mean = c * (mean_plus - mean_minus)
+    if coupled:
+        # E[(f(G / rate) - f((G + E) / rate))^2], f centred by E f(x+); the cross term
+        # E[f(G / rate) f((G + E) / rate)] on the tensor rule over (G, E)
+        t, wt = composite_legendre(0.0, EXP_TOP, GAMMA_E_PANELS, EXP_ORDER)
+        wt = wt * np.exp(-t)
+        fc = f - mean_plus
+        keep = w > 1e-22
+        inner = np.empty(int(keep.sum()))
+        e_kept = e[keep]
+        for start in range(0, e_kept.size, 512):   # blocks of G-nodes: bounded memory
+            block = e_kept[start:start + 512]
+            inner[start:start + block.size] = (
+                values(cost.value, (block[:, None] + t[None, :]).ravel() / rate, k)
+                .reshape(block.size, t.size) - mean_plus) @ wt
+        cross = float(w[keep] @ (fc[keep] * inner))
+        second = c * c * (float(w @ fc ** 2) - 2.0 * cross + float(w_next @ fc ** 2))
+    else:
+        second = c * c * (float(w @ f ** 2) - 2.0 * mean_plus * mean_minus
+                          + float(w_next @ f ** 2))
+    return mean, max(second - mean * mean, 0.0)
+
+
 def _reference(coupled):
     def reference(family, cost, component, params):
         k = params.get("k", 0.0)
         if family.base_name == "exponential":
             return _rate_moments(family, cost, params["rate"], k, coupled)
+        if family.base_name == "gamma":
+            return _gamma_rate_moments(cost, params["shape"], params["rate"], k, coupled)
         moments = _mu_moments if component == "mu" else _sigma_moments
         return moments(cost, params["mu"], params["sigma"], k, coupled)
     return reference
@@ -247,26 +331,33 @@ def configure(coupling):
         streams=STREAMS,
         reference=_reference(bool(coupling)),
         shared_draws=shared_draws,
+        components=COMPONENTS,
     )
 
 
-# Rayleigh / Maxwell decompositions for the Gaussian, Exp / Gamma(2) for the exponential
-FAMILIES = ("normal", "exponential")
-STREAMS = (STREAM_MU, STREAM_SIGMA, STREAM_SIGMA_NORMAL, STREAM_RATE)
+# Rayleigh / Maxwell decompositions for the Gaussian, Exp / Gamma(2) for the exponential,
+# Gamma(a) / Gamma(a + 1) for the gamma family (rate only)
+FAMILIES = ("normal", "exponential", "gamma")
+COMPONENTS = {"gamma": ("rate",)}
+STREAMS = (STREAM_MU, STREAM_SIGMA, STREAM_SIGMA_NORMAL, STREAM_RATE, STREAM_GAMMA)
 # the Gaussian's kernels are ``per_sample``; other families' are looked up here
-BY_FAMILY_COUPLED = {"exponential": per_sample_exponential_coupled}
-BY_FAMILY_INDEPENDENT = {"exponential": per_sample_exponential_independent}
+BY_FAMILY_COUPLED = {"exponential": per_sample_exponential_coupled,
+                     "gamma": per_sample_gamma_coupled}
+BY_FAMILY_INDEPENDENT = {"exponential": per_sample_exponential_independent,
+                         "gamma": per_sample_gamma_independent}
 
 ESTIMATOR = Estimator(
     name="measure_valued",
     per_sample=per_sample_coupled,
     per_sample_by_family=BY_FAMILY_COUPLED,
     evals_per_sample=2,
-    description="c (f(x+) - f(x-)): weak derivative (Rayleigh / Maxwell; Exp / Gamma(2))",
+    description="c (f(x+) - f(x-)): weak derivative (Rayleigh / Maxwell; Exp / Gamma(2); "
+                "Gamma(a) / Gamma(a + 1), rate only)",
     families=FAMILIES,
     streams=STREAMS,
     reference=_reference(True),
     shared_draws=shared_draws,
+    components=COMPONENTS,
     options={"coupling": (True, False)},
     configure=configure,
 )

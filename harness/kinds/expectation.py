@@ -138,7 +138,7 @@ def parse(r, doc, common) -> ExpectationProblem:
         # Canonical (family) order, so [sigma, mu] and [mu, sigma] are the same cell.
         wrt = tuple(c for c in family.params if c in names)
 
-    _check_estimators(r, doc, common["estimators"], family.name, cost_spec)
+    _check_estimators(r, doc, common["estimators"], family.name, cost_spec, wrt)
     modes, optimizer = _read_mode(r, doc, common)
     problem = ExpectationProblem(family.name, cost_spec, tuple(params), tuple(wrt), modes,
                                  optimizer)
@@ -268,12 +268,13 @@ def _read_cost(r, v, grid_path):
     return spec
 
 
-def _check_estimators(r, doc, estimators, family: str, cost_spec) -> None:
+def _check_estimators(r, doc, estimators, family: str, cost_spec, wrt) -> None:
     """Reject an estimator that cannot work with this family and cost (a derivative, second
-    derivative or reparameterisation it needs and they lack), at its line in the file."""
+    derivative or reparameterisation it needs and they lack) or for a component of ``wrt``,
+    at its line in the file."""
     items = r.items(r.entry(doc, "estimators", ""), "estimator")
     for item, spec in zip(items, estimators):
-        problem = registry.combination_problem(spec, family, cost_spec)
+        problem = registry.combination_problem(spec, family, cost_spec, wrt)
         if problem is not None:
             r.fail(problem[0], item.line, item.key, fix=problem[1])
 
