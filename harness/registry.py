@@ -36,6 +36,7 @@ from .estimators import (
     measure_valued,
     pathwise,
     rebar,
+    rsvi,
     score_function,
     straight_through,
 )
@@ -72,6 +73,7 @@ ESTIMATORS = {
     straight_through.ESTIMATOR.name: straight_through.ESTIMATOR,
     rebar.ESTIMATOR.name: rebar.ESTIMATOR,
     grep.ESTIMATOR.name: grep.ESTIMATOR,
+    rsvi.ESTIMATOR.name: rsvi.ESTIMATOR,
 }
 
 BACKENDS = ("cpu", "cuda")  # modules harness.backends.<name>, each with estimate()
