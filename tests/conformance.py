@@ -23,6 +23,7 @@ correlation), and the mean against the exact gradient in units of the estimated 
 so that ``run`` can cache one fused kernel per (estimators, cost, point, N, R).
 """
 
+import dataclasses
 import functools
 import math
 
@@ -171,3 +172,14 @@ def z_scores(estimator, reference_estimator, cost, component, point, fused=None,
         "pooled": (v.mean() - pooled) / (v.std(ddof=1) / math.sqrt(r)),
         "spread": (e.var(ddof=1) - spread_n / n) / (spread.std(ddof=1) / math.sqrt(r)),
     }
+
+
+def register_wrong(monkeypatch, name, per_sample, impersonates):
+    """Register ``per_sample`` under ``name`` as a copy of the variant ``impersonates`` (its
+    needs, families, constants and reference: the check compares against the impersonated
+    estimator), with ``per_sample_by_family={}`` so it runs on every family; the resolve
+    cache is cleared (the caller clears it, and ``run``'s, when done)."""
+    monkeypatch.setitem(registry.ESTIMATORS, name, dataclasses.replace(
+        registry.resolve(impersonates), name=name, per_sample=per_sample,
+        per_sample_by_family={}, description="deliberately wrong"))
+    registry._resolve.cache_clear()

@@ -359,15 +359,9 @@ def test_grep_without_its_correction_term_is_rejected_on_beta(monkeypatch):
     |z| <= 2.4 (every cost and point, tests/test_estimators.py): measured at (a, b) = (2, 5)
     z of the pooled variance -1.1e5 (a) and -1.2e4 (b) (the bias, z of the mean 1.3 and 0.1,
     is too small to see there), at (3, 1.5) z of the mean -9.6 (a) and +19.2 (b)."""
-    import dataclasses
+    from conformance import register_wrong, z_scores
 
-    from conformance import z_scores
-
-    real = registry.ESTIMATORS["grep"]
-    monkeypatch.setitem(registry.ESTIMATORS, "grep_no_correction", dataclasses.replace(
-        real, name="grep_no_correction", per_sample=grep_beta_without_correction,
-        per_sample_by_family={}, description="deliberately wrong"))
-    registry._resolve.cache_clear()
+    register_wrong(monkeypatch, "grep_no_correction", grep_beta_without_correction, "grep")
     try:
         for component in ("a", "b"):
             z = z_scores("grep_no_correction", "grep", "cos", component,

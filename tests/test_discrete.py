@@ -15,7 +15,7 @@ from functools import partial
 import numba
 import numpy as np
 import pytest
-from conformance import FAMILY_POINTS, Z, conformance_labels, params, z_scores
+from conformance import FAMILY_POINTS, Z, conformance_labels, params, register_wrong, z_scores
 from helpers import PLAIN_COSTS, needs_cuda
 from numba import njit
 from scipy import integrate, stats
@@ -432,16 +432,10 @@ WRONG = {  # name -> (per_sample, impersonated label, family)
 
 @pytest.fixture
 def wrong_registered(monkeypatch):
-    import dataclasses
-
     for name, (fn, impersonates, _) in WRONG.items():
-        real = registry.resolve(impersonates)
         # per_sample_by_family={}: the wrong function runs on every family (measure_valued
         # maps the exponential family to its own kernel)
-        monkeypatch.setitem(registry.ESTIMATORS, name, dataclasses.replace(
-            real, name=name, per_sample=fn, per_sample_by_family={},
-            description="deliberately wrong"))
-    registry._resolve.cache_clear()
+        register_wrong(monkeypatch, name, fn, impersonates)
     yield
     registry._resolve.cache_clear()
 

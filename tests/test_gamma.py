@@ -11,7 +11,15 @@ from functools import partial
 
 import numpy as np
 import pytest
-from conformance import FAMILY_POINTS, Z, conformance_labels, params, run, z_scores
+from conformance import (
+    FAMILY_POINTS,
+    Z,
+    conformance_labels,
+    params,
+    register_wrong,
+    run,
+    z_scores,
+)
 from numba import njit
 from scipy import integrate, special, stats
 
@@ -120,6 +128,22 @@ def _cost_df(cost, x, k):
     return registry.COSTS[cost].derivative(x, k)
 
 
+def expect_gamma(h, shape, rate):
+    """E[h(x)], x ~ Gamma(shape, rate), by scipy quad: below the mode region in log x (the
+    x^(shape - 1) end and log x terms become smooth); the mass beyond the upper end is below
+    e^-100."""
+    density = stats.gamma(shape, scale=1.0 / rate).pdf
+    cut, end = max(shape, 1.0) / rate, (shape + 130.0 + 30.0 * math.sqrt(shape)) / rate
+    opts = dict(limit=400, epsabs=1e-13, epsrel=1e-11)
+
+    def in_log(y):
+        x = math.exp(y)
+        return density(x) * h(x) * x if x > 0.0 else 0.0
+
+    return (integrate.quad(in_log, -math.inf, math.log(cut), **opts)[0]
+            + integrate.quad(lambda x: density(x) * h(x), cut, end, **opts)[0])
+
+
 @pytest.mark.parametrize("cost", ("square", "quadratic", "exp", "cos"))
 @pytest.mark.parametrize("point", FAMILY_POINTS["gamma"])
 def test_references_match_scipy_quadrature_in_x(cost, point):
@@ -129,20 +153,9 @@ def test_references_match_scipy_quadrature_in_x(cost, point):
     d/dshape E x^2 = (2 shape + 1) / rate^2, d/drate = -2 shape (shape + 1) / rate^3."""
     shape, rate, k = point
     p_ = params(cost, point, "gamma")
-    density = stats.gamma(shape, scale=1.0 / rate).pdf
 
     def expect(h):
-        # below the mode region in log x (the x^(shape - 1) end and log x terms become
-        # smooth); the mass beyond the upper end is below e^-100
-        cut, end = max(shape, 1.0) / rate, (shape + 130.0 + 30.0 * math.sqrt(shape)) / rate
-        opts = dict(limit=400, epsabs=1e-13, epsrel=1e-11)
-
-        def in_log(y):
-            x = math.exp(y)
-            return density(x) * h(x) * x if x > 0.0 else 0.0
-
-        return (integrate.quad(in_log, -math.inf, math.log(cut), **opts)[0]
-                + integrate.quad(lambda x: density(x) * h(x), cut, end, **opts)[0])
+        return expect_gamma(h, shape, rate)
 
     scores = {"shape": lambda x: math.log(rate * x) - special.digamma(shape),
               "rate": lambda x: shape / rate - x}
@@ -269,20 +282,6 @@ def test_cuda_backend_refuses_gamma_when_called_directly():
 MEASURE_VALUED = ("measure_valued", "measure_valued[coupling=false]")
 
 
-def _expect_gamma(h, shape, rate):
-    """E[h(x)], x ~ Gamma(shape, rate), by scipy quad (in log x below the mode region)."""
-    density = stats.gamma(shape, scale=1.0 / rate).pdf
-    cut, end = max(shape, 1.0) / rate, (shape + 130.0 + 30.0 * math.sqrt(shape)) / rate
-    opts = dict(limit=400, epsabs=1e-13, epsrel=1e-11)
-
-    def in_log(y):
-        x = math.exp(y)
-        return density(x) * h(x) * x if x > 0.0 else 0.0
-
-    return (integrate.quad(in_log, -math.inf, math.log(cut), **opts)[0]
-            + integrate.quad(lambda x: density(x) * h(x), cut, end, **opts)[0])
-
-
 @pytest.mark.parametrize("point", FAMILY_POINTS["gamma"])
 def test_gamma_weak_derivative_decomposition(point):
     """Table 2 of Mohamed et al. (2020) for Gamma(a, rate) wrt rate: d/drate q = (a / rate)
@@ -302,7 +301,7 @@ def test_gamma_weak_derivative_decomposition(point):
     for cost in ("quadratic", "exp", "cos"):
         h = 1e-4 * rate
         fx = partial(PLAIN_COSTS[cost], k=k)
-        slope = (_expect_gamma(fx, shape, rate + h) - _expect_gamma(fx, shape, rate - h)) \
+        slope = (expect_gamma(fx, shape, rate + h) - expect_gamma(fx, shape, rate - h)) \
             / (2 * h)
         p_ = params(cost, point, "gamma")
         for label in MEASURE_VALUED:
@@ -335,8 +334,8 @@ def gamma_measure_valued_scipy(cost, shape, rate, k, coupled):
     from helpers import PLAIN_COSTS
 
     fx, c = (lambda x: PLAIN_COSTS[cost](x, k)), shape / rate
-    plus = _expect_gamma(fx, shape, rate)
-    minus = _expect_gamma(fx, shape + 1.0, rate)
+    plus = expect_gamma(fx, shape, rate)
+    minus = expect_gamma(fx, shape + 1.0, rate)
     mean = c * (plus - minus)
     if coupled:
         density = stats.gamma(shape, scale=1.0 / rate).pdf
@@ -346,8 +345,8 @@ def gamma_measure_valued_scipy(cost, shape, rate, k, coupled):
             -60.0 / shape, math.log((shape + 130.0) / rate), 0.0, 120.0 / rate,
             epsabs=1e-12, epsrel=1e-9)[0]
     else:
-        second = (_expect_gamma(lambda x: fx(x) ** 2, shape, rate) - 2 * plus * minus
-                  + _expect_gamma(lambda x: fx(x) ** 2, shape + 1.0, rate))
+        second = (expect_gamma(lambda x: fx(x) ** 2, shape, rate) - 2 * plus * minus
+                  + expect_gamma(lambda x: fx(x) ** 2, shape + 1.0, rate))
     return mean, c * c * second - mean * mean
 
 
@@ -424,14 +423,8 @@ GAMMA_MV_WRONG = {"gamma_mv_rate_constant": (gamma_mv_rate_constant, "measure_va
 
 @pytest.fixture
 def gamma_mv_wrong(monkeypatch):
-    import dataclasses
-
     for name, (fn, impersonates) in GAMMA_MV_WRONG.items():
-        real = registry.resolve(impersonates)
-        monkeypatch.setitem(registry.ESTIMATORS, name, dataclasses.replace(
-            real, name=name, per_sample=fn, per_sample_by_family={},
-            description="deliberately wrong"))
-    registry._resolve.cache_clear()
+        register_wrong(monkeypatch, name, fn, impersonates)
     yield
     registry._resolve.cache_clear()
     run.cache_clear()   # the wrong kernels' numbers must not serve other tests
@@ -552,12 +545,7 @@ def test_rsvi_without_its_correction_term_is_rejected(monkeypatch):
     -2916, of the spread -65 (of the mean 0.7: the bias is small there), while rsvi itself
     passes the same check on every cost and point (|z| <= 3.9, tests/test_estimators.py).  At
     shape 4.5 the correction is too small to see (measured |z| <= 2.3): RSVI's point."""
-    import dataclasses
-
-    monkeypatch.setitem(registry.ESTIMATORS, "rsvi_no_correction", dataclasses.replace(
-        registry.ESTIMATORS["rsvi"], name="rsvi_no_correction",
-        per_sample=rsvi_without_correction, description="deliberately wrong"))
-    registry._resolve.cache_clear()
+    register_wrong(monkeypatch, "rsvi_no_correction", rsvi_without_correction, "rsvi")
     try:
         z = z_scores("rsvi_no_correction", "rsvi", "cos", "shape", FAMILY_POINTS["gamma"][1],
                      family="gamma")
