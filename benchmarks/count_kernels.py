@@ -28,9 +28,10 @@ def main():
         sys.exit(f"{directory} is not empty: set HARNESS_KERNEL_DIR to an empty directory")
     for family in registry.FAMILIES:
         for cost in registry.COSTS:
-            labels = conformance_labels(cost, family)
-            if labels:
-                cpu.load_kernel(family, spec(cost), labels, registry.FAMILIES[family].params)
+            for label in conformance_labels(cost, family):   # the components it supports
+                components = registry.supported_components(label, family,
+                                                           registry.FAMILIES[family].params)
+                cpu.load_kernel(family, spec(cost), [label], components)
     texts = [path.read_text() for path in directory.glob("*.py")]
     kinds = {"draw": "def draw_block", "shared draws": "def draw_shared",
              "term": "def accumulate", "of them cost-free": "cost: any"}
