@@ -247,6 +247,7 @@ def configure(coupling):
         streams=STREAMS,
         reference=_reference(bool(coupling)),
         shared_draws=shared_draws,
+        n_shared_draws=2,
     )
 
 
@@ -267,6 +268,7 @@ ESTIMATOR = Estimator(
     streams=STREAMS,
     reference=_reference(True),
     shared_draws=shared_draws,
+    n_shared_draws=2,
     options={"coupling": (True, False)},
     configure=configure,
 )
