@@ -109,9 +109,8 @@ from harness.axes import CostOps, FamilyOps, Sample, unavailable_1, unavailable_
 # body is one function LLVM can vectorise (and because numba cannot cache a kernel that calls
 # a separately compiled function which itself inlines the Philox code: "dynamic globals").
 # Estimators reach the family's and the cost's functions through the FamilyOps/CostOps tuples
-# instead, i.e. as separately compiled functions that keep their own fastmath flags: the
-# fused set carries the kernel's ("contract"), the plain set none, for ``first_sample_terms``
-# (compiled without flags), so every expression is rounded as if written inline.
+# instead, i.e. as separately compiled functions that keep their own fastmath flags: they
+# carry the kernel's ("contract"), so every expression is rounded as if written inline.
 FUSED = {{"inline": "always", "fastmath": {{"contract"}}}}
 {rejit}
 
@@ -124,16 +123,6 @@ def fused_family():
 @njit(inline="always")
 def fused_cost():
     return CostOps(cost_value, cost_derivative)
-
-
-@njit(inline="always")
-def plain_family():
-    return FamilyOps({plain_family})
-
-
-@njit(inline="always")
-def plain_cost():
-    return CostOps(cost_value, _cost_derivative)
 '''
 
 _TERM_TEMPLATE = '''\
@@ -160,19 +149,6 @@ def sample_terms_given(theta, k, e, x, f, df, e_copy, f_copy, key0, key1, index,
 {body}
 
 
-# The same body as a separately compiled function without the kernel's fastmath flags, for
-# the once-per-chunk shift (a second inlined call site would double the compile time).  The
-# function tuples are built inside: passed in, they would be pointers the cache refuses.
-# x, f and f' come from the draw buffer, so a term kernel that does not read the cost's
-# functions needs no cost at all (``reads_cost``).
-@njit
-def first_sample_terms(theta, k, e, x, f, df, e_copy, f_copy, key0, key1, index, consts,
-                       shared):
-    family = plain_family()
-    cost = plain_cost()
-{body}
-
-
 @njit(inline="always")
 def constants_tuple(consts):
     """The term's per-cell constants as a tuple of scalars (``()`` if it has none)."""
@@ -187,11 +163,12 @@ def constants_tuple(consts):
 def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first, params,
                consts_array, draws, shared, shift, acc):
     """Add the terms of pairs first + block_first + i (i < block_pairs) of jobs
-    (seed, chunk) ``jobs[0] <= job < jobs[1]`` to ``acc[job, sum | sum of squares, term,
-    lane]``; at block 0 first store the terms of the chunk's first sample in
-    ``shift[job, term]``.  ``draws``: the block's base draws of these jobs from
-    ``draw_block``, (jobs, streams, 2, block_pairs); ``shared``: the estimator's shared
-    draws from ``draw_shared`` (jobs, numbers, 2, block_pairs), unread if it has none."""
+    (seed, chunk) ``jobs[0] <= job < jobs[1]``, minus ``shift[job, term]``, to
+    ``acc[job, sum | sum of squares, term, lane]``; at block 0 first store the terms of the
+    chunk's first sample in ``shift[job, term]``.  ``draws``: the block's base draws of
+    these jobs from ``draw_block``, (jobs, streams, 2, block_pairs); ``shared``: the
+    estimator's shared draws from ``draw_shared`` (jobs, numbers, 2, block_pairs), unread
+    if it has none."""
     block_pairs = draws.shape[3]
     n_pairs = (n_samples + 1) // 2  # an odd N uses the first draw of its last pair
     # LANES as a run-time value: with a constant 8 LLVM unrolls a small sample body fully
@@ -210,36 +187,47 @@ def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
         if start < last:  # else every sample would add exactly 0.0
             key0 = keys0[s]
             key1 = keys1[s]
-            if block_first == 0:
-                t = first_sample_terms(theta, k, draws[row, 0, 0, 0], draws[row, 1, 0, 0],
-                                       draws[row, 2, 0, 0], draws[row, 3, 0, 0], {first_copy},
-                                       key0, key1, 2 * first, consts, {first_shared})
-                for j in range(N_TERMS):
-                    shift[job, j] = t[j]
             sums = np.empty((2, N_TERMS, LANES))  # the job's lane sums, local in the loop
-            for j in range(N_TERMS):
-                for lane in range(LANES):
-                    sums[0, j, lane] = acc[job, 0, j, lane]
-                    sums[1, j, lane] = acc[job, 1, j, lane]
+            # Block 0 makes two passes of the loop below.  Pass 0 runs the chunk's first sample
+            # alone from zero sums and a zero shift: lane 0 then holds its terms (0.0 + t is t),
+            # the chunk's shift (which keeps the sums of squares from cancelling).  Pass 1, and
+            # every later block's only pass, adds every sample minus that shift.  One call site
+            # of the inlined sample body: a separately compiled copy for the shift cost a third
+            # of each term kernel's compile time.
+            n_passes = 2 if block_first == 0 else 1
+            for pass_ in range(n_passes):
+                shifting = pass_ < n_passes - 1
+                if shifting:  # pair ``first`` only, and of it sample 2 first only
+                    stop, n_blocks, n_used = first + 1, 1, 2 * first + 1
+                    sums[:] = 0.0
+                else:
+                    stop, n_blocks, n_used = last, block_pairs // LANES, n_samples
+                    for j in range(N_TERMS):
+                        for lane in range(LANES):
+                            sums[0, j, lane] = acc[job, 0, j, lane]
+                            sums[1, j, lane] = acc[job, 1, j, lane]
 {load_shift}
-            # Sample 2p + h of pair p = start + b * LANES + lane.  The lane loop is innermost
-            # (LLVM vectorises innermost loops only) and the inlined sample body has one call
-            # site.  Past the chunk's end (or N's) a sample adds exactly 0.0.
-            for b in range(block_pairs // LANES):
-                for h in range(2):
-                    for lane in range(lanes):
-                        i = b * LANES + lane
-                        p = start + i  # int64: mixing in uint64 would give floats
-                        use = p < last and (h == 0 or 2 * p + 1 < n_samples)
-                        t = sample_terms_given(theta, k, draws[row, 0, h, i],
-                                               draws[row, 1, h, i], draws[row, 2, h, i],
-                                               draws[row, 3, h, i], {copy_arg}, key0, key1,
-                                               2 * p + h, consts, {shared_arg})
+                # Sample 2p + h of pair p = start + b * LANES + lane.  The lane loop is
+                # innermost (LLVM vectorises innermost loops only) and the inlined sample body
+                # has one call site.  Past ``stop`` (or ``n_used``) a sample adds exactly 0.0.
+                for b in range(n_blocks):
+                    for h in range(2):
+                        for lane in range(lanes):
+                            i = b * LANES + lane
+                            p = start + i  # int64: mixing in uint64 would give floats
+                            use = p < stop and (h == 0 or 2 * p + 1 < n_used)
+                            t = sample_terms_given(theta, k, draws[row, 0, h, i],
+                                                   draws[row, 1, h, i], draws[row, 2, h, i],
+                                                   draws[row, 3, h, i], {copy_arg}, key0,
+                                                   key1, 2 * p + h, consts, {shared_arg})
 {accumulate}
-            for j in range(N_TERMS):
-                for lane in range(LANES):
-                    acc[job, 0, j, lane] = sums[0, j, lane]
-                    acc[job, 1, j, lane] = sums[1, j, lane]
+                for j in range(N_TERMS):
+                    if shifting:
+                        shift[job, j] = sums[0, j, 0]
+                    else:
+                        for lane in range(LANES):
+                            acc[job, 0, j, lane] = sums[0, j, lane]
+                            acc[job, 1, j, lane] = sums[1, j, lane]
 '''
 
 _DRAW_TEMPLATE = '''\
@@ -501,15 +489,13 @@ def _prelude(fam, c, per_sample=None) -> str:
     imports += cost_imports
     if per_sample is not None:
         imports.append(_import_line(per_sample, "_estimator"))
-    rejit, fused, plain = list(cost_defs), [], []
+    rejit, fused = list(cost_defs), []
     for name in FAMILY_FUNCTIONS:
         if getattr(fam, name) is None:
             fused.append(_UNAVAILABLE[name])
-            plain.append(_UNAVAILABLE[name])
             continue
         rejit.append(f"family_{name} = njit(**FUSED)(_family_{name}.py_func)")
         fused.append(f"family_{name}")
-        plain.append(f"_family_{name}")
     if c is None:
         pass
     elif c.derivative is not None:
@@ -519,8 +505,7 @@ def _prelude(fam, c, per_sample=None) -> str:
     if per_sample is not None:
         rejit.append('estimator = njit(inline="always")(_estimator.py_func)')
     return _PRELUDE.format(imports="\n".join(imports), rejit="\n".join(rejit),
-                           fused_family=",\n                     ".join(fused),
-                           plain_family=",\n                     ".join(plain))
+                           fused_family=",\n                     ".join(fused))
 
 
 def _accumulate(n_terms: int, indent: str) -> str:
@@ -562,14 +547,12 @@ def term_source(family, cost, estimator, component: str) -> str:
         body="\n".join([sample, result]),
         consts_tuple="".join(f"consts[{j}], " for j in range(v.n_consts)).rstrip(" "),
         theta=theta, k=k,
-        first_copy="draws[row, 4, 0, 0], draws[row, 5, 0, 0]" if v.independent_copy
-        else "math.nan, math.nan",
-        load_shift="\n".join(f"            shift_{j} = shift[job, {j}]" for j in range(n_terms)),
-        copy_arg="draws[row, 4, h, i], draws[row, 5, h, i]" if v.independent_copy
-        else "math.nan, math.nan",
-        first_shared=_shared_tuple(v, "shared[row, {d}, 0, 0]"),
+        load_shift="\n".join(f"                shift_{j} = 0.0 if shifting else shift[job, {j}]"
+                             for j in range(n_terms)),
+        copy_arg="draws[row, 4, h, i],\n" + " " * 51 + "draws[row, 5, h, i]"
+        if v.independent_copy else "math.nan, math.nan",
         shared_arg=_shared_tuple(v, "shared[row, {d}, h, i]"),
-        accumulate=_accumulate(n_terms, " " * 24),
+        accumulate=_accumulate(n_terms, " " * 28),
     )
 
 
