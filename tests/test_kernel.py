@@ -379,8 +379,9 @@ def test_term_kernels_that_do_not_read_the_cost_are_shared_by_every_cost():
     the cost elsewhere one per cost.  Loading a kernel compiles nothing."""
     from harness import registry
 
-    shared = {"score_function", "score_function[baseline=mean]", "pathwise"}
-    per_cost = {"measure_valued", "score_function[baseline=optimal]", "antithetic_pathwise"}
+    shared = {"score_function", "score_function[baseline=mean]", "pathwise",
+              "score_function[baseline=optimal]", "delta_cv[coefficient=estimated]"}
+    per_cost = {"measure_valued", "antithetic_pathwise", "rebar"}
     for label in [label for name in registry.ESTIMATORS for label in registry.variants(name)]:
         v = registry.resolve(label)
         family = next(f for f in registry.FAMILIES if f in (v.families or (f,)))
