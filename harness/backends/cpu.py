@@ -823,6 +823,7 @@ def _compile(family, cost, labels, components, kernels: CellKernels) -> None:
     todo = [(kernels.draw, None, None)] + list(zip(kernels.terms, variants, terms))
     new = [job for job in todo if not job[0].overloads and
            getattr(sys.modules[job[0].py_func.__module__], "WRITTEN_NOW", False)]
+    new = list({id(job[0]): job for job in new}.values())  # variants may share a kernel
     workers = min(compile_workers(), len(new))
     helpers = []
     if workers > 1 and isinstance(cost, (str, Mapping)):
