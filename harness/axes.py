@@ -34,22 +34,22 @@ Cost functions (bundled as ``CostOps``): ``value(x, k)``, ``derivative(x, k)`` (
 ``unavailable_2`` when the cost has no derivative).
 
 Estimator: ``per_sample(component, s, family, cost, consts)`` where ``s`` is a ``Sample``
-(theta, k, e, x = to_x(theta, e), f = value(x, k), df = derivative(x, k) or NaN, e_copy =
-the sample's base draw on the independent copy stream (NaN unless the estimator declares
-``independent_copy``), key0, key1 (the seed's Philox key, uint32 values in uint64), index
-(int64, the sample index), shared = the tuple ``shared_draws(component, key0, key1, index)``
-of the estimator, ``()`` if it declares none), ``family`` a ``FamilyOps``, ``cost`` a
-``CostOps`` and ``consts`` the tuple of the estimator's per-cell constants (``()`` if it has
-none). It returns the sample's term g_i (per-sample kind) or a tuple of ``n_moments`` floats
-(accumulated kind). Extra random numbers for sample i come from the estimator's own streams
-(``streams``, ids 1 .. 2**29 - 1, counter index i) via ``harness.rng``; see
-``harness/rng.py`` for the plan. Numbers that several variants draw alike (measure_valued's
-coupled and uncoupled parts) can come from ``shared_draws(component, key0, key1, index) ->
-tuple of floats`` (jitted, the same length for every component) instead: the CPU backend
-then draws them once per sample for every variant with the same function (a separate kernel
-per (function, component)) and hands them over as ``s.shared``; the numbers are those the
-function returns, so a variant gives the same results whether or not another variant shares
-them.
+(theta, k, e, x = to_x(theta, e), f = value(x, k), df = derivative(x, k) or NaN, e_copy = the
+sample's base draw on the independent copy stream and f_copy = value(to_x(theta, e_copy), k)
+(both NaN unless the estimator declares ``independent_copy``), key0, key1 (the seed's Philox
+key, uint32 values in uint64), index (int64, the sample index), shared = the tuple
+``shared_draws(component, key0, key1, index)`` of the estimator, ``()`` if it declares none),
+``family`` a ``FamilyOps``, ``cost`` a ``CostOps`` and ``consts`` the tuple of the estimator's
+per-cell constants (``()`` if it has none). It returns the sample's term g_i (per-sample kind)
+or a tuple of ``n_moments`` floats (accumulated kind). Extra random numbers for sample i come
+from the estimator's own streams (``streams``, ids 1 .. 2**29 - 1, counter index i) via
+``harness.rng``; see ``harness/rng.py`` for the plan. Numbers that several variants draw alike
+(measure_valued's coupled and uncoupled parts) can come from ``shared_draws(component, key0,
+key1, index) -> tuple of floats`` (jitted, the same length for every component) instead: the
+CPU backend then draws them once per sample for every variant with the same function (a
+separate kernel per (function, component)) and hands them over as ``s.shared``; the numbers are
+those the function returns, so a variant gives the same results whether or not another variant
+shares them.
 
 Two kinds of estimator variant
 ------------------------------
@@ -83,7 +83,8 @@ from numba import njit
 # ---- what the kernel hands an estimator ---------------------------------------------------
 
 # ``shared`` defaults to () so code that builds a Sample without shared draws still works
-Sample = namedtuple("Sample", "theta k e x f df e_copy key0 key1 index shared", defaults=((),))
+Sample = namedtuple("Sample", "theta k e x f df e_copy f_copy key0 key1 index shared",
+                    defaults=((),))
 FamilyOps = namedtuple("FamilyOps", "to_x score times_score dx_dtheta antithetic centred")
 CostOps = namedtuple("CostOps", "value derivative")
 
@@ -227,7 +228,9 @@ class Estimator:
 
     ``needs``: keys of ``NEEDS``; ``families``: the families it is defined for (None: any
     family that meets ``needs``); ``streams``: its own Philox stream ids; ``independent_copy``:
-    the kernel passes the sample's draw on the independent copy stream as ``s.e_copy``;
+    the kernel passes the sample's draw on the independent copy stream as ``s.e_copy`` and
+    the cost there as ``s.f_copy`` (the draw kernel evaluates it, so the estimator's term
+    kernel does not read the cost and is shared by every cost);
     ``evals_per_sample``: evaluations of f (or f') per sample, for work-normalised variances.
     ``biased``: the estimator's expectation is not the gradient (relaxations, straight-through):
     its ``reference`` mean is its own exact expectation (results column
@@ -264,6 +267,7 @@ class Estimator:
     # (component, key0, key1, index) -> tuple of floats, read as ``s.shared`` (module
     # docstring); variants with the same function share the numbers (drawn once per sample)
     shared_draws: Callable | None = None
+    n_shared_draws: int = 0            # the length of the tuple ``shared_draws`` returns
     # family base name -> its own per_sample, for an estimator whose formula differs per
     # family (the relaxations: Bernoulli and categorical); other families use ``per_sample``
     per_sample_by_family: Mapping[str, Callable] = field(default_factory=dict)

@@ -280,8 +280,9 @@ def loop_transcription(label, component, seed, n, family="normal", params=None):
         x = fam.to_x(theta, eps[i])
         shared = () if v.shared_draws is None else v.shared_draws.py_func(
             fam.params.index(component), key0, key1, np.int64(i))
+        assert len(shared) == cpu.n_shared(v), f"{label}: n_shared_draws is not {len(shared)}"
         s = Sample(theta, k, eps[i], x, cost.value(x, k), cost.derivative(x, k), eps_copy[i],
-                   key0, key1, i, shared)
+                   cost.value(fam.to_x(theta, eps_copy[i]), k), key0, key1, i, shared)
         terms.append(v.per_sample_for(fam).py_func(fam.params.index(component), s, ops,
                                                     cost_ops, consts))
     terms = np.array(terms, dtype=float).reshape(n, -1)
@@ -387,8 +388,9 @@ def test_term_kernels_that_do_not_read_the_cost_are_shared_by_every_cost():
     the cost elsewhere one per cost.  Loading a kernel compiles nothing."""
     from harness import registry
 
-    shared = {"score_function", "score_function[baseline=mean]", "pathwise"}
-    per_cost = {"measure_valued", "score_function[baseline=optimal]", "antithetic_pathwise"}
+    shared = {"score_function", "score_function[baseline=mean]", "pathwise",
+              "score_function[baseline=optimal]", "delta_cv[coefficient=estimated]"}
+    per_cost = {"measure_valued", "antithetic_pathwise", "rebar"}
     for label in [label for name in registry.ESTIMATORS for label in registry.variants(name)]:
         v = registry.resolve(label)
         family = next(f for f in registry.FAMILIES if f in (v.families or (f,)))
@@ -423,3 +425,16 @@ def test_variants_with_the_same_shared_draws_draw_them_once_and_keep_their_numbe
         assert np.array_equal(alone[1][:, 0], both[1][:, i]), label
     # the two variants do differ (the comparison above is not between equal numbers)
     assert not np.array_equal(both[1][:, 0], both[1][:, 1])
+
+
+def test_variants_differing_only_in_constants_share_one_compiled_term_kernel():
+    """Options that only change per-cell constants (rebar's temperature and eta) give the
+    same term source and one module; options that change the code (a score-function
+    baseline) do not."""
+    share = [cpu.load_term_kernel("bernoulli", "quadratic", label, "logit")
+             for label in ("rebar", "rebar[eta=0.5,temperature=1.0]",
+                           "rebar[eta=1.0,temperature=0.1]")]
+    assert share[0] is share[1] is share[2]
+    apart = {cpu.load_term_kernel("normal", "quadratic", label, "mu") for label in
+             ("score_function", "score_function[baseline=mean]", "pathwise")}
+    assert len(apart) == 3

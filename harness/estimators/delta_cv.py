@@ -62,7 +62,7 @@ def moments_estimated(component, s, family, cost, consts):
     e2 = s.e_copy
     s2 = family.score(component, s.theta, e2)
     h2 = taylor(consts, family.centred(s.theta, e2))
-    a2 = (cost.value(family.to_x(s.theta, e2), s.k) - h2) * s2
+    a2 = (s.f_copy - h2) * s2
     b2 = h2 * s2 - consts[3]
     return r, d, r * r, r * d, d * d, a2, b2, a2 * b2, b2 * b2
 

@@ -332,6 +332,7 @@ def configure(coupling):
         reference=_reference(bool(coupling)),
         shared_draws=shared_draws,
         components=COMPONENTS,
+        n_shared_draws=2,
     )
 
 
@@ -358,6 +359,7 @@ ESTIMATOR = Estimator(
     reference=_reference(True),
     shared_draws=shared_draws,
     components=COMPONENTS,
+    n_shared_draws=2,
     options={"coupling": (True, False)},
     configure=configure,
 )

@@ -80,7 +80,7 @@ def estimate_mean(means, variances, n, consts):
 def moments_optimal(component, s, family, cost, consts):
     ft = s.f - consts[0]
     score = family.score(component, s.theta, s.e)
-    f2 = cost.value(family.to_x(s.theta, s.e_copy), s.k) - consts[0]
+    f2 = s.f_copy - consts[0]
     s2 = family.score(component, s.theta, s.e_copy)
     fs = ft * score
     return fs, score, fs * fs, fs * score, score * score, f2 * s2 * s2, s2 * s2
