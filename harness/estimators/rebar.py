@@ -147,7 +147,9 @@ def conditional_relaxation(theta, tau, key0, key1, index, b, component, log_norm
             weight_c, x_c = weight, x
     y_cond = weighted / total
     # dz~_i/dl_c = 1{i = c} (1 - e^{w_c}) + e^{w_i} p_c, and 1 - e^{w_c} = x_c / (1 + x_c)
-    return y_cond, (weight_c * (component - y_cond) * x_c / (1.0 + x_c)
+    # (1 where x_c overflowed: a logit far below the maximum)
+    below = x_c / (1.0 + x_c) if x_c < math.inf else 1.0
+    return y_cond, (weight_c * (component - y_cond) * below
                     + p * (ratio_weighted - y_cond * ratio_total)) / (total * tau)
 
 

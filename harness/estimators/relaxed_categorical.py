@@ -1,5 +1,7 @@
-"""The Gumbel-softmax relaxation of a categorical variable, shared by ``gumbel_softmax`` and
-``straight_through`` on the categorical family (their modules hold the estimators).
+"""The Gumbel-softmax relaxation of a categorical variable, shared by ``gumbel_softmax``,
+``straight_through`` and ``rebar`` on the categorical family (their modules hold the
+estimators; ``rebar`` also uses the sector quadrature, ``weighted_sectors`` and ``relaxed``,
+for its own reference).
 
 Noise:     K Gumbel draws per sample, G_k = -log(-log u_k), u_k = element k % 2 of
            ``uniform_pair`` at counter (sample index i, stream ``first_stream + k // 2``):
