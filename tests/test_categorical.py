@@ -277,14 +277,15 @@ def test_a_categorical_grid_runs_with_one_column_per_logit(tmp_path):
 
 @needs_cuda
 def test_cuda_backend_matches_the_cpu_on_the_same_streams(monkeypatch):
-    """The score function and the leave-one-out baseline on the CUDA backend (the simulator
-    in tox -e cudasim): the CPU's numbers to the tolerance of tests/test_cuda.py."""
+    """The score function, the leave-one-out baseline and REBAR (its own Gumbel and
+    conditional streams) on the CUDA backend (the simulator in tox -e cudasim): the CPU's
+    numbers to the tolerance of tests/test_cuda.py."""
     from harness.backends import cuda
 
     monkeypatch.setattr(cuda, "MIN_CHUNK_PAIRS", 64)
     seeds = np.array([0, 7, 2**40 + 3])
     for n in (3, 1001):
-        args = (FAMILY, "square", ["score_function", "score_function[baseline=mean]"],
+        args = (FAMILY, "square", ["score_function", "score_function[baseline=mean]", "rebar"],
                 ("logits[1]",), {"logits[0]": 0.2, "logits[1]": -0.5, "logits[2]": 1.0}, n,
                 seeds)
         (eg, vg), (ec, vc) = cuda.estimate(*args), cpu.estimate(*args)

@@ -491,7 +491,9 @@ def _grid(distribution, params_text, estimators, cost="quadratic"):
     ("normal", "  mu: 0.3\n  sigma: 1.0\n  k: 0.45\n", "gumbel_softmax",
      "gumbel_softmax is defined for the bernoulli or categorical family only, not normal"),
     ("exponential", "  rate: 2.0\n  k: 0.45\n", "rebar",
-     "rebar is defined for the bernoulli family only, not exponential"),
+     "rebar is defined for the bernoulli or categorical family only, not exponential"),
+    ("exponential", "  rate: 2.0\n  k: 0.45\n", "arm",
+     "arm is defined for the bernoulli family only, not exponential"),
 ])
 def test_validate_rejects_impossible_combinations(distribution, params_text, estimator,
                                                   message):

@@ -1,5 +1,7 @@
-"""The Gumbel-softmax relaxation of a categorical variable, shared by ``gumbel_softmax`` and
-``straight_through`` on the categorical family (their modules hold the estimators).
+"""The Gumbel-softmax relaxation of a categorical variable, shared by ``gumbel_softmax``,
+``straight_through`` and ``rebar`` on the categorical family (their modules hold the
+estimators; ``rebar`` also uses the sector quadrature, ``weighted_sectors`` and ``relaxed``,
+for its own reference).
 
 Noise:     K Gumbel draws per sample, G_k = -log(-log u_k), u_k = element k % 2 of
            ``uniform_pair`` at counter (sample index i, stream ``first_stream + k // 2``):
@@ -39,10 +41,15 @@ FAR_WIDTH = 2.0       # panel width away from the sector edges (the density's sc
 
 
 @njit(inline="always")
+def uniform_k(key0, key1, index, first_stream, k):
+    """Uniform draw k of sample ``index``: element k % 2 of the pair on stream first + k // 2."""
+    return uniform_pair(key0, key1, index, first_stream + k // 2)[k % 2]
+
+
+@njit(inline="always")
 def gumbel(key0, key1, index, first_stream, k):
     """Gumbel draw k of sample ``index`` (module docstring)."""
-    u = uniform_pair(key0, key1, index, first_stream + k // 2)[k % 2]
-    return -math.log(-math.log(u))
+    return -math.log(-math.log(uniform_k(key0, key1, index, first_stream, k)))
 
 
 @njit(inline="always")
@@ -133,22 +140,34 @@ def moments(logits, tau: float, component: int, derivative, k_cost: float, hard:
     return float(means[component]), float(variances[component])
 
 
+def weighted_sectors(logits: np.ndarray, tau: float):
+    """Per winning category b: (b, d, weight), d (n, K) the differences d_k = (l_k + G_k) -
+    (l_0 + G_0) on the sector where b wins (the hard index is b there) and weight the rule's
+    weights times the Gumbel differences' density (K = 2 and 3)."""
+    delta = logits[1:] - logits[0]
+    # d = a + delta: the margins must reach HALF_WIDTH beyond the logits' spread (in steps
+    # of 8, so few distinct rules are built and cached)
+    width = HALF_WIDTH + 8.0 * math.ceil(float(np.max(np.abs(delta))) / 8.0)
+    for winner, d, w in _sectors(logits.size, tau, width):
+        yield winner, d, w * np.exp(_log_density(d[:, 1:] - delta))   # a_k = d_k - delta_k
+
+
+def relaxed(d: np.ndarray, tau: float):
+    """(z, y): the relaxed one-hot softmax(d / tau) (rows) and the soft index z @ (0..K-1)."""
+    scaled = d / tau
+    z = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    z /= z.sum(axis=1, keepdims=True)
+    return z, z @ np.arange(d.shape[1])
+
+
 @lru_cache(maxsize=256)
 def _moments(logits: tuple, tau: float, derivative, k_cost: float, hard: bool):
     logits = np.asarray(logits)
     k = logits.size
-    delta = logits[1:] - logits[0]
     first = np.zeros(k)
     second = np.zeros(k)
-    # d = a + delta: the margins must reach HALF_WIDTH beyond the logits' spread (in steps
-    # of 8, so few distinct rules are built and cached)
-    width = HALF_WIDTH + 8.0 * math.ceil(float(np.max(np.abs(delta))) / 8.0)
-    for winner, d, w in _sectors(k, tau, width):
-        weight = w * np.exp(_log_density(d[:, 1:] - delta))   # a_k = d_k - delta_k
-        scaled = d / tau
-        z = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-        z /= z.sum(axis=1, keepdims=True)
-        y = z @ np.arange(k)
+    for winner, d, weight in weighted_sectors(logits, tau):
+        z, y = relaxed(d, tau)
         at = np.full(y.shape, float(winner)) if hard else y
         slope = values(derivative, at, k_cost) / tau
         for c in range(k):
