@@ -12,8 +12,9 @@ Work decomposition (independent of the thread count, hence bitwise reproducible)
 ---------------------------------------------------------------------------------
 The N samples of a seed are pairs of base draws (one Philox counter per pair); the pairs are
 split into a fixed number of chunks that depends on N only (``chunking``).  A *job* is one
-(seed, chunk).  Each job's pairs are processed in *blocks* of ``block_pairs`` pairs (a
-multiple of ``LANES`` sized so the draw buffer stays in cache; it never changes the bits):
+(seed, chunk).  Each job's pairs are processed in *blocks* of ``block_pairs`` pairs, a few
+jobs at a time (``block_plan``: long blocks, a multiple of ``LANES``, with the draw buffers
+of the block's jobs near ``BLOCK_BYTES`` so they stay in cache; it never changes the bits):
 
 1. ``draw_block``, one kernel per (family, cost) (``draw_source``): for every job and
    sample 2 p + h of the block's pairs p = first + block_first + i, ``draws[job, :, h, i]``
@@ -44,18 +45,18 @@ estimator or a component compiles only its own kernel, and every cell and grid t
 several processes side by side (``compile_workers``). The summation order is that of the
 former fused kernel (one kernel per cell type): its sums are reproduced bitwise for many
 terms and to 1-3 ulp for others (multiply-adds contracted differently once the terms are
-compiled apart). Memory is O(jobs x (block_pairs + terms x LANES)), independent of N.
+compiled apart). Memory is O(BLOCK_BYTES + jobs x terms x LANES), independent of N.
 
 Threads: the kernels are compiled serially (``nogil``, ``error_model="numpy"``: a
 division's Python-style zero check would stop LLVM vectorising) and the jobs are split into
-contiguous groups, one Python thread per group, each with its own draw buffer.  A job's
+contiguous groups, one Python thread per group, each with its own draw buffers.  A job's
 numbers never depend on its group, so the bits are the same for any thread count.
 
 Public: ``estimate(family, cost, estimators, components, params, n_samples, seeds)``;
 ``reduce_partials`` (chunk merge + each estimator's ``moments_to_estimate``, shared with the
 CUDA backend); ``validate``, ``constants``, ``load_kernel`` (a cell type's kernels),
 ``load_draw_kernel``, ``load_term_kernel``, ``cell_module`` (every term of a cell as one
-per-sample function, for the CUDA backend), ``chunking``, ``block_pairs``, ``merge_chunks``,
+per-sample function, for the CUDA backend), ``chunking``, ``block_plan``, ``merge_chunks``,
 ``vector_width``.
 """
 
@@ -178,6 +179,9 @@ def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
     theta = ({theta},)
     k = {k}
     consts = constants_tuple(consts_array)  # scalars, so the hot loop never reads the array
+    # the job's lane sums, local in the loop; allocated once per call, not once per job (an
+    # allocation per job and block cost more than the samples of a small block)
+    sums = np.empty((2, N_TERMS, LANES))
     for job in range(jobs[0], jobs[1]):
         row = job - jobs[0]
         s = job // n_chunks
@@ -187,7 +191,6 @@ def accumulate(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_first
         if start < last:  # else every sample would add exactly 0.0
             key0 = keys0[s]
             key1 = keys1[s]
-            sums = np.empty((2, N_TERMS, LANES))  # the job's lane sums, local in the loop
             # Block 0 makes two passes of the loop below.  Pass 0 runs the chunk's first sample
             # alone from zero sums and a zero shift: lane 0 then holds its terms (0.0 + t is t),
             # the chunk's shift (which keeps the sums of squares from cancelling).  Pass 1, and
@@ -879,14 +882,21 @@ def chunking(n_samples: int) -> tuple[int, int]:
     return chunk_pairs, math.ceil(n_pairs / chunk_pairs)
 
 
-def block_pairs(n_jobs: int, n_rows: int, chunk_pairs: int) -> int:
-    """Pairs per job and block: a multiple of LANES, at most the chunk (rounded up), with the
-    draw buffer (jobs x streams x 2 x pairs doubles) near ``BLOCK_BYTES``.  Any value gives
-    the same bits (lanes are fixed by the pair index); it only trades call overhead (more
-    blocks) against cache misses (a larger buffer)."""
-    fit = BLOCK_BYTES // (n_jobs * n_rows * 2 * 8)
-    pairs = min(fit, MAX_BLOCK_PAIRS, chunk_pairs + LANES - 1)
-    return max(LANES, pairs // LANES * LANES)
+def block_plan(n_rows: int, chunk_pairs: int) -> tuple[int, int]:
+    """(pairs per job and block, jobs per block): the draw buffers of a block (jobs x rows x
+    2 x pairs doubles, ``n_rows`` = every row of the draw and shared buffers) stay near
+    ``BLOCK_BYTES``, blocks are as long as possible (at most ``MAX_BLOCK_PAIRS``, a multiple of
+    LANES, the chunk cut into equal blocks) and a block holds as many jobs as then fit.  Long
+    blocks matter: a kernel's per-job work (loading and storing its lane sums, setting up the
+    vectorised lane loop) is paid once per job and block, and with the former plan (every job
+    of a thread in one buffer: 32 pairs per block in the Mohamed et al. study) it cost more
+    than the samples of a simple term.  Any plan gives the same bits (lanes are fixed by the
+    pair index, jobs are independent); it only trades call overhead against cache misses."""
+    n_blocks = math.ceil(chunk_pairs / MAX_BLOCK_PAIRS)
+    pairs = math.ceil(math.ceil(chunk_pairs / n_blocks) / LANES) * LANES
+    fit = BLOCK_BYTES // (n_rows * 2 * 8)  # pairs of one job that fit the buffer
+    pairs = max(LANES, min(pairs, fit // LANES * LANES))
+    return pairs, max(1, BLOCK_BYTES // (n_rows * 2 * 8 * pairs))
 
 
 def merge_chunks(partials: np.ndarray, n_terms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -990,25 +1000,29 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
 
     n_threads = 1 if not parallel else max(1, min(numba.get_num_threads(), n_jobs))
     bounds = [n_jobs * t // n_threads for t in range(n_threads + 1)]
-    groups = [np.array(bounds[t:t + 2], dtype=np.int64) for t in range(n_threads)]
-    pairs = block_pairs(max(bounds[1], 1) * n_threads, n_rows + sum(shared_rows), chunk_pairs)
+    groups = [(bounds[t], bounds[t + 1]) for t in range(n_threads)]
+    pairs, jobs_per_block = block_plan(n_rows + sum(shared_rows), chunk_pairs)
 
-    def run(jobs):
-        """Every block of jobs[0] <= job < jobs[1], with its own draw buffer.  Zeros, not
-        empty: a term kernel computes (and discards) samples past a chunk's end from
-        whatever the buffer holds, and garbage bits could be slow subnormals."""
-        draws = np.zeros((jobs[1] - jobs[0], n_rows, 2, pairs))
+    def run(group):
+        """Every block of the jobs group[0] <= job < group[1], ``jobs_per_block`` jobs at a
+        time, with the thread's own draw buffers.  Zeros, not empty: a term kernel computes
+        (and discards) samples past a chunk's end from whatever the buffer holds, and
+        garbage bits could be slow subnormals."""
+        width = min(jobs_per_block, group[1] - group[0])
+        draws = np.zeros((width, n_rows, 2, pairs))
         draw_tail = (params_v, np.int64(INDEPENDENT_STREAM_OFFSET), draws)
-        shared = [np.zeros((jobs[1] - jobs[0], rows, 2, pairs)) for rows in shared_rows]
+        shared = [np.zeros((width, rows, 2, pairs)) for rows in shared_rows]
         unread = np.zeros((1, 1, 2, LANES))  # the ``shared`` of a term without shared draws
-        for block_first in range(0, chunk_pairs, pairs):
-            block = np.int64(block_first)
-            kernels.draw(*head, jobs, block, *draw_tail)
-            for kernel, buffer in zip(kernels.shared, shared):
-                kernel(*head, jobs, block, buffer)
-            for kernel, _, _, term_consts, shift, acc, j in terms:
-                kernel(*head, jobs, block, params_v, term_consts, draws,
-                       shared[j] if j >= 0 else unread, shift, acc)
+        for first_job in range(group[0], group[1], width):
+            jobs = np.array([first_job, min(first_job + width, group[1])], dtype=np.int64)
+            for block_first in range(0, chunk_pairs, pairs):
+                block = np.int64(block_first)
+                kernels.draw(*head, jobs, block, *draw_tail)
+                for kernel, buffer in zip(kernels.shared, shared):
+                    kernel(*head, jobs, block, buffer)
+                for kernel, _, _, term_consts, shift, acc, j in terms:
+                    kernel(*head, jobs, block, params_v, term_consts, draws,
+                           shared[j] if j >= 0 else unread, shift, acc)
 
     _compile(family, cost, labels, components, kernels)  # before the threads start
     if n_threads == 1:
