@@ -42,15 +42,6 @@ def _probe(before: str = "", **env) -> list:
     return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not HAS_AVX512, reason="the host has no AVX-512F")
-def test_avx512_hosts_get_512_bit_vectors_and_can_opt_out():
-    assert _probe() == ["wide", 8]
-    what, width = _probe(HARNESS_VECTOR_WIDTH="native")
-    assert what == "native"
-    # numba's own choice on this host; on Intel cores LLVM prefers 256-bit vectors
-    assert width in (4, 8)
-
-
 def test_too_late_once_numba_has_jitted_and_the_users_features_win():
     # the user's numba target was set up before harness was imported: nothing changes
     what, _ = _probe(before="from numba import njit\nnjit(lambda: 1)()")
@@ -59,29 +50,33 @@ def test_too_late_once_numba_has_jitted_and_the_users_features_win():
     assert what == "user-features"
 
 
-CELL = """
-import sys, numpy as np
-import harness
+# what prefer_wide_vectors did, the widest vector of a jitted loop, and one cell's numbers
+CELL = PROBE.replace("print(json.dumps(", """
 from harness.backends import cpu
 est, var = cpu.estimate("normal", "cos", ["score_function[baseline=optimal]",
                                           "measure_valued[coupling=false]"], ["mu"],
-                        {"mu": 0.3, "sigma": 1.2, "k": 1.5}, 5001, np.arange(3))
+                        {{"mu": 0.3, "sigma": 1.2, "k": 1.5}}, 5001, np.arange(3))
 np.save(sys.argv[1], np.stack([est, var]))
-"""
+print(json.dumps(""")
 
 
 @pytest.mark.skipif(not HAS_AVX512, reason="the host has no AVX-512F")
-def test_vector_width_does_not_change_a_bit(tmp_path):
+def test_avx512_hosts_get_512_bit_vectors_the_same_numbers_and_can_opt_out(tmp_path):
     # a copy-stream baseline, shared extra draws and a branch-free cos: the numbers of 512-bit
     # and native (256-bit) kernels must be bitwise equal (fixed lane order, "contract" only)
-    results = []
+    results, probes = [], []
     for width in ("wide", "native"):
         env = {k: v for k, v in os.environ.items() if k != "NUMBA_CPU_FEATURES"}
         env.update(HARNESS_VECTOR_WIDTH=width, HARNESS_COMPILE_WORKERS="1",
                    HARNESS_KERNEL_DIR=str(tmp_path / width / "kernels"),
                    NUMBA_CACHE_DIR=str(tmp_path / width / "numba"))
         out = tmp_path / f"{width}.npy"
-        subprocess.run([sys.executable, "-c", CELL, str(out)], env=env, check=True)
+        stdout = subprocess.run([sys.executable, "-c", CELL.format(before=""), str(out)],
+                                env=env, check=True, capture_output=True, text=True).stdout
+        probes.append(json.loads(stdout.strip().splitlines()[-1]))
         results.append(np.load(out))
+    assert probes[0] == ["wide", 8]
+    # numba's own choice on this host; on Intel cores LLVM prefers 256-bit vectors
+    assert probes[1][0] == "native" and probes[1][1] in (4, 8)
     assert np.isfinite(results[0]).all()
     assert np.array_equal(results[0], results[1])
