@@ -37,6 +37,19 @@ MU, SIGMA = 2.0, 1.0
 WORKLOAD = ("score_function", "pathwise")
 
 
+def vector_note() -> str:
+    """How wide the kernels' vectors are asked to be (``harness.cpu_tuning``), for the
+    report: the kernels' speed depends on it, their numbers do not."""
+    from .cpu_tuning import prefer_wide_vectors
+
+    return {"wide": "512-bit vectors (AVX-512; HARNESS_VECTOR_WIDTH=native for numba's)",
+            "native": "numba's vector width (HARNESS_VECTOR_WIDTH=native)",
+            "no-avx512": "numba's vector width (no AVX-512)",
+            "user-features": "CPU features from NUMBA_CPU_FEATURES",
+            "too-late": "numba's vector width (numba was set up before harness)",
+            }[prefer_wide_vectors()]
+
+
 def numpy_reference(n_samples: int, seeds) -> tuple[np.ndarray, np.ndarray]:
     """(estimate, sample_var), each (n_seeds, 2): score function and pathwise wrt mu."""
     est = np.empty((len(seeds), 2))
@@ -112,7 +125,7 @@ class BenchResult:
         return "\n".join([
             f"workload     score_function + pathwise, q=N(2,1), f=x^2, "
             f"{self.n_seeds} seeds x {self.n_samples:.3g} samples",
-            f"threads      {self.threads} (numba), cores {os.cpu_count()}",
+            f"threads      {self.threads} (numba), cores {os.cpu_count()}; {vector_note()}",
             f"harness      {self.harness_rate / 1e6:9.1f} M samples/s  "
             f"({self.harness_seconds:.3f} s)",
             f"numpy        {self.numpy_rate / 1e6:9.1f} M samples/s  "
@@ -241,7 +254,7 @@ class BenchReport:
             f"workload        score_function + pathwise wrt mu, q = N(2, 1), f = x^2, "
             f"{self.n_seeds} seeds x {self.n_samples:.3g} samples",
             f"machine         {os.cpu_count()} cores; numba threading layer "
-            f"{numba.threading_layer()}",
+            f"{numba.threading_layer()}; {vector_note()}",
             f"{'implementation':24} {'M samples/s':>12} {'seconds':>9} {'x numpy':>8}",
             f"{'numpy default_rng':24} {self.rate(self.numpy_seconds) / 1e6:12.1f} "
             f"{self.numpy_seconds:9.3f} {1.0:8.1f}",

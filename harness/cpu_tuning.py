@@ -35,6 +35,7 @@ import os
 import sys
 
 ENV = "HARNESS_VECTOR_WIDTH"
+_WIDE = ",-prefer-256-bit"  # appended to the host's features
 _state = {"result": None}
 
 
@@ -48,9 +49,12 @@ def prefer_wide_vectors() -> str:
 
 def _apply() -> str:
     if os.environ.get(ENV, "").strip().lower() == "native":
+        if os.environ.get("NUMBA_CPU_FEATURES", "").endswith(_WIDE) and "numba" not in sys.modules:
+            del os.environ["NUMBA_CPU_FEATURES"]  # inherited from a harness parent: undo it
         return "native"
     if os.environ.get("NUMBA_CPU_FEATURES"):
-        return "user-features"
+        # a harness parent process's setting (helper and bench processes inherit it)
+        return "wide" if os.environ["NUMBA_CPU_FEATURES"].endswith(_WIDE) else "user-features"
     import llvmlite.binding as ll
 
     try:
@@ -59,7 +63,7 @@ def _apply() -> str:
         return "no-avx512"
     if "+avx512f" not in features.split(","):
         return "no-avx512"
-    wide = features + ",-prefer-256-bit"
+    wide = features + _WIDE
     if "numba" in sys.modules:
         from numba.core import config
         from numba.core.registry import cpu_target
