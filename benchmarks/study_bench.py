@@ -3,7 +3,7 @@ their NumPy versions, the VI examples, per-estimator throughput and the seed-000
 against a compute-ceiling reference kernel.
 
     python benchmarks/study_bench.py [--reference-kernel PATH] [--costs quadratic exp cos]
-                                     [--no-vi] [--no-throughput] [--out DIR]
+                                     [--no-vi] [--no-throughput] [--examples] [--out DIR]
 
 - *cold*: ``harness run GRID --force`` in a new process with empty kernel and numba cache
   directories (everything compiled); *warm*: the same command again (kernels loaded from
@@ -11,6 +11,7 @@ against a compute-ceiling reference kernel.
 - *numpy*: ``benchmarks/numpy_study.py`` on the same grid, in this process, and the
   largest |z| between its means over seeds and the harness's (per k, estimator and
   component; z in standard errors of the difference, expected below 5).
+- *examples* (``--examples``): cold and warm times of every other bundled example.
 - *throughput*: each estimator variant alone, 8 seeds x 10^7 samples, wrt mu and sigma,
   f = (x - 0.5)^2 (the quadratic cost, k = 0.5), warm, best of 3, and its ratio to pathwise.
 - *ceiling*: the seed-000 kernel (score function + pathwise wrt mu, f = x^2, q = N(2, 1))
@@ -123,6 +124,21 @@ def vi_examples(tmp: Path) -> list[str]:
     return lines
 
 
+def other_examples(tmp: Path) -> list[str]:
+    """Cold and warm ``harness run`` of every other bundled example (no NumPy versions)."""
+    done = {f"mohamed_section3_{cost}" for cost in ("quadratic", "exp", "cos")} | \
+        set(VI_EXAMPLES)
+    lines = [say(f"{'example':28} {'cold s':>8} {'warm s':>8}")]
+    for grid in sorted((ROOT / "examples").glob("*.yaml")):
+        if grid.stem in done:
+            continue
+        caches, out = tmp / f"caches_{grid.stem}", tmp / f"runs_{grid.stem}"
+        cold = harness_run(grid, out, caches)
+        warm = harness_run(grid, out, caches)
+        lines.append(say(f"{grid.stem:28} {cold:8.1f} {warm:8.1f}"))
+    return lines
+
+
 def _best(fn, repeats=3) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -181,6 +197,8 @@ def main(argv=None):
     parser.add_argument("--costs", nargs="*", default=["quadratic", "exp", "cos"])
     parser.add_argument("--no-vi", action="store_true")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--examples", action="store_true",
+                        help="also every other bundled example, cold and warm")
     parser.add_argument("--out", type=Path, default=None, help="keep runs and caches here")
     args = parser.parse_args(argv)
     print("machine:", machine(), flush=True)
@@ -189,6 +207,8 @@ def main(argv=None):
         studies(args.costs, tmp)
         if not args.no_vi:
             vi_examples(tmp)
+        if args.examples:
+            other_examples(tmp)
     if not args.no_throughput:
         print("\n".join(throughput()), flush=True)
     if args.reference_kernel is not None:
