@@ -292,19 +292,53 @@ def atomic_write_bytes(path: Path, write) -> Path:
     On any exception (including KeyboardInterrupt) the temporary file is removed; after a
     kill -9 it stays behind as a hidden file, which readers skip and the runner removes.
     """
+    return begin_atomic_write(path, write).commit()
+
+
+class PendingWrite:
+    """A file written into its hidden temporary sibling, not yet in place
+    (``begin_atomic_write``): ``commit()`` makes it durable and renames it into place (fsync,
+    rename, fsync of the directory), ``abort()`` removes it.  ``commit`` may run on another
+    thread (the runner overlaps it with computing the next cell)."""
+
+    def __init__(self, path: Path, tmp: Path, fh):
+        self.path, self.tmp, self.fh = path, tmp, fh
+
+    def commit(self) -> Path:
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self.fh.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def begin_atomic_write(path: Path, write) -> PendingWrite:
+    """The first half of ``atomic_write_bytes``: ``write(fh)`` into the hidden temporary
+    file (removed on any exception), returned as a ``PendingWrite`` to commit."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fh = None
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        fh = open(tmp, "wb")
+        write(fh)
     except BaseException:
+        if fh is not None:
+            fh.close()
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-    return path
+    return PendingWrite(path, tmp, fh)
 
 
 def grid_digest(text: str) -> str:
@@ -350,7 +384,7 @@ def cell_metadata(cell, code: str | None = None, grid: str | None = None) -> dic
 
 
 def write_cell(results_dir, cell, tables, *, code: str | None = None,
-               grid: str | None = None) -> Path:
+               grid: str | None = None, defer: bool = False):
     """Write a cell's rows atomically to ``results_dir/<cell.id>.parquet``.
 
     ``tables``: one ``pyarrow.Table`` (from ``cell_table``) or an iterable of them, e.g. a
@@ -359,6 +393,8 @@ def write_cell(results_dir, cell, tables, *, code: str | None = None,
     schema; the file carries the metadata in the module docstring (``code``: the digest of the
     code that computed the rows, default the running code's; ``grid``: the grid's digest).
     Returns the path written.  Nothing visible is left if computing or writing fails.
+    ``defer``: return the written file as a ``PendingWrite`` instead, for the caller to
+    commit (or abort).
     """
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -379,7 +415,8 @@ def write_cell(results_dir, cell, tables, *, code: str | None = None,
             raise
         writer.close()
 
-    return atomic_write_bytes(results_dir / f"{cell.id}.parquet", write)
+    pending = begin_atomic_write(results_dir / f"{cell.id}.parquet", write)
+    return pending if defer else pending.commit()
 
 
 def file_metadata(path) -> dict[bytes, bytes]:
