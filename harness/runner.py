@@ -26,6 +26,10 @@ Rules (``run_grid``):
   a Parquet row group of the cell's one file: memory does not grow with the number of seeds,
   and the results are bitwise those of one block (every seed's numbers depend on the seed
   only).  The cell id does not depend on the blocks.
+- A computed cell's file is written by this thread, then made durable and renamed into
+  place (``results.PendingWrite.commit``: fsync, rename, fsync of the directory) on another
+  thread while the next cell computes; its claim is released and it is counted once it is
+  in place, and an error there stops the run like any write error.
 - Before a long run (or with ``dry_run``) the cost is printed: samples, time from a quick
   calibration on a small copy of the first cell, disk; a run that cannot fit on the disk is
   refused before computing.  Without a terminal a progress line is printed at least every
