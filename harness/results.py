@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from . import __version__
@@ -145,17 +144,19 @@ def estimate_columns(cell, *, components, estimate, sample_var, exact_grad, exac
         raise ValueError(
             f"cell {cell.id}: kernel returned shapes {estimate.shape} and {sample_var.shape}, "
             f"expected (seeds, estimators, components) = {shape}")
-    exact_source = np.array(exact_source, dtype=object).reshape(n_est, n_comp)
-    labels = np.array([spec.label for spec in cell.estimators], dtype=object)
+    sources = list(np.array(exact_source, dtype=object).reshape(n_est * n_comp))
+    labels = [spec.label for spec in cell.estimators]
+    # the string columns as Arrow arrays (``arrow_array``): few distinct values, many rows
     return {
-        "estimator": np.tile(np.repeat(labels, n_comp), n_seeds),
-        "param": np.tile(np.array(components, dtype=object), n_seeds * n_est),
+        "estimator": string_array(labels, np.tile(np.repeat(np.arange(n_est), n_comp),
+                                                  n_seeds)),
+        "param": string_array(list(components), np.tile(np.arange(n_comp), n_seeds * n_est)),
         "seed": np.repeat(np.asarray(cell.seeds, dtype=np.int64), n_est * n_comp),
         "estimate": estimate.ravel(),
         "sample_var": sample_var.ravel(),
         "exact_grad": np.tile(np.asarray(exact_grad, np.float64).reshape(-1), n_seeds),
         "exact_var": np.tile(np.asarray(exact_var, np.float64).reshape(-1), n_seeds),
-        "exact_source": np.tile(exact_source.ravel(), n_seeds),
+        "exact_source": string_array(sources, np.tile(np.arange(n_est * n_comp), n_seeds)),
         "evals_per_sample": np.tile(np.repeat(np.asarray(evals_per_sample, np.int64), n_comp),
                                     n_seeds),
     }
@@ -175,9 +176,53 @@ def cell_table(cell, columns: dict) -> pa.Table:
     for name, values in rows.items():
         if len(values) != n:
             raise ValueError(f"cell {cell.id}: column {name} has {len(values)} rows, not {n}")
-    arrays = [pa.array(rows[f.name], type=f.type) if f.name in rows else pa.nulls(n, f.type)
+    arrays = [arrow_array(rows[f.name], f.type) if f.name in rows else pa.nulls(n, f.type)
               for f in fields]
     return pa.Table.from_arrays(arrays, schema=fields)
+
+
+def arrow_array(values, type_: pa.DataType) -> pa.Array:
+    """``pa.array(values, type=type_)`` for what cells hold, from NumPy buffers: an Arrow
+    array (cast), a 1-D float64 / int64 array, a list of one repeated ``str``.  The same
+    array, without ``pa.array``'s check for pandas objects, which imports pandas (0.3 s a
+    process) that a run does not otherwise need; anything else goes to ``pa.array``."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == type_ else values.cast(type_)
+    if isinstance(values, np.ndarray) and values.ndim == 1 and (
+            (type_ == pa.float64() and values.dtype == np.float64)
+            or (type_ == pa.int64() and values.dtype == np.int64)):
+        values = np.ascontiguousarray(values)
+        return pa.Array.from_buffers(type_, len(values), [None, pa.py_buffer(values)])
+    if (type_ == pa.string() and isinstance(values, list) and values
+            and type(values[0]) is str and values.count(values[0]) == len(values)):
+        return string_array(values[:1], np.zeros(len(values), np.int64))
+    return pa.array(values, type=type_)
+
+
+def string_array(strings, index=None) -> pa.Array:
+    """``pa.array([strings[i] for i in index], pa.string())`` (``index`` default: all, in
+    order) for a short list of ``str`` and a long NumPy ``index``, built from buffers (see
+    ``arrow_array``); ``pa.array`` if an element is not a ``str``."""
+    index = np.arange(len(strings)) if index is None else np.asarray(index, np.int64)
+    if not all(type(v) is str for v in strings):
+        return pa.array([strings[i] for i in index], pa.string())
+    encoded = [v.encode() for v in strings]
+    if len(encoded) == 1 and len(index) * len(encoded[0]) < 2**31:       # one value
+        offsets = np.arange(len(index) + 1, dtype=np.int32) * len(encoded[0])
+        return pa.Array.from_buffers(pa.string(), len(index), [
+            None, pa.py_buffer(offsets), pa.py_buffer(encoded[0] * len(index))])
+    lengths = np.array([len(e) for e in encoded], np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    offsets = np.zeros(len(index) + 1, np.int64)
+    np.cumsum(lengths[index], out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        return pa.array([strings[i] for i in index], pa.string())
+    pool = np.frombuffer(b"".join(encoded), np.uint8)
+    # byte j of the data is byte (j - offset of its row) of its row's string
+    rows = np.repeat(np.arange(len(index)), lengths[index])
+    data = pool[starts[index][rows] + np.arange(offsets[-1]) - offsets[:-1][rows]]
+    return pa.Array.from_buffers(pa.string(), len(index), [
+        None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)])
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -186,6 +231,8 @@ def conform(table: pa.Table) -> pa.Table:
     Raises ``ValueError`` if a column is missing (that is a bug in the caller, not user error).
     """
     fields = schema()
+    if table.schema.equals(fields):           # (cell_table's tables): nothing to do
+        return table
     missing = [name for name in fields.names if name not in table.column_names]
     if missing:
         raise ValueError(f"results table lacks columns {missing}")
@@ -245,19 +292,53 @@ def atomic_write_bytes(path: Path, write) -> Path:
     On any exception (including KeyboardInterrupt) the temporary file is removed; after a
     kill -9 it stays behind as a hidden file, which readers skip and the runner removes.
     """
+    return begin_atomic_write(path, write).commit()
+
+
+class PendingWrite:
+    """A file written into its hidden temporary sibling, not yet in place
+    (``begin_atomic_write``): ``commit()`` makes it durable and renames it into place (fsync,
+    rename, fsync of the directory), ``abort()`` removes it.  ``commit`` may run on another
+    thread (the runner overlaps it with computing the next cell)."""
+
+    def __init__(self, path: Path, tmp: Path, fh):
+        self.path, self.tmp, self.fh = path, tmp, fh
+
+    def commit(self) -> Path:
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self.fh.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def begin_atomic_write(path: Path, write) -> PendingWrite:
+    """The first half of ``atomic_write_bytes``: ``write(fh)`` into the hidden temporary
+    file (removed on any exception), returned as a ``PendingWrite`` to commit."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fh = None
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        fh = open(tmp, "wb")
+        write(fh)
     except BaseException:
+        if fh is not None:
+            fh.close()
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-    return path
+    return PendingWrite(path, tmp, fh)
 
 
 def grid_digest(text: str) -> str:
@@ -303,7 +384,7 @@ def cell_metadata(cell, code: str | None = None, grid: str | None = None) -> dic
 
 
 def write_cell(results_dir, cell, tables, *, code: str | None = None,
-               grid: str | None = None) -> Path:
+               grid: str | None = None, defer: bool = False):
     """Write a cell's rows atomically to ``results_dir/<cell.id>.parquet``.
 
     ``tables``: one ``pyarrow.Table`` (from ``cell_table``) or an iterable of them, e.g. a
@@ -312,6 +393,8 @@ def write_cell(results_dir, cell, tables, *, code: str | None = None,
     schema; the file carries the metadata in the module docstring (``code``: the digest of the
     code that computed the rows, default the running code's; ``grid``: the grid's digest).
     Returns the path written.  Nothing visible is left if computing or writing fails.
+    ``defer``: return the written file as a ``PendingWrite`` instead, for the caller to
+    commit (or abort).
     """
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +415,8 @@ def write_cell(results_dir, cell, tables, *, code: str | None = None,
             raise
         writer.close()
 
-    return atomic_write_bytes(results_dir / f"{cell.id}.parquet", write)
+    pending = begin_atomic_write(results_dir / f"{cell.id}.parquet", write)
+    return pending if defer else pending.commit()
 
 
 def file_metadata(path) -> dict[bytes, bytes]:
@@ -456,6 +540,8 @@ def read_results(run_dir, files=None):
             )
         (current if version == str(SCHEMA_VERSION) else old).append(path)
         writers.add(meta.get(META_VERSION, b"?").decode(errors="replace"))
+    import pyarrow.dataset as ds  # here: it imports pandas, which writing does not need
+
     tables = []
     if current:
         tables.append(ds.dataset([str(p) for p in current], schema=schema(),

@@ -26,6 +26,10 @@ Rules (``run_grid``):
   a Parquet row group of the cell's one file: memory does not grow with the number of seeds,
   and the results are bitwise those of one block (every seed's numbers depend on the seed
   only).  The cell id does not depend on the blocks.
+- A computed cell's file is written by this thread, then made durable and renamed into
+  place (``results.PendingWrite.commit``: fsync, rename, fsync of the directory) on another
+  thread while the next cell computes; its claim is released and it is counted once it is
+  in place, and an error there stops the run like any write error.
 - Before a long run (or with ``dry_run``) the cost is printed: samples, time from a quick
   calibration on a small copy of the first cell, disk; a run that cannot fit on the disk is
   refused before computing.  Without a terminal a progress line is printed at least every
@@ -49,6 +53,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -536,9 +542,38 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
         return (f is not None and f.current_schema and f.code == code
                 and _stamp(path) != at_start.get(cell.id))
 
+    # The cell computed last, whose file is being made durable and renamed into place
+    # (``PendingWrite.commit``: fsync, rename, fsync of the directory: waiting for the disk)
+    # on a thread while the next cell computes: (cell, its claim, the commit's future).
+    in_flight: list = []
+    committer = ThreadPoolExecutor(1, thread_name_prefix="harness-commit")
+
+    def settle(wait_only: bool = False) -> None:
+        """Wait for the cell in flight; then release its claim and count it (``wait_only``:
+        on the way out after an error, only wait and release)."""
+        if not in_flight:
+            return
+        cell, claim, future = in_flight[0]
+        try:
+            with _os_errors("write results", results_dir):
+                future.result()
+                if cell.id in superseded:
+                    superseded.pop(cell.id).unlink(missing_ok=True)
+        except BaseException:
+            if not wait_only:
+                raise
+        finally:
+            wait_futures([future])      # (interrupted while waiting: the file goes in place)
+            in_flight.clear()
+            with interrupts_deferred():
+                claim.release()
+        if not wait_only:
+            record(cell, "computed")
+
     def attempt(cell: Cell) -> str:
-        """'computed', 'other' (another run finished it) or 'busy' (a live run holds it)."""
-        claim = None
+        """'computed' (its file is committed in the background: ``settle``), 'other'
+        (another run finished it) or 'busy' (a live run holds it)."""
+        claim = pending = None
         try:
             # (a signal between taking the claim and holding its handle would orphan it)
             with interrupts_deferred(), _os_errors("claim a cell", results_dir):
@@ -548,12 +583,16 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
             if finished_by_another(cell):
                 return "other"
             with _os_errors("write results", results_dir):
-                write_cell(results_dir, cell, compute_blocks(cell, bar.block), code=code,
-                           grid=digest)
-                if cell.id in superseded:
-                    superseded.pop(cell.id).unlink(missing_ok=True)
+                pending = write_cell(results_dir, cell, compute_blocks(cell, bar.block),
+                                     code=code, grid=digest, defer=True)
+            settle()
+            with interrupts_deferred():
+                in_flight.append((cell, claim, committer.submit(pending.commit)))
+                claim = pending = None
             return "computed"
         finally:
+            if pending is not None:
+                pending.abort()
             if claim is not None:
                 with interrupts_deferred():
                     claim.release()
@@ -612,8 +651,9 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
                     outcome = attempt(cell)
                     if outcome == "busy":
                         waiting.append(cell)
-                    else:
+                    elif outcome == "other":
                         record(cell, outcome)
+                settle()
             if waiting:
                 holders = sorted({_holder(results_dir, c.id) for c in waiting} - {None})
                 echo(f"{grid.name}: waiting for {len(waiting)} cells being computed by "
@@ -625,10 +665,12 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
                     outcome = attempt(cell)
                     if outcome == "busy":
                         still.append(cell)
-                    else:
+                    elif outcome == "other":
                         record(cell, outcome)
+                settle()
                 waiting = still
     except (KeyboardInterrupt, Interrupted) as err:
+        settle(wait_only=True)
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         name = signal.Signals(signum).name
         # counted from the files (the signal may have come between writing and counting)
@@ -638,6 +680,9 @@ def run_grid(grid, out_dir, force: bool = False, progress=None, *, keep_stale: b
             f"interrupted by {name}: {len(now)} of {len(cells)} cells done "
             f"({len(fresh)} computed in this run), no partial file left; "
             + RESUME.format(grid=grid.path, out=out_dir), signum) from None
+    finally:
+        settle(wait_only=True)           # any other error: the cell in flight, then release
+        committer.shutdown()
 
     return RunSummary(
         experiment=grid.name,

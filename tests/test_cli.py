@@ -342,3 +342,54 @@ def test_validate_an_elbo_grid(tmp_path):
                      "dim 2,3; N=[10, 100]; optimize adam", "estimators reparam, stl",
                      "3 seeds (0..2)", "backend cpu"):
         assert fragment in line, (fragment, line)
+
+
+# What a warm `harness run` of an expectation grid must not import: plotting, pandas (only
+# reading results needs it), Dask, and the scipy modules only some problems use (numba's
+# start-up imports scipy.linalg itself).
+HEAVY = ("pandas", "matplotlib", "seaborn", "dask", "rich", "scipy.optimize",
+         "scipy.integrate", "scipy.stats")
+
+RUN_PATH = """\
+import sys, pathlib, numpy as np
+import harness.cli, harness.runner, harness.executors
+from harness import registry
+from harness.config import parse_grid
+from harness.exact import references
+from harness.quadrature import values
+from harness.results import cell_table, estimate_columns, write_cell
+grid = parse_grid(sys.argv[1], pathlib.Path("t.yaml"))
+cell = harness.runner.expand_cells(grid)[0]
+refs = [references(e.label, c, "normal", "quadratic", cell.point["params"])
+        for e in cell.estimators for c in ("mu", "sigma")]
+values(registry.get_cost("quadratic").value, np.linspace(-1.0, 1.0, 5), 0.5)
+shape = (len(cell.seeds), len(cell.estimators), 2)
+columns = estimate_columns(cell, components=("mu", "sigma"), estimate=np.zeros(shape),
+                           sample_var=np.ones(shape), exact_grad=[r.grad for r in refs],
+                           exact_var=[r.var for r in refs],
+                           exact_source=[r.source for r in refs], evals_per_sample=[1, 1])
+write_cell(pathlib.Path(sys.argv[2]), cell, cell_table(cell, columns))
+{extra}
+print(" ".join(m for m in sys.argv[3:] if m in sys.modules))
+"""
+
+
+def heavy_imports(tmp_path, extra: str = "") -> list[str]:
+    """The HEAVY modules loaded by a new process that reads a grid, computes its exact
+    references, evaluates a cost by ``harness.quadrature.values`` and writes a cell's
+    results (what ``harness run`` does besides the kernels)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RUN_PATH.format(extra=extra), BASE,
+                          str(tmp_path / "results"), *HEAVY], capture_output=True, text=True,
+                         cwd=REPO, check=True)
+    return out.stdout.split()
+
+
+def test_the_run_path_imports_no_plotting_pandas_or_dask(tmp_path):
+    """Imports cost seconds in every run: nothing of HEAVY is loaded by the run path.  The
+    wrong variant (the same process converting a NumPy array by ``pa.array``, which imports
+    pandas) is told apart by the same check."""
+    assert heavy_imports(tmp_path) == []
+    assert heavy_imports(tmp_path, "import pyarrow as pa; pa.array(np.zeros(2))") == ["pandas"]

@@ -163,6 +163,74 @@ def test_cell_table_leaves_other_kinds_columns_null():
         assert df[field.name].isna().all(), field.name
 
 
+def same_array(a: pa.Array, b: pa.Array) -> bool:
+    """Equal type, nulls and values; floats bit for bit (NaN and -0.0 included)."""
+    if a.type != b.type or len(a) != len(b) or a.null_count != b.null_count:
+        return False
+    if pa.types.is_floating(a.type):
+        return np.array_equal(a.to_numpy(zero_copy_only=False).view(np.int64),
+                              b.to_numpy(zero_copy_only=False).view(np.int64))
+    return a.to_pylist() == b.to_pylist()
+
+
+@pytest.mark.parametrize("values, type_", [
+    (np.array([1.0, np.nan, -0.0, np.inf, 5e-324]), pa.float64()),
+    (np.arange(9.0)[::3], pa.float64()),                       # not contiguous
+    (np.array([3, -4, 2**62], np.int64), pa.int64()),
+    (["normal"] * 5, pa.string()), (["ü", "b", "ü"], pa.string()),
+    (np.array(["x", "yy"], dtype=object), pa.string()), (["a", None], pa.string()),
+    ([1.5, 2.0], pa.float64()), (np.array([1, 2], np.int32), pa.int64()), ([], pa.string()),
+    (np.zeros(0), pa.float64()),
+])
+def test_arrow_array_is_pa_array(values, type_):
+    """``arrow_array`` (NumPy buffers, no pandas) builds what ``pa.array`` builds; the same
+    check rejects a wrong variant (the values reversed, or one more element)."""
+    expected = pa.array(values, type=type_)
+    got = results.arrow_array(values, type_)
+    got.validate(full=True)
+    assert same_array(got, expected)
+    if len(values) > 1 and expected.to_pylist() != expected.to_pylist()[::-1]:
+        assert not same_array(results.arrow_array(values[::-1], type_), expected)
+    assert not same_array(pa.array(list(values) + [values[0] if len(values) else None],
+                                   type=type_), expected)
+
+
+def test_string_array_is_pa_array_of_the_indexed_strings():
+    """Few distinct strings, many rows (estimate_columns' string columns); the same check
+    rejects the rows in another order."""
+    strings = ["score_function[baseline=mean]", "pathwise", "", "µ"]
+    index = np.array([0, 1, 2, 3, 3, 1, 0, 0, 2])
+    expected = pa.array([strings[i] for i in index], pa.string())
+    got = results.string_array(strings, index)
+    got.validate(full=True)
+    assert same_array(got, expected)
+    assert same_array(results.string_array(["one"], np.zeros(4, int)), pa.array(["one"] * 4))
+    assert same_array(results.string_array(strings), pa.array(strings))
+    assert not same_array(results.string_array(strings, index[::-1]), expected)
+
+
+def test_cell_table_equals_the_pa_array_construction():
+    """The table of a cell built from the kind's columns through ``pa.array`` (as before)
+    equals ``cell_table``'s, column by column; a column changed by one row is told apart."""
+    cell = make_cell(seeds=(4, 0, 9))
+    columns = columns_of(cell)
+    table = cell_table(cell, columns)
+    n = table.num_rows
+    common = {"experiment": [cell.experiment] * n, "cell": [cell.id] * n,
+              "problem": [cell.kind] * n, "backend": [cell.backend] * n,
+              "n_samples": np.full(n, cell.n_samples, dtype=np.int64)}
+    for field in SCHEMA:
+        values = {**common, **columns}.get(field.name)
+        if isinstance(values, pa.Array):
+            values = values.to_pylist()
+        expected = pa.nulls(n, field.type) if values is None else pa.array(values, field.type)
+        assert same_array(table.column(field.name).combine_chunks(), expected), field.name
+    changed = table.column("estimator").to_pylist()
+    changed[-1] = changed[0]
+    assert changed != table.column("estimator").to_pylist()
+    assert not same_array(pa.array(changed), table.column("estimator").combine_chunks())
+
+
 def test_write_and_read_round_trip_with_metadata(tmp_path):
     cell = make_cell()
     path = write(tmp_path, cell)

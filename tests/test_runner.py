@@ -275,6 +275,42 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes_identically(tmp_path
                                   comparable(read_results(tmp_path / "clean")))
 
 
+@pytest.mark.parametrize("failing", [1, 4])
+def test_a_failed_commit_is_reported_and_leaves_no_claim_or_temp_file(tmp_path, calls,
+                                                                      monkeypatch, failing):
+    """A cell's file is made durable and renamed into place on a thread while the next cell
+    computes (``results.PendingWrite.commit``).  A commit that fails (here: no space, for
+    the first or the last of the 4 cells) stops the run with the one-line error, after the
+    cells committed before it; no temporary file or claim is left, and a rerun completes.
+    Wrong variant: an error swallowed on the thread would leave 3 cells and no exception."""
+    import errno
+
+    from harness import claims, results
+    from harness.errors import FilesystemError
+
+    commit, seen = results.PendingWrite.commit, []
+
+    def commit_or_fail(self):
+        if self.path.suffix == ".parquet":
+            seen.append(self.path.name)
+        if self.path.suffix == ".parquet" and len(seen) == failing:
+            self.abort()
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp))
+        return commit(self)
+
+    monkeypatch.setattr(results.PendingWrite, "commit", commit_or_fail)
+    grid = make_grid()
+    with pytest.raises(FilesystemError, match="No space left on device"):
+        run_grid(grid, tmp_path, progress=False)
+    results_dir = tmp_path / "results"
+    assert len(finished_cells(tmp_path)) == failing - 1
+    assert temp_files(results_dir) == []
+    assert claims.live_claims(results_dir) == {}
+    monkeypatch.setattr(results.PendingWrite, "commit", commit)
+    summary = run_grid(grid, tmp_path, progress=False)
+    assert (summary.computed, summary.skipped) == (5 - failing, failing - 1)
+
+
 # --------------------------------------------------------------------- with the real kernel
 
 def test_run_grid_with_the_real_kernel(tmp_path):

@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit
 
 from ..axes import Estimator
-from ..quadrature import values
+from ..quadrature import value_at, values
 
 
 @njit(inline="always")
@@ -89,8 +89,8 @@ def prepare(family, cost, component, params):
     theta = family.theta(params)
     k = params.get("k", 0.0)
     m = family.mean(theta)
-    f0 = float(cost.value(m, k))
-    f1 = float(cost.derivative(m, k))
+    f0 = value_at(cost.value, m, k)
+    f1 = value_at(cost.derivative, m, k)
     f2 = float(cost.second_derivative(m, k))
     d_mean, d_var = family.moment_grads(component, theta)
     return f0, f1, f2, f1 * d_mean + 0.5 * f2 * d_var

@@ -86,6 +86,7 @@ Reference: Pflug (1989); Heidergott & Vazquez-Abad (2000); Mohamed et al., JMLR 
            Section 6 and Table 2.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -209,6 +210,14 @@ def _mu_moments(cost, mu, sigma, k, coupled):
     return mean, max(second - mean * mean, 0.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _coupled_nodes(mu, sigma):
+    """x- = mu + sigma eps u on the (eps, u) tensor rule: the same for every k of a study."""
+    eps, _ = hermite_rule()
+    u, _ = unit_nodes()
+    return mu + sigma * eps[:, None] * u[None, :]
+
+
 def _sigma_moments(cost, mu, sigma, k, coupled):
     """(mean, variance) of the sigma-term: Gauss-Hermite over the Maxwell law, Gauss-Legendre
     over U' when coupled."""
@@ -217,10 +226,10 @@ def _sigma_moments(cost, mu, sigma, k, coupled):
     f_plus = values(cost.value, mu + sigma * eps, k)
     mean = (float(maxwell_w @ f_plus) - float(w @ f_plus)) / sigma
     if coupled:
-        u, wu = unit_nodes()
-        f_minus = values(cost.value, mu + sigma * eps[:, None] * u[None, :], k)
-        inner = ((f_plus[:, None] - f_minus) ** 2) @ wu
-        second = float(maxwell_w @ inner) / sigma ** 2
+        _, wu = unit_nodes()
+        d = values(cost.value, _coupled_nodes(mu, sigma), k)      # f(x-)
+        np.square(np.subtract(f_plus[:, None], d, out=d), out=d)  # (f(x+) - f(x-))^2
+        second = float(maxwell_w @ (d @ wu)) / sigma ** 2
     else:
         second = (float(maxwell_w @ f_plus ** 2) - 2.0 * float(maxwell_w @ f_plus)
                   * float(w @ f_plus) + float(w @ f_plus ** 2)) / sigma ** 2

@@ -48,7 +48,7 @@ import numpy as np
 from numba import njit
 
 from ..axes import Estimator
-from ..quadrature import values
+from ..quadrature import value_at, values
 
 
 @njit
@@ -100,7 +100,7 @@ def estimate_optimal(means, variances, n, consts):
 # ---- per-cell constants (Python) -------------------------------------------------------------
 
 def _prepare_shift(family, cost, component, params):
-    return (float(cost.value(family.mean(family.theta(params)), params.get("k", 0.0))),)
+    return (value_at(cost.value, family.mean(family.theta(params)), params.get("k", 0.0)),)
 
 
 def _prepare_exact_optimal(family, cost, component, params):

@@ -64,7 +64,6 @@ import math
 from functools import cache
 
 import numpy as np
-from scipy import optimize as _opt
 from scipy.special import expit, ndtr
 
 from ..codes import F_DIAG, F_FULL
@@ -77,6 +76,15 @@ A_MAX = 40.0
 # the ELBO's rounding level, |grad| ~ 1e-7)
 LBFGS_OPTIONS = {"maxiter": 20000, "maxcor": 30, "ftol": 0.0, "gtol": 1e-10}
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _minimize(neg, start):
+    """L-BFGS-B from ``start`` on ``neg`` (value and gradient); scipy.optimize is imported
+    here, not with the module (a run that never fits a logistic target does not pay for
+    it)."""
+    from scipy import optimize
+
+    return optimize.minimize(neg, start, jac=True, method="L-BFGS-B", options=LBFGS_OPTIONS)
 
 
 @cache
@@ -179,8 +187,7 @@ class LogisticELBO:
             C = np.diag(np.exp(ls))
             return -self.elbo(mu, C), -self.grad(F_DIAG, mu, C)
 
-        res = _opt.minimize(neg, np.zeros(2 * d), jac=True, method="L-BFGS-B",
-                            options=LBFGS_OPTIONS)
+        res = _minimize(neg, np.zeros(2 * d))
         return res.x[:d].copy(), np.diag(np.exp(res.x[d:])), res
 
     def _fit_full(self, mu0, C0):
@@ -204,8 +211,7 @@ class LogisticELBO:
         vals = C0[il].copy()
         vals[on_diag] = np.log(vals[on_diag])
         u0 = np.concatenate([mu0, vals])
-        res = _opt.minimize(neg, u0, jac=True, method="L-BFGS-B",
-                            options=LBFGS_OPTIONS)
+        res = _minimize(neg, u0)
         mu, L = unpack(res.x)
         return mu, L, res
 
