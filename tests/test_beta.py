@@ -157,6 +157,44 @@ def test_a_wrong_derivative_fails_the_same_comparison():
         assert wrong != pytest.approx(reference, rel=1e-9)
 
 
+def test_continued_fraction_stops_where_a_derivative_is_zero_analytically():
+    """h_a of I_y(2, 1) is 0 analytically and ~1e-18 in floating point. The kernel's
+    contracted multiply-adds leave the last levels' derivative updates an ulp off zero
+    (~1e-18): the stopping rule must accept that (changes below 1e-16 |h|), where a rule
+    relative to |h_a| alone never does (it ran all 100 000 levels, ~3 ms per sample).  And
+    the kernel's compiled form (inlined, "contract") must agree with the plain one where the
+    fraction converges by either rule."""
+    h, h_a, h_b = beta.continued_fraction(2.0, 1.0, 0.3)
+    assert abs(h_a) < 1e-15 * abs(h)
+    noise = 1e-18  # a derivative update at rounding level
+    assert beta._converged(h, h_a, h_b, 1.0, 1.0, noise, noise, 0.0, 0.0)
+
+    @njit
+    def relative_to_h_a_alone(h, h_a, h_b, de, do, de_a, do_a, de_b, do_b):  # the old rule
+        return (abs(de - 1.0) + abs(do - 1.0) < 1e-16
+                and abs(h * de_a) + abs(h * do_a) <= 1e-16 * abs(h_a)
+                and abs(h * de_b) + abs(h * do_b) <= 1e-16 * abs(h_b))
+
+    assert not relative_to_h_a_alone(h, h_a, h_b, 1.0, 1.0, noise, noise, 0.0, 0.0)
+    # a level that still moves h_a by more than rounding is not converged
+    assert not beta._converged(h, h_a, h_b, 1.0, 1.0, 1e-12, 0.0, 0.0, 0.0)
+
+    kernel_form = njit(inline="always", fastmath={"contract"})(
+        beta.parameter_derivatives.py_func)
+
+    @njit(fastmath={"contract"}, error_model="numpy")
+    def in_a_kernel(a, b, es, out):
+        for i in range(es.size):
+            out[i, 0], out[i, 1] = kernel_form(a, b, es[i])
+
+    es = np.linspace(-4.0, 4.0, 41)
+    for a, b in ((1.0, 2.0), (2.0, 1.0), (1.0, 1.0), (0.7, 1.6)):
+        got = np.empty((es.size, 2))
+        in_a_kernel(a, b, es, got)
+        plain = np.array([beta.parameter_derivatives(a, b, e) for e in es])
+        np.testing.assert_allclose(got, plain, rtol=1e-13, atol=1e-15, err_msg=str((a, b)))
+
+
 # ---- exact references against scipy quadrature ------------------------------------------------
 
 def _cost_f(cost, x, k):
