@@ -364,9 +364,7 @@ def compile_lock(directory: Path, name: str, what: str = "kernel"):
     note on stderr if another process holds it for more than ``NOTE_AFTER`` seconds, i.e.
     compiles rather than loads).  The operating system releases it when the holder dies, so
     it never goes stale."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / f".{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    fd = _lock_file(directory, name)
     try:
         waited = 0.0
         while True:
@@ -382,6 +380,36 @@ def compile_lock(directory: Path, name: str, what: str = "kernel"):
                 time.sleep(0.05)
                 waited += 0.05
         yield
+    finally:
+        os.close(fd)             # closing releases the lock
+
+
+def _lock_file(directory: Path, name: str) -> int:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return os.open(directory / f".{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+
+
+def try_compile_once(dispatcher, args, directory: Path | None = None) -> bool:
+    """:func:`compile_once` if no other process holds the kernel's lock now; else nothing.
+    True if this process has the kernel afterwards.  For processes sharing a list of new
+    kernels: each takes the ones nobody is compiling yet, none waits on another."""
+    from numba import typeof
+
+    if not hasattr(dispatcher, "overloads"):
+        return True
+    types = tuple(typeof(a) for a in args)
+    if types in dispatcher.overloads:
+        return True
+    fd = _lock_file(directory or kernel_dir(), dispatcher.py_func.__module__)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False         # another process is compiling it: it will be in the cache
+        if types not in dispatcher.overloads:
+            dispatcher.compile(types)
+        return True
     finally:
         os.close(fd)             # closing releases the lock
 

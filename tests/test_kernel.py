@@ -118,24 +118,43 @@ def test_cached_kernel_in_a_new_process_gives_the_cold_numbers(tmp_path):
 
 
 def test_kernels_compiled_by_helper_processes_give_the_bits_of_one_process(tmp_path):
-    """A cold run compiles its new kernels in helper processes side by side; every kernel
-    must compile to the same code whichever process compiles it, and in whatever order
-    (seen before the cost functions were compiled per kernel: 1 ulp)."""
+    """A cold run compiles its new kernels in helper processes side by side (draw, shared
+    draws and term kernels, taken from one list); every kernel must compile to the same
+    code whichever process compiles it, and in whatever order (seen before the cost
+    functions were compiled per kernel: 1 ulp).  The one-process run also keeps numba's own
+    inliner (``HARNESS_NUMBA_INLINE=numba``, ``harness.numba_inline``), the other has the
+    one-copy inliner: the machine code, hence the bits, must not depend on it either."""
     script = (
         "import numpy as np, sys\n"
         "from harness.backends import cpu\n"
-        "e, v = cpu.estimate('normal', 'quadratic', ['delta_cv', 'score_function'],"
+        "e, v = cpu.estimate('normal', 'quadratic', ['delta_cv', 'measure_valued',"
+        " 'score_function'],"
         " ['mu', 'sigma'], {'mu': 1.0, 'sigma': 1.0, 'k': 0.7}, 20_000, np.arange(4))\n"
-        "sys.stdout.write(e.tobytes().hex() + v.tobytes().hex())\n"
+        "s = cpu.load_kernel('normal', 'quadratic', ['delta_cv', 'measure_valued',"
+        " 'score_function'], ['mu', 'sigma']).stats\n"
+        "from harness import numba_inline\n"
+        "print(numba_inline.apply(), s.cache_misses['all'], s.cache_hits['all'],"
+        " e.tobytes().hex() + v.tobytes().hex())\n"
     )
-    outs = []
+    outs = {}
     for workers in ("1", "2"):
         env = {**os.environ, "HARNESS_KERNEL_DIR": str(tmp_path / workers / "kernels"),
                "NUMBA_CACHE_DIR": str(tmp_path / workers / "numba"),
-               "HARNESS_COMPILE_WORKERS": workers}
-        outs.append(subprocess.run([sys.executable, "-c", script], env=env, check=True,
-                                   capture_output=True, text=True).stdout)
-    assert outs[0] == outs[1] and len(outs[0]) > 0
+               "HARNESS_COMPILE_WORKERS": workers,
+               "HARNESS_NUMBA_INLINE": "numba" if workers == "1" else "one-copy"}
+        inliner, compiled, loaded, bits = subprocess.run(
+            [sys.executable, "-c", script], env=env, check=True, capture_output=True,
+            text=True).stdout.split()
+        outs[workers] = int(compiled), int(loaded), bits, inliner
+    # 1 draw + 2 shared + 6 term kernels: one process compiles all of them; with a helper,
+    # each process compiles some and this one loads the helper's from numba's cache
+    assert outs["1"][:2] == (9, 0)
+    assert outs["2"][0] >= 1 and outs["2"][1] >= 1 and sum(outs["2"][:2]) == 9
+    assert outs["1"][2] == outs["2"][2] and len(outs["1"][2]) > 0
+    import numba
+
+    if numba.__version__.startswith("0.68."):  # the numba source harness.numba_inline knows
+        assert (outs["1"][3], outs["2"][3]) == ("off", "patched")
 
 
 def test_memory_does_not_grow_with_n():

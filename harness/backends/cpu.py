@@ -811,22 +811,31 @@ def _compile(family, cost, labels, components, kernels: CellKernels) -> None:
     (``kernel_cache.compile_once``: processes needing the same new kernel compile it once).
 
     Kernels whose source file this process has just written are new to the kernel
-    directory, so nobody has compiled them: with several of them and
-    ``compile_workers() > 1``, helper processes (``python -m harness.backends.cpu``) compile
-    a share each into numba's on-disk cache while this process compiles its own, and this
-    process then loads theirs (the same machine code: numba's cache)."""
+    directory, so nobody has compiled them.  With several of them and
+    ``compile_workers() > 1``, helper processes (``python -m harness.backends.cpu``) share
+    the work with this one, taking the kernels from one list as they go: each process walks
+    the list from its own starting point and compiles every kernel whose lock is free
+    (``kernel_cache.try_compile_once``), skipping those another process holds.  The list
+    starts with the costly kernels (shared draws, the draw kernel: each inlines Philox), so
+    nobody is left with one at the end.  This process then loads what the helpers compiled
+    (numba's cache: the same machine code) and reaps them."""
     if all(d.overloads for d in kernels.dispatchers if hasattr(d, "overloads")):
         return  # every kernel has its one signature already (typeof of the example args
         #         costs ~1 ms per cell: mode: optimize calls a cell's kernels every step)
     fam, c = registry.get_family(family), registry.get_cost(cost)
     n_params = len(fam.params) + len(c.params)
-    variants = [registry.resolve(e) for e in labels for _ in components]
-    terms = [(v.name, comp) for v, comp in zip(variants, [comp for _ in labels
-                                                          for comp in components])]
-    todo = [(kernels.draw, None, None)] + list(zip(kernels.terms, variants, terms))
+    variants = [registry.resolve(e) for e in labels]
+    # every kernel as (dispatcher, example args, what a helper needs to find it); costly first
+    todo = [(load_shared_kernel(v, fam.params.index(comp)), _shared_example_args(),
+             ["shared", v.name, fam.params.index(comp)])
+            for v in variants if v.shared_draws is not None for comp in components]
+    todo.append((kernels.draw, _example_args(None, n_params), ["draw"]))
+    terms = [(v, comp) for v in variants for comp in components]
+    todo += [(kernel, _example_args(v, n_params), ["term", v.name, comp])
+             for kernel, (v, comp) in zip(kernels.terms, terms)]
+    todo = list({id(job[0]): job for job in todo}.values())  # variants may share a kernel
     new = [job for job in todo if not job[0].overloads and
            getattr(sys.modules[job[0].py_func.__module__], "WRITTEN_NOW", False)]
-    new = list({id(job[0]): job for job in new}.values())  # variants may share a kernel
     workers = min(compile_workers(), len(new))
     helpers = []
     if workers > 1 and isinstance(cost, (str, Mapping)):
@@ -837,41 +846,41 @@ def _compile(family, cost, labels, components, kernels: CellKernels) -> None:
         if getattr(config, "CACHE_DIR", ""):
             env["NUMBA_CACHE_DIR"] = str(config.CACHE_DIR)
         for w in range(1, workers):
-            share = new[w::workers]
+            start = w * len(new) // workers  # helper w starts part-way along the list
             spec = {"family": fam.name, "cost": cost if isinstance(cost, str) else dict(cost),
-                    "terms": [term for _, _, term in share if term is not None],
-                    "draw": any(term is None for _, _, term in share)}
+                    "kernels": [job[2] for job in new[start:] + new[:start]]}
             helpers.append(subprocess.Popen(
                 [sys.executable, "-m", "harness.backends.cpu", json.dumps(spec)], env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        theirs = {id(kernel) for w in range(1, workers) for kernel, _, _ in new[w::workers]}
-        todo = [job for job in todo if id(job[0]) not in theirs] + \
-            [job for job in todo if id(job[0]) in theirs]  # ours first, then load theirs
-    for kernel in kernels.shared:  # small: compiled (or loaded) here, while helpers work
-        kernel_cache.compile_once(kernel, _shared_example_args())
-    for kernel, variant, _ in todo:
-        if helpers and not kernel.overloads and id(kernel) in theirs:
-            for proc in helpers:  # wait for every helper, then load what they compiled
-                _, err = proc.communicate()
-                if proc.returncode != 0:  # this process compiles it below: same result
-                    print(f"note: a kernel compile helper failed: {err.strip()[-300:]}",
-                          file=sys.stderr)
-            helpers = []
-        kernel_cache.compile_once(kernel, _example_args(variant, n_params))
+        for kernel, args, _ in new:  # ours: every one nobody else has taken yet
+            kernel_cache.try_compile_once(kernel, args)
+    for kernel, args, _ in todo:  # the rest: waits for a helper still compiling one
+        kernel_cache.compile_once(kernel, args)
+    for proc in helpers:
+        _, err = proc.communicate()
+        if proc.returncode != 0:  # whatever it left undone, this process compiled above
+            print(f"note: a kernel compile helper failed: {err.strip()[-300:]}",
+                  file=sys.stderr)
 
 
 def _compile_main(argv: list[str]) -> None:
     """``python -m harness.backends.cpu SPEC``: compile (into numba's on-disk cache) the
-    kernels named by the JSON ``SPEC``: family, cost, terms [[label, component], ...], draw."""
+    kernels named by the JSON ``SPEC`` (family, cost, kernels: ["draw"], ["term", label,
+    component] or ["shared", label, component index]), in that order, skipping any that
+    another process is compiling (``kernel_cache.try_compile_once``)."""
     spec = json.loads(argv[0])
     fam, c = registry.get_family(spec["family"]), registry.get_cost(spec["cost"])
     n_params = len(fam.params) + len(c.params)
-    if spec["draw"]:
-        kernel_cache.compile_once(load_draw_kernel(fam, spec["cost"]),
-                                  _example_args(None, n_params))
-    for label, component in spec["terms"]:
-        kernel = load_term_kernel(fam, spec["cost"], label, component)
-        kernel_cache.compile_once(kernel, _example_args(registry.resolve(label), n_params))
+    for kind, *names in spec["kernels"]:
+        if kind == "draw":
+            kernel, args = load_draw_kernel(fam, spec["cost"]), _example_args(None, n_params)
+        elif kind == "shared":
+            kernel = load_shared_kernel(registry.resolve(names[0]), int(names[1]))
+            args = _shared_example_args()
+        else:
+            kernel = load_term_kernel(fam, spec["cost"], names[0], names[1])
+            args = _example_args(registry.resolve(names[0]), n_params)
+        kernel_cache.try_compile_once(kernel, args)
 
 
 def chunking(n_samples: int) -> tuple[int, int]:
