@@ -49,7 +49,9 @@ key1, index) -> tuple of floats`` (jitted, the same length for every component) 
 CPU backend then draws them once per sample for every variant with the same function (a
 separate kernel per (function, component)) and hands them over as ``s.shared``; the numbers are
 those the function returns, so a variant gives the same results whether or not another variant
-shares them.
+shares them.  The kernel calls it for samples 2p and 2p + 1 in one step, so a function that
+draws per pair (e.g. both halves of one Box-Muller pair at counter index // 2) has the pair's
+work computed once (LLVM merges the two inlined copies).
 
 Two kinds of estimator variant
 ------------------------------

@@ -312,9 +312,12 @@ def draw_shared(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_firs
         stop = min(block_pairs, min(first + chunk_pairs, n_pairs) - start)
         key0 = keys0[s]
         key1 = keys1[s]
-        for h in range(2):
-            for i in range(stop):
-                t = shared_draws({component}, key0, key1, 2 * (start + i) + h)
+        # both samples of a pair in one step: a function that draws per pair (one Philox
+        # counter for samples 2p and 2p + 1) is then computed once per pair (LLVM merges the
+        # two inlined copies), and the loop over i still vectorises
+        for i in range(stop):  # no inner loop over h: LLVM vectorises innermost loops only
+            t = shared_draws({component}, key0, key1, 2 * (start + i))
+            u = shared_draws({component}, key0, key1, 2 * (start + i) + 1)
 {stores}
 '''
 
@@ -577,7 +580,8 @@ def shared_source(variant, component: int) -> str:
     return _SHARED_TEMPLATE.format(
         version=__version__, function=f"{py.__module__}.{py.__qualname__}",
         component=component, n=n, imports=_import_line(shared_draws, "_shared_draws"),
-        stores="\n".join(f"                draws[row, {d}, h, i] = t[{d}]" for d in range(n)))
+        stores="\n".join(f"            draws[row, {d}, 0, i] = t[{d}]\n"
+                         f"            draws[row, {d}, 1, i] = u[{d}]" for d in range(n)))
 
 
 def draw_source(family, cost) -> str:

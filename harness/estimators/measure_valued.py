@@ -20,7 +20,8 @@ Requires:  the normal, exponential or gamma family (each with its own decomposit
            value only.  2 evaluations of f per sample and component (``evals_per_sample = 2``;
            the exponential's f(x+) is the shared sample's f, so its kernel evaluates f once).
 Random streams: mu uses ``uniform_pair(key, i, 1)`` (U, and U- when uncoupled); sigma uses
-           ``uniform_pair(key, i, 2)`` (V0, V1) and ``normal_at(key, i, 3)`` (Z).  Both
+           ``uniform_pair(key, i, 2)`` (V0, V1) and half i mod 2 (cosine, sine) of
+           ``normal_pair(key, i // 2, 3)`` (Z; samples 2p and 2p + 1 share a counter).  Both
            variants read them through ``shared_draws`` (mu: (W+, W-) = the Rayleigh draws
            of U and U-; sigma: (M, V1)), so a study with both draws them once per sample.
 Per-sample variance: Var[g] of the term above (per-sample kind, within-seed sample
@@ -97,7 +98,7 @@ from ..distributions import gamma
 from ..distributions.exponential import EXP_PANELS
 from ..distributions.exponential import draw_pair as exponential_pair
 from ..quadrature import composite_legendre, hermite_rule, rayleigh_expect, unit_nodes, values
-from ..rng import normal_at, uniform_pair
+from ..rng import normal_pair, uniform_pair
 from ..scalar_math import log_unit
 
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -112,9 +113,14 @@ EXP_TOP, EXP_ORDER = 80.0, 16
 
 @njit(inline="always")
 def _maxwell(key0, key1, index):
-    """(M, V1): a double-sided Maxwell draw and the uniform whose half gave its sign."""
+    """(M, V1): a double-sided Maxwell draw and the uniform whose half gave its sign.  Its
+    normal Z is half ``index % 2`` of the Box-Muller pair at counter ``index // 2`` of
+    stream 3: samples 2p and 2p + 1 share one counter, log and square root (the shared-draw
+    kernel computes both samples of a pair in one step, so LLVM computes the pair once)."""
     v0, v1 = uniform_pair(key0, key1, index, STREAM_SIGMA)
-    z = normal_at(key0, key1, index, STREAM_SIGMA_NORMAL)
+    pair = np.uint64(index) >> np.uint64(1)
+    z_cos, z_sin = normal_pair(key0, key1, pair, STREAM_SIGMA_NORMAL)
+    z = z_sin if np.uint64(index) & np.uint64(1) else z_cos
     r = math.sqrt(-2.0 * log_unit(v0) + z * z)
     return (r if v1 < 0.5 else -r), v1
 
