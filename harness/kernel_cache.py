@@ -22,6 +22,8 @@ numba cache entry; an unchanged tree reuses the compiled code in the next proces
 - :func:`compile_once`: compile a kernel for a call's types (or load it from numba's cache)
   under a file lock, so processes that need the same new kernel at once (the workers of a
   host, ``harness.executors``) compile it once: the others wait, then load it.
+- :func:`try_compile_once`: the same without waiting: nothing if another process holds the
+  lock (processes sharing one list of new kernels each take the ones nobody has taken).
 
 A module loaded this way must use absolute imports (its copy lives outside the package) and
 should be used only through the returned module object: functions called through a plain
@@ -385,6 +387,7 @@ def compile_lock(directory: Path, name: str, what: str = "kernel"):
 
 
 def _lock_file(directory: Path, name: str) -> int:
+    """An open descriptor of ``directory/.<name>.lock`` (created with the directory)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return os.open(directory / f".{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)

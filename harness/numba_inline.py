@@ -12,10 +12,10 @@ of compile CPU (numba 0.68.1, ``pipeline_times``).  The same issue is known upst
 :func:`apply` re-defines ``inline_ir`` from numba's own source with one change: all blocks
 are copied by one ``copy.deepcopy`` call, so they share one copied scope, exactly as the
 original blocks share one scope.  The IR is otherwise the same, so the machine code, numba's
-cache entries and every number are the same (``tests/test_numba_inline.py`` compares a
-patched and an unpatched process bitwise).  If numba's source does not contain the exact
-lines replaced (another numba version), nothing changes.  ``HARNESS_NUMBA_INLINE=numba``
-keeps numba's own function.
+cache entries and every number are the same (``tests/test_kernel.py``'s helper-process test
+compares a process with numba's inliner and one with this one bitwise).  If numba's source
+does not contain the exact lines replaced (another numba version), nothing changes.
+``HARNESS_NUMBA_INLINE=numba`` keeps numba's own function.
 """
 
 from __future__ import annotations
