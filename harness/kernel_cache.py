@@ -176,7 +176,9 @@ def ensure_numba_cache(source_dir: Path | None = None) -> None:
 
     with _lock:
         configured = _configured_numba_dir(config)
-        key = f"numba:{configured}:{source_dir}"
+        # where numba caches depends on the source's directory only if no directory is
+        # configured: one decision (and at most one note) per configured directory
+        key = f"numba:{configured}" if configured else f"numba::{source_dir}"
         if key not in _chosen:
             _chosen[key] = _numba_fallback(configured, source_dir)
         if _chosen[key] is not None:

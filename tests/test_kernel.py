@@ -114,7 +114,11 @@ def test_cached_kernel_in_a_new_process_gives_the_cold_numbers(tmp_path):
     # buffer and so serve every cost (``cpu.reads_cost``)
     assert cold[0] == "0" and warm[0] == "4"  # the second process compiled nothing
     assert cold[1:] == warm[1:] and len(set(cold[1:])) == 3
-    assert len(list((tmp_path / "numba").rglob("*.nbi"))) == 4  # one cache entry per kernel
+    entries = [p.name for p in (tmp_path / "numba").rglob("*.nbi")]
+    # one cache entry per kernel, and one for the compiled block loop (any cell's)
+    assert len([e for e in entries if e.startswith("harness_kernel_")]) == 4
+    assert len([e for e in entries if e.startswith("block_driver.run_group")]) == 1
+    assert len(entries) == 5, entries
 
 
 def test_kernels_compiled_by_helper_processes_give_the_bits_of_one_process(tmp_path):
@@ -235,10 +239,13 @@ def family_cases():
 @pytest.mark.parametrize("family, params, components, labels", family_cases(),
                          ids=lambda c: c if isinstance(c, str) else "")
 def test_every_estimator_bitwise_across_threads_one_thread_and_reruns(family, params,
-                                                                      components, labels):
+                                                                      components, labels,
+                                                                      monkeypatch):
     """Per-sample and accumulated estimators, extra streams (measure_valued, rebar) and the
     independent copy (optimal baseline, estimated coefficient): the same bits on 1 and 2
-    threads, in one-thread mode and on rerun; several chunks, an odd N."""
+    threads, in one-thread mode and on rerun; several chunks, an odd N.  And the same bits
+    whether the compiled block loop (``block_driver``, the default, used here) or the Python
+    loop calls the kernels."""
     def go(**kw):
         return cpu.estimate(family, COST, labels, components, params, 50_001, np.arange(3),
                             **kw)
@@ -251,7 +258,12 @@ def test_every_estimator_bitwise_across_threads_one_thread_and_reruns(family, pa
         two = go()
     finally:
         numba.set_num_threads(before)
-    for other in (two, go(parallel=False), go()):
+    assert cpu._driver(cpu.load_kernel(family, COST, labels, components)) is not None
+    monkeypatch.setenv("HARNESS_BLOCK_LOOP", "python")
+    assert cpu._driver(cpu.load_kernel(family, COST, labels, components)) is None
+    python_loop = (go(), go(parallel=False))
+    monkeypatch.delenv("HARNESS_BLOCK_LOOP")
+    for other in (two, go(parallel=False), go(), *python_loop):
         assert np.array_equal(one[0], other[0]) and np.array_equal(one[1], other[1])
     assert np.isfinite(one[0]).all() and np.isfinite(one[1]).all()
 

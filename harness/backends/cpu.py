@@ -36,8 +36,12 @@ of the block's jobs near ``BLOCK_BYTES`` so they stay in cache; it never changes
    by the source.  Terms are shifted by those of the chunk's first sample (computed at
    block 0 without fastmath from the block's e, x, f and f', kept in ``shift[job,
    term]``) against cancellation.
-3. The Python driver (``estimate``) loops over blocks, then adds each job's lanes in lane
-   order and merges the chunks in chunk order with Chan's update (``merge_chunks``).
+3. One call per thread of ``block_driver.run_group`` (compiled, cached once per machine)
+   loops over the thread's blocks and calls the kernels above through their addresses: no
+   Python dispatch, and no GIL hand-over between two threads, per kernel call
+   (``$HARNESS_BLOCK_LOOP=python``: the same calls from a Python loop, the same bits).
+   ``estimate`` then adds each job's lanes in lane order and merges the chunks in chunk
+   order with Chan's update (``merge_chunks``).
 
 So compile cost grows with the estimators, not their combinations: adding or removing an
 estimator or a component compiles only its own kernel, and every cell and grid that uses a
@@ -905,10 +909,12 @@ def block_plan(n_rows: int, chunk_pairs: int) -> tuple[int, int]:
     of a thread in one buffer: 32 pairs per block in the Mohamed et al. study) it cost more
     than the samples of a simple term.  Any plan gives the same bits (lanes are fixed by the
     pair index, jobs are independent); it only trades call overhead against cache misses."""
-    n_blocks = math.ceil(chunk_pairs / MAX_BLOCK_PAIRS)
-    pairs = math.ceil(math.ceil(chunk_pairs / n_blocks) / LANES) * LANES
     fit = BLOCK_BYTES // (n_rows * 2 * 8)  # pairs of one job that fit the buffer
-    pairs = max(LANES, min(pairs, fit // LANES * LANES))
+    longest = max(LANES, min(MAX_BLOCK_PAIRS, fit // LANES * LANES))
+    # equal blocks: capping the length after cutting the chunk would leave a short last block
+    # whose kernels still run (and discard) a full block's samples
+    n_blocks = math.ceil(chunk_pairs / longest)
+    pairs = math.ceil(math.ceil(chunk_pairs / n_blocks) / LANES) * LANES
     return pairs, max(1, BLOCK_BYTES // (n_rows * 2 * 8 * pairs))
 
 
@@ -968,6 +974,55 @@ def constants(family, cost, estimators, components, params: Mapping) -> np.ndarr
     return consts
 
 
+def block_loop() -> str:
+    """``compiled`` (default: ``block_driver.run_group`` makes a thread's kernel calls) or
+    ``python`` (``$HARNESS_BLOCK_LOOP=python``: the same calls from the Python loop; the
+    same bits, slower; for checking and debugging)."""
+    value = os.environ.get("HARNESS_BLOCK_LOOP", "").strip().lower()
+    return "python" if value == "python" else "compiled"
+
+
+def _driver(kernels: CellKernels):
+    """The cell's kernels as ``block_driver.run_group`` calls them (addresses), or None
+    where the Python loop must call them: ``block_loop() == "python"``, or a kernel not
+    compiled for exactly the argument types the driver passes (its call would not match the
+    machine code)."""
+    from numba import types
+
+    if block_loop() == "python":
+        return None
+    from . import block_driver  # imported when first used: it defines a cached function
+    f8, i8 = types.float64, types.int64
+    keys = types.Array(types.uint64, 1, "C")
+    head = (keys, keys, i8, i8, i8, types.Array(i8, 1, "C"), i8)
+    block, vector = types.Array(f8, 4, "C"), types.Array(f8, 1, "C")
+    want = {"draw": (*head, vector, i8, block), "shared": (*head, block),
+            "term": (*head, vector, vector, block, block, types.Array(f8, 2, "C"), block)}
+    checks = [(kernels.draw, "draw")] + [(k, "shared") for k in kernels.shared] + \
+             [(k, "term") for k in kernels.terms]
+    for kernel, kind in checks:
+        if len(kernel.signatures) != 1 or tuple(kernel.signatures[0]) != want[kind]:
+            return None
+    return SimpleNamespace(
+        run_group=block_driver.run_group, draw=np.int64(_address(kernels.draw)),
+        shared=np.array([_address(k) for k in kernels.shared], dtype=np.int64),
+        terms=np.array([_address(k) for k in kernels.terms], dtype=np.int64),
+        term_shared=np.array(kernels.shared_of_term, dtype=np.int64))
+
+
+_addresses: dict = {}
+
+
+def _address(kernel) -> int:
+    """A compiled kernel's address, once per kernel (kept alive by ``_loaded``)."""
+    from .block_driver import kernel_address
+
+    key = id(kernel)
+    if key not in _addresses:
+        _addresses[key] = (kernel, kernel_address(kernel))
+    return _addresses[key][1]
+
+
 def estimate(family, cost, estimators, components, params: Mapping, n_samples: int, seeds, *,
              parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Run every estimator term of one cell for every seed.
@@ -1005,16 +1060,31 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
     head = (keys0, keys1, np.int64(n_samples), np.int64(n_chunks), np.int64(chunk_pairs))
     terms = []  # per (variant, component): kernel, slot, constants, shift[job], acc[job],
     #             index of its shared-draw buffer (-1: none)
-    for kernel, (q, n_q, c0), v, shared in zip(kernels.terms, slots,
-                                               [v for v in variants for _ in components],
-                                               kernels.shared_of_term):
-        terms.append((kernel, q, n_q, consts[c0:c0 + v.n_consts].copy(),
-                      np.zeros((n_jobs, n_q)), np.zeros((n_jobs, 2, n_q, LANES)), shared))
+    term_variants = [v for v in variants for _ in components]
+    n_quantities = np.array([v.n_moments or 1 for v in term_variants], dtype=np.int64)
+    # every term's constants, shifts and lane sums as views of three flat buffers, which
+    # the compiled block loop (``block_driver``) takes as they are
+    const_offsets = np.concatenate([[0], np.cumsum([v.n_consts for v in term_variants])])
+    consts_flat = np.zeros(int(const_offsets[-1]))
+    shifts_flat = np.zeros(n_jobs * int(n_quantities.sum()))
+    accs_flat = np.zeros(n_jobs * 2 * int(n_quantities.sum()) * LANES)
+    shift_at = acc_at = 0
+    for t, (kernel, (q, n_q, c0), v, shared) in enumerate(zip(
+            kernels.terms, slots, term_variants, kernels.shared_of_term)):
+        term_consts = consts_flat[const_offsets[t]:const_offsets[t + 1]]
+        term_consts[:] = consts[c0:c0 + v.n_consts]
+        shift = shifts_flat[shift_at:shift_at + n_jobs * n_q].reshape(n_jobs, n_q)
+        acc = accs_flat[acc_at:acc_at + n_jobs * 2 * n_q * LANES].reshape(n_jobs, 2, n_q, LANES)
+        shift_at, acc_at = shift_at + shift.size, acc_at + acc.size
+        terms.append((kernel, q, n_q, term_consts, shift, acc, shared))
 
     n_threads = 1 if not parallel else max(1, min(numba.get_num_threads(), n_jobs))
     bounds = [n_jobs * t // n_threads for t in range(n_threads + 1)]
     groups = [(bounds[t], bounds[t + 1]) for t in range(n_threads)]
     pairs, jobs_per_block = block_plan(n_rows + sum(shared_rows), chunk_pairs)
+
+    _compile(family, cost, labels, components, kernels)  # before the threads start
+    driver = _driver(kernels)
 
     def run(group):
         """Every block of the jobs group[0] <= job < group[1], ``jobs_per_block`` jobs at a
@@ -1024,8 +1094,21 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
         width = min(jobs_per_block, group[1] - group[0])
         draws = np.zeros((width, n_rows, 2, pairs))
         draw_tail = (params_v, np.int64(INDEPENDENT_STREAM_OFFSET), draws)
-        shared = [np.zeros((width, rows, 2, pairs)) for rows in shared_rows]
+        shared_flat = np.zeros(width * sum(shared_rows) * 2 * pairs)
+        shared, at = [], 0  # shared-draw kernel j's buffer: a view of the flat one
+        for rows in shared_rows:
+            shared.append(shared_flat[at:at + width * rows * 2 * pairs].reshape(
+                width, rows, 2, pairs))
+            at += shared[-1].size
         unread = np.zeros((1, 1, 2, LANES))  # the ``shared`` of a term without shared draws
+        if driver is not None:  # the same calls from compiled code (``block_driver``)
+            driver.run_group(
+                *head, np.int64(group[0]), np.int64(group[1]), np.int64(width),
+                np.int64(pairs), driver.draw, *draw_tail, driver.shared,
+                np.array(shared_rows, dtype=np.int64), shared_flat, driver.terms,
+                driver.term_shared, n_quantities, const_offsets, consts_flat, shifts_flat,
+                accs_flat, np.int64(LANES), unread)
+            return
         for first_job in range(group[0], group[1], width):
             jobs = np.array([first_job, min(first_job + width, group[1])], dtype=np.int64)
             for block_first in range(0, chunk_pairs, pairs):
@@ -1037,7 +1120,6 @@ def estimate(family, cost, estimators, components, params: Mapping, n_samples: i
                     kernel(*head, jobs, block, params_v, term_consts, draws,
                            shared[j] if j >= 0 else unread, shift, acc)
 
-    _compile(family, cost, labels, components, kernels)  # before the threads start
     if n_threads == 1:
         run(groups[0])
     else:  # the kernels release the GIL (nogil): one Python thread per group of jobs
