@@ -35,6 +35,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -949,24 +950,31 @@ def zeros(call):
     return np.zeros(shape), np.ones(shape)
 
 
-def fake_grad_kernel(k0, k1, n_samples, chunk, stream, tcode, ta, tm, ti, fam, mus, Cs, codes,
-                     f_sums, bases, part):
+def fake_grad_kernel(k0, k1, n_samples, chunk, stream, tcode, ta, tm, ti, fam, n_params, mus,
+                     Cs, codes, offsets, bases, jobs, part):
     """Stand-in for the ELBO gradient kernel: N samples of zeros per seed."""
     part[:] = 0.0
     part[:, :, 0] = n_samples / part.shape[1]
 
 
-def fake_opt_kernel(k0, k1, steps, samples, tcode, ta, tm, ti, fam, dim, code, theta, adam,
-                    lr, cosine, record_every, min_diag, rec):
+def fake_opt_kernel(k0, k1, steps, samples, tcode, ta, tm, ti, fam, n_params, dim, code, n_terms,
+                    theta, adam, lr, cosine, record_every, min_diag, seeds, rec):
     """Stand-in for the ELBO optimiser: lambda stays where it started."""
     rec[:] = theta
+
+
+def fake_elbo_kernels(target=None):
+    """Stand-in for ``harness.vi.api.kernels``: the API loads its kernel module through
+    ``harness.kernel_cache`` (not ``import harness.vi.kernels``), so the stand-ins replace
+    the loader, not the module's functions."""
+    return SimpleNamespace(grad_kernel=fake_grad_kernel, opt_kernel=fake_opt_kernel)
 
 
 @settings(max_examples=200, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_grids_run_or_fail_in_one_line(tmp_path, data):
-    from harness.vi import kernels
+    from harness.vi import api
 
     base = data.draw(st.sampled_from([EXPECTATION_BASE, ELBO_BASE]))
     doc = base
@@ -978,8 +986,7 @@ def test_mutated_grids_run_or_fail_in_one_line(tmp_path, data):
     # (not mock.patch.dict(sys.modules): it would also drop the modules numba imports
     # meanwhile, and their re-import breaks numba's registries)
     with installed("harness.backends.cpu", fake_backend(kernel=zeros)), \
-            mock.patch.object(kernels, "grad_kernel", fake_grad_kernel), \
-            mock.patch.object(kernels, "opt_kernel", fake_opt_kernel):
+            mock.patch.object(api, "kernels", fake_elbo_kernels):
         checked = cli("validate", path)
         assert "Traceback" not in checked.output
         if checked.exit_code != 0:

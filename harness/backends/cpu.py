@@ -653,6 +653,25 @@ def _pool(n_threads: int) -> ThreadPoolExecutor:
         return _pools[n_threads]
 
 
+def run_in_threads(kernel, args: tuple, n_jobs: int) -> None:
+    """Call ``kernel(*args[:-1], jobs, args[-1])`` (a ``nogil`` numba function whose last
+    argument is its output) for jobs ``0 <= job < n_jobs``, split into one contiguous range
+    ``jobs = [first, last)`` (int64) per thread, ``numba.get_num_threads()`` threads.  The
+    kernel must write each job's results to the job's own place, so any split gives the
+    same bits.  Compiled first, once across processes (``kernel_cache.compile_once``)."""
+    *inputs, out = args
+    n_threads = max(1, min(numba.get_num_threads(), n_jobs))
+    bounds = [n_jobs * t // n_threads for t in range(n_threads + 1)]
+    ranges = [np.array(bounds[t:t + 2], dtype=np.int64) for t in range(n_threads)]
+    kernel_cache.compile_once(kernel, (*inputs, ranges[0], out))
+    if n_threads == 1:
+        kernel(*inputs, ranges[0], out)
+        return
+    futures = [_pool(n_threads).submit(kernel, *inputs, jobs, out) for jobs in ranges]
+    for future in futures:
+        future.result()           # re-raises a kernel's error here
+
+
 def _import_generated(source: str, called) -> object:
     """Write ``source`` to the kernel directory (atomically, named after a digest of it and
     of the files of the functions it calls) unless it is there, and import it."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import kernel_cache
-from ..backends.cpu import chunking, merge_chunks
+from ..backends.cpu import chunking, merge_chunks, run_in_threads
 from ..errors import BackendError, HarnessError
 from . import references
 from .codes import E_SCORE_EXACT_OPTIMAL, E_SCORE_MEAN
@@ -141,8 +141,7 @@ def _moments(problem: Problem, variants, n_samples: int, seeds, stream: int = 0,
         partials = np.empty((S, n_chunks, 1 + 3 * n_terms))
         call = (k0, k1, np.int64(n_samples), np.int64(chunk), *args, partials)
         module = kernels(t)
-        kernel_cache.compile_once(module.grad_kernel, call)   # once across processes
-        module.grad_kernel(*call)
+        run_in_threads(module.grad_kernel, call, S * n_chunks)
     elif backend == "cuda":
         from ..backends.cuda import require
 
@@ -278,8 +277,7 @@ def optimize(problem: Problem, estimator, opt: OptimizerSpec, seeds) -> np.ndarr
         np.int64(n_terms), problem.theta(), opt.name == "adam", float(opt.lr),
         opt.schedule == "cosine", np.int64(opt.record_every), float(opt.min_diag), rec)
     module = kernels(t)
-    kernel_cache.compile_once(module.opt_kernel, call)   # once across processes
-    module.opt_kernel(*call)
+    run_in_threads(module.opt_kernel, call, k0.size)
     return rec
 
 

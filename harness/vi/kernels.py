@@ -44,11 +44,12 @@ f_shift is f at eps = 0 (z = mu) with sample 0's minibatch, a per-seed constant:
 exactly from both estimates and only guards the moment sums against cancellation.  Each
 chunk computes it (one evaluation of log g per chunk, not counted).
 
-Work decomposition: ``grad_kernel`` runs ``prange`` over (seed, chunk) with chunks that
+Work decomposition: ``grad_kernel`` runs a range of (seed, chunk) jobs, with chunks that
 depend on N only (``harness.backends.cpu.chunking``); each chunk accumulates shifted sums
 sequentially (``accumulate_chunk``) and chunks are merged in chunk order
 (``harness.backends.cpu.merge_chunks``): bitwise identical for any thread count.
-``opt_kernel`` runs ``prange`` over seeds; each trajectory is sequential.  Memory never
+``opt_kernel`` runs a range of seeds; each trajectory is sequential.  ``harness.vi.api``
+splits the jobs (seeds) into one contiguous range per thread.  Memory never
 depends on N.
 
 Arguments shared by the functions: ``key0, key1`` the seed's Philox key (32-bit values in
@@ -67,7 +68,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from harness.kernel_cache import ensure_numba_cache
 from harness.rng import INDEPENDENT_STREAM_OFFSET, normal_pair, uniform_pair
@@ -428,18 +429,18 @@ def accumulate_chunk(key0, key1, first, last, stream, tid, ta, tm, ti, family, n
     row[0] = last - first
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def grad_kernel(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family, n_params,
-                mus, Cs, codes, offsets, baselines, out):
+                mus, Cs, codes, offsets, baselines, jobs, out):
     """out[s, c, :] = ``accumulate_chunk`` of chunk c (samples c*chunk ..) of seed s, at
-    lambda = (mus[s], Cs[s]); ``baselines[s]`` the seed's fixed baselines."""
-    n_seeds, n_chunks = out.shape[0], out.shape[1]
-    for job in prange(n_seeds * n_chunks):
-        # the body is one call: a small parallel region compiles much faster (and int64,
-        # as typed outside the parallel region: else the parfor's uint64 index compiles
-        # _chunk_job a second time)
+    lambda = (mus[s], Cs[s]), for the jobs ``jobs[0] <= s * n_chunks + c < jobs[1]``;
+    ``baselines[s]`` the seed's fixed baselines.  Without the GIL: ``harness.vi.api`` runs
+    contiguous ranges of jobs in threads (each job writes its own ``out[s, c]``, so any
+    split gives the same bits).  Not numba's ``prange``: its parallel region cost ~7 s of
+    compile per kernel (of ~24 s), for every kernel and user target."""
+    for job in range(jobs[0], jobs[1]):
         _chunk_job(keys0, keys1, n_samples, chunk, stream, tid, ta, tm, ti, family, n_params,
-                   mus, Cs, codes, offsets, baselines, out, np.int64(job))
+                   mus, Cs, codes, offsets, baselines, out, job)
 
 
 @njit(cache=True)
@@ -495,9 +496,9 @@ def step_gradient(code, sums, m_samples, n_params, grad):
             grad[p] = sums[p] / M
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def opt_kernel(keys0, keys1, n_steps, m_samples, tid, ta, tm, ti, family, n_params, d, code,
-               n_terms, theta0, adam, lr, cosine, record_every, min_diag, rec_theta):
+               n_terms, theta0, adam, lr, cosine, record_every, min_diag, seeds, rec_theta):
     """Stochastic-gradient ascent on the ELBO from theta0 with one estimator, per seed.
 
     Step t (0-based) estimates the gradient from M = m_samples draws (samples t*M .. t*M+M-1
@@ -509,9 +510,11 @@ def opt_kernel(keys0, keys1, n_steps, m_samples, tid, ta, tm, ti, family, n_para
     f of step t - 1 (step 0: f at z = mu), a constant given the step's draws.  ``n_terms``:
     the number of quantities of ``code`` (P n_moments or P, plus f).
     E_SCORE_EXACT_OPTIMAL is not supported (its b* would change with lambda every step).
-    rec_theta[s, r] = theta before step r * record_every (the last record: after all steps).
+    rec_theta[s, r] = theta before step r * record_every (the last record: after all steps),
+    for the seeds ``seeds[0] <= s < seeds[1]`` (threads run ranges of seeds, as
+    ``grad_kernel`` does jobs).
     """
-    for s in prange(rec_theta.shape[0]):
+    for s in range(seeds[0], seeds[1]):
         _optimize_one(keys0[s], keys1[s], n_steps, m_samples, tid, ta, tm, ti, family,
                       n_params, d, code, n_terms, theta0, adam, lr, cosine, record_every,
                       min_diag, rec_theta[s])
