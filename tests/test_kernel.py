@@ -326,6 +326,7 @@ def loop_transcription(label, component, seed, n, family="normal", params=None):
 
 
 TOLERANCE = 1e-9  # in standard errors of the estimate: summation order only
+N_LOOP = 1001     # samples of the comparisons with the loop transcription (odd: half a pair)
 
 
 def allowed(estimate, variance, n):
@@ -339,10 +340,15 @@ def allowed(estimate, variance, n):
                          ids=lambda c: c if isinstance(c, str) else "")
 def test_block_pipeline_equals_a_plain_loop_for_every_estimator(monkeypatch, family, params,
                                                                 components, labels):
-    """Two chunks of an odd N, each in several blocks (a small draw buffer), two seeds."""
+    """Two chunks of an odd N, the last one shorter, each in several blocks (a small draw
+    buffer), two seeds."""
     monkeypatch.setattr(cpu, "BLOCK_BYTES", 2 * 2 * 16 * 40 * 8)  # 40 pairs per block
-    n, seeds = 8195, [3, 2**33 + 1]
-    assert cpu.chunking(n)[1] == 2
+    # small chunks: the loop transcription runs every sample in Python (N = 8195 with the
+    # default 4096-pair chunks took ~20 s for a family's estimators)
+    monkeypatch.setattr(cpu, "MIN_CHUNK_PAIRS", 256)
+    n, seeds = N_LOOP, [3, 2**33 + 1]
+    chunk_pairs, n_chunks = cpu.chunking(n)
+    assert n_chunks == 2 and chunk_pairs * n_chunks > (n + 1) // 2
     est, var = cpu.estimate(family, COST, labels, components, params, n, np.array(seeds))
     for i, label in enumerate(labels):
         for j, component in enumerate(components):
@@ -362,14 +368,14 @@ def test_block_pipeline_equals_a_plain_loop_for_every_estimator(monkeypatch, fam
 def test_plain_loop_transcription_tells_a_wrong_sample_set_apart(family, params, components,
                                                                  labels):
     """The comparison above is sharp: a deliberately wrong pipeline that drops the last
-    sample of N = 8195 fails it for every estimator (every estimator whose term varies)."""
+    sample of N = N_LOOP fails it for every estimator (every estimator whose term varies)."""
     for label in labels:
-        full, var = loop_transcription(label, components[0], 3, 8195, family, params)
+        full, var = loop_transcription(label, components[0], 3, N_LOOP, family, params)
         if var <= (1e-6 * abs(full)) ** 2:
             continue   # a (nearly) constant term: optimal baselines and control variates on
             #            a Bernoulli leave ~1e-8 relative noise, which no sample set moves
-        short, _ = loop_transcription(label, components[0], 3, 8194, family, params)
-        assert abs(short - full) > allowed(full, var, 8195), label
+        short, _ = loop_transcription(label, components[0], 3, N_LOOP - 1, family, params)
+        assert abs(short - full) > allowed(full, var, N_LOOP), label
 
 
 @njit(inline="always")
