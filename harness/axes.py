@@ -270,6 +270,10 @@ class Estimator:
     # docstring); variants with the same function share the numbers (drawn once per sample)
     shared_draws: Callable | None = None
     n_shared_draws: int = 0            # the length of the tuple ``shared_draws`` returns
+    # optional: ``shared_draws`` as one jitted (key0, key1, index) function per component
+    # index, returning the same numbers; the CPU's shared-draw kernel of component c then
+    # calls entry c and compiles only that component's code
+    shared_draws_by_component: tuple = ()
     # family base name -> its own per_sample, for an estimator whose formula differs per
     # family (the relaxations: Bernoulli and categorical); other families use ``per_sample``
     per_sample_by_family: Mapping[str, Callable] = field(default_factory=dict)

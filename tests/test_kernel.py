@@ -465,6 +465,35 @@ def test_variants_with_the_same_shared_draws_draw_them_once_and_keep_their_numbe
     assert not np.array_equal(both[1][:, 0], both[1][:, 1])
 
 
+def test_per_component_shared_draws_give_the_numbers_of_shared_draws():
+    """``Estimator.shared_draws_by_component[c]``, what the CPU's shared-draw kernel of
+    component c calls, gives bitwise the numbers of ``shared_draws(c, ...)``, what the loop
+    transcriptions above and the CUDA cell call, for every variant of every registered
+    estimator that has it.  The components' numbers differ, so a tuple in the wrong order
+    fails here (and a wrong function fails the comparison)."""
+    from harness import registry
+
+    key0, key1 = np.uint64(7), np.uint64(3)
+    checked = []
+    for name in registry.ESTIMATORS:
+        for label in registry.variants(name):
+            v = registry.resolve(label)
+            if not v.shared_draws_by_component:
+                continue
+            per_component = []
+            for c, function in enumerate(v.shared_draws_by_component):
+                got = np.array([function(key0, key1, np.int64(i)) for i in range(64)])
+                want = np.array([v.shared_draws.py_func(c, key0, key1, np.int64(i))
+                                 for i in range(64)])
+                assert got.shape == (64, cpu.n_shared(v)), label
+                assert np.array_equal(got, want), f"{label}, component {c}"
+                per_component.append(got)
+            assert not any(np.array_equal(a, b) for j, a in enumerate(per_component)
+                           for b in per_component[j + 1:]), label
+            checked.append(label)
+    assert "measure_valued" in checked
+
+
 def test_variants_differing_only_in_constants_share_one_compiled_term_kernel():
     """Options that only change per-cell constants (rebar's temperature and eta) give the
     same term source and one module; options that change the code (a score-function

@@ -320,8 +320,8 @@ def draw_shared(keys0, keys1, n_samples, n_chunks, chunk_pairs, jobs, block_firs
         # counter for samples 2p and 2p + 1) is then computed once per pair (LLVM merges the
         # two inlined copies), and the loop over i still vectorises
         for i in range(stop):  # no inner loop over h: LLVM vectorises innermost loops only
-            t = shared_draws({component}, key0, key1, 2 * (start + i))
-            u = shared_draws({component}, key0, key1, 2 * (start + i) + 1)
+            t = shared_draws({component_arg}key0, key1, 2 * (start + i))
+            u = shared_draws({component_arg}key0, key1, 2 * (start + i) + 1)
 {stores}
 '''
 
@@ -577,13 +577,24 @@ def _shared_tuple(variant, element: str) -> str:
     return "(" + "".join(element.format(d=d) + ", " for d in range(n)).rstrip(" ") + ")"
 
 
+def _shared_function(variant, component: int):
+    """The jitted function the shared-draw kernel of (variant, component index) calls, and
+    whether it takes the component as its first argument: the component's own function
+    (``Estimator.shared_draws_by_component``) where the estimator has one, else
+    ``shared_draws`` itself."""
+    if variant.shared_draws_by_component:
+        return variant.shared_draws_by_component[component], False
+    return variant.shared_draws, True
+
+
 def shared_source(variant, component: int) -> str:
     """The Python source of the shared-draw kernel of (``variant.shared_draws``, component)."""
-    shared_draws, n = variant.shared_draws, n_shared(variant)
+    (shared_draws, takes_component), n = _shared_function(variant, component), n_shared(variant)
     py = shared_draws.py_func
     return _SHARED_TEMPLATE.format(
         version=__version__, function=f"{py.__module__}.{py.__qualname__}",
         component=component, n=n, imports=_import_line(shared_draws, "_shared_draws"),
+        component_arg=f"{component}, " if takes_component else "",
         stores="\n".join(f"            draws[row, {d}, 0, i] = t[{d}]\n"
                          f"            draws[row, {d}, 1, i] = u[{d}]" for d in range(n)))
 
@@ -734,12 +745,13 @@ def load_draw_kernel(family, cost):
 
 def load_shared_kernel(variant, component: int):
     """The ``draw_shared`` kernel of (a variant's ``shared_draws``, component index)."""
-    py = variant.shared_draws.py_func
+    function = _shared_function(variant, component)[0]
+    py = function.py_func
     key = ("shared", py.__module__, py.__qualname__, component)
     with _lock:
         if key not in _loaded:
             _loaded[key] = _import_generated(shared_source(variant, component),
-                                             [variant.shared_draws]).draw_shared
+                                             [function]).draw_shared
         return _loaded[key]
 
 

@@ -126,14 +126,26 @@ def _maxwell(key0, key1, index):
 
 
 @njit(inline="always")
+def _rayleigh_pair(key0, key1, index):
+    """(W+, W-): Rayleigh draws sqrt(-2 log U) of the two uniforms of stream 1 at ``index``
+    (the coupled variant uses W+ only)."""
+    u0, u1 = uniform_pair(key0, key1, index, STREAM_MU)
+    return math.sqrt(-2.0 * log_unit(u0)), math.sqrt(-2.0 * log_unit(u1))
+
+
+@njit(inline="always")
 def shared_draws(component, key0, key1, index):
-    """The random numbers of sample ``index`` both variants use: mu: (W+, W-), Rayleigh
-    draws sqrt(-2 log U) of the two uniforms of stream 1 (the coupled variant uses W+
-    only); sigma: (M, V1) (``_maxwell``)."""
+    """The random numbers of sample ``index`` both variants use: mu: (W+, W-)
+    (``_rayleigh_pair``); sigma: (M, V1) (``_maxwell``)."""
     if component == 0:
-        u0, u1 = uniform_pair(key0, key1, index, STREAM_MU)
-        return math.sqrt(-2.0 * log_unit(u0)), math.sqrt(-2.0 * log_unit(u1))
+        return _rayleigh_pair(key0, key1, index)
     return _maxwell(key0, key1, index)
+
+
+# the same functions per component, for the CPU's shared-draw kernels: numba types and lowers
+# both branches of ``shared_draws`` before it inlines it, so a kernel calling the component's
+# own function compiles about half the code (mu: 2.1-2.5 s instead of 4.0 s)
+SHARED_DRAWS_BY_COMPONENT = (_rayleigh_pair, _maxwell)
 
 
 @njit
@@ -346,6 +358,7 @@ def configure(coupling):
         streams=STREAMS,
         reference=_reference(bool(coupling)),
         shared_draws=shared_draws,
+        shared_draws_by_component=SHARED_DRAWS_BY_COMPONENT,
         components=COMPONENTS,
         n_shared_draws=2,
     )
@@ -373,6 +386,7 @@ ESTIMATOR = Estimator(
     streams=STREAMS,
     reference=_reference(True),
     shared_draws=shared_draws,
+    shared_draws_by_component=SHARED_DRAWS_BY_COMPONENT,
     components=COMPONENTS,
     n_shared_draws=2,
     options={"coupling": (True, False)},
